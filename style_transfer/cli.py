@@ -1,0 +1,216 @@
+"""The command line: `style-transfer train | stylize | models`. The only module that parses argv."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import __version__
+from .checkpoint import CheckpointError
+from .device import DEVICES, PRECISIONS
+from .imageio import IMAGE_SUFFIXES, OUTPUT_FORMATS, decode_image, find_images, save_image
+from .losses import LossConfig
+from .network import TransformerConfig
+from .norms import DEFAULT_GROUPS, NORM_NAMES
+
+log = logging.getLogger("style_transfer")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _layers(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    d, ld = TransformerConfig(), LossConfig()
+    p = sub.add_parser("train", help="train a network for one style",
+                       description="Train a feed-forward style network on a folder of content photos.")
+    p.add_argument("--content", required=True, type=Path, help="folder of content images (recursive; JPEG/PNG/WebP)")
+    p.add_argument("--style", required=True, type=Path, help="the style image")
+    p.add_argument("--norm", default=d.norm, choices=NORM_NAMES, help="normalization layer (default: %(default)s)")
+    p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
+    p.add_argument("--workdir", type=Path, help="resume state, log.jsonl and samples (default: <out>.run/)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive_int, help="total optimizer steps (default: 40000)")
+    length.add_argument("--epochs", type=float, help="passes over the content images, instead of --steps")
+    p.add_argument("--image-size", type=_positive_int, default=256, help="training crop size (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="per process (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed for init, data order and crops (default: %(default)s)")
+    p.add_argument("--width", type=_positive_int, default=d.width, help="channels of the first layer (default: %(default)s)")
+    p.add_argument("--residual-blocks", type=int, default=d.num_residual, help="(default: %(default)s)")
+    p.add_argument("--groups", type=_positive_int, default=DEFAULT_GROUPS, help="groups of the group norm (default: %(default)s)")
+    p.add_argument("--content-weight", type=float, default=ld.content_weight, help="(default: %(default)s)")
+    p.add_argument("--style-weight", type=float, default=ld.style_weight, help="(default: %(default)s)")
+    p.add_argument("--tv-weight", type=float, default=ld.tv_weight, help="(default: %(default)s)")
+    p.add_argument("--content-layers", type=_layers, default=ld.content_layers, help="comma-separated VGG19 layers (default: relu2_2)")
+    p.add_argument("--style-layers", type=_layers, default=ld.style_layers,
+                   help="comma-separated VGG19 layers (default: relu1_2,relu2_2,relu3_3,relu4_3)")
+    p.add_argument("--style-size", type=_positive_int, default=ld.style_size, help="long side of the style image (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 or bf16 autocast (default: %(default)s)")
+    p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=500, help="(default: %(default)s steps)")
+    p.add_argument("--sample-every", type=_positive_int, default=500, help="(default: %(default)s steps)")
+    p.add_argument("--workers", type=int, default=0, help="data loading processes (default: %(default)s)")
+    p.add_argument("--sync-bn", action="store_true", help="synchronize batch norm statistics across processes")
+    p.add_argument("--save-dtype", choices=("fp32", "fp16"), default="fp32", help="dtype of the served checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its workdir")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainSettings, train
+
+    settings = TrainSettings(
+        content_dir=args.content, style_image=args.style, out=args.out, workdir=args.workdir,
+        network=TransformerConfig(norm=args.norm, width=args.width, num_residual=args.residual_blocks,
+                                  groups=args.groups),
+        loss=LossConfig(content_layers=args.content_layers, style_layers=args.style_layers,
+                        content_weight=args.content_weight, style_weight=args.style_weight,
+                        tv_weight=args.tv_weight, style_size=args.style_size),
+        steps=args.steps, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed, precision=args.precision, device=args.device,
+        checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, num_workers=args.workers,
+        sync_bn=args.sync_bn, save_dtype=args.save_dtype,
+    )
+    result = train(settings, resume=args.resume)
+    if result.steps:
+        log.info("wrote %s after %d steps; final losses: %s", result.checkpoint, result.steps,
+                 ", ".join(f"{k}={v:.4g}" for k, v in result.losses.items()))
+    return 0
+
+
+def _add_stylize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stylize", help="stylize images with a trained model",
+                       description="Stylize one image, several, or folders of images.")
+    p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders")
+    p.add_argument("--model", required=True, help="checkpoint path, or a model name from the weights folder")
+    p.add_argument("--weights", type=Path, help="weights folder for model names (default: $STYLE_TRANSFER_WEIGHTS or ./weights)")
+    p.add_argument("--out", type=Path, default=Path("stylized"),
+                   help="output folder, or a file name when there is one input (default: %(default)s)")
+    p.add_argument("--format", choices=("png", "jpeg"), help="output format (default: from --out's suffix, else png)")
+    p.add_argument("--quality", type=int, default=92, help="JPEG quality (default: %(default)s)")
+    p.add_argument("--max-size", type=_positive_int, help="downscale so the long side is at most this many px")
+    p.add_argument("--strength", type=float, default=1.0, help="0..1 blend with the content (default: %(default)s)")
+    p.add_argument("--preserve-color", action="store_true", help="keep the content's colours (luminance-only transfer)")
+    p.add_argument("--tile", type=_positive_int, help="stylize in tiles of this many px (for very large images)")
+    p.add_argument("--tile-overlap", type=int, default=64, help="overlap between tiles in px (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="(default: %(default)s)")
+    p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default: %(default)s)")
+    p.set_defaults(func=_cmd_stylize)
+
+
+def _collect_inputs(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += find_images(path)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"input not found: {path}")
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
+    return files
+
+
+def _cmd_stylize(args: argparse.Namespace) -> int:
+    from .stylize import StylizeOptions, Stylizer
+    from .zoo import resolve_model
+
+    options = StylizeOptions(strength=args.strength, preserve_color=args.preserve_color, max_size=args.max_size,
+                             tile=args.tile, tile_overlap=args.tile_overlap)
+    files = _collect_inputs(args.inputs)
+    model_path = resolve_model(args.model, args.weights)
+    stylizer = Stylizer.from_checkpoint(model_path, args.device, args.precision)
+    single_file_out = len(files) == 1 and args.out.suffix.lower() in OUTPUT_FORMATS
+    suffix = "." + (args.format or (args.out.suffix.lower().lstrip(".") if single_file_out else "png"))
+    suffix = ".jpg" if suffix == ".jpeg" else suffix
+    failures = 0
+    for path in tqdm(files, desc="stylize", unit="img", disable=len(files) < 2):
+        try:
+            image = decode_image(path)
+        except Exception as exc:  # noqa: BLE001 -- PIL raises many types for unreadable files
+            log.error("cannot read %s: %s", path, exc)
+            failures += 1
+            continue
+        styled = stylizer.stylize_image(image, options)
+        target = args.out.with_suffix(suffix) if single_file_out else args.out / f"{path.stem}_{model_path.stem}{suffix}"
+        save_image(styled.rgb, target, styled.alpha, args.quality)
+        log.info("wrote %s", target)
+    if failures:
+        log.error("%d of %d image(s) could not be read", failures, len(files))
+    return 1 if failures else 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the models in the weights folder")
+    p.add_argument("--weights", type=Path, help="weights folder (default: $STYLE_TRANSFER_WEIGHTS or ./weights)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_models)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .zoo import default_weights_dir, describe_models
+
+    folder = args.weights or default_weights_dir()
+    rows = describe_models(folder)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no models in {folder}")
+        return 0
+    header = f"{'name':<28} {'style':<32} {'norm':<9} {'steps':>7} {'MB':>6}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        if "error" in row:
+            print(f"{row['name']:<28} unreadable: {row['error']}")
+        else:
+            print(f"{row['name']:<28} {row['style'][:32]:<32} {row['norm']:<9} {row['steps']:>7} "
+                  f"{row['bytes'] / 1e6:>6.1f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for all subcommands."""
+    parser = argparse.ArgumentParser(prog="style-transfer", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_stylize(sub)
+    _add_models(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `style-transfer` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, CheckpointError, RuntimeError) as exc:
+        # A user's mistake (or a diverged run): one clear line; the traceback only with --verbose.
+        log.error("%s", exc, exc_info=args.verbose)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Image files <-> float tensors. The only module that converts; everything else sees (B, 3, H, W) in [0, 1]."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+@dataclass
+class LoadedImage:
+    """An RGB image in [0, 1], shape (1, 3, H, W), and its alpha (1, 1, H, W) if it had one."""
+
+    rgb: torch.Tensor
+    alpha: torch.Tensor | None = None
+
+
+def _to_float_array(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any PIL mode -> (H, W, 3) float32 RGB in [0, 1] and optional (H, W) alpha."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit greyscale (PIL's convert("RGB") would clip it at 255, turning it white).
+        arr = np.asarray(img, dtype=np.float32)
+        peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        grey = np.clip(arr / peak, 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=2), None
+    if mode == "F":
+        grey = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=2), None
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode in ("LA", "La", "PA", "RGBa"):
+        img = img.convert("RGBA")
+    elif mode == "CMYK":
+        # PIL's conversion is a plain inversion (no ICC transform): close enough for style transfer.
+        img = img.convert("RGB")
+    elif mode not in ("RGB", "RGBA"):
+        img = img.convert("RGB")
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    if img.mode == "RGBA":
+        rgb, alpha = arr[..., :3], arr[..., 3]
+        # Transparent pixels often hold garbage colour: composite over white before stylizing.
+        rgb = rgb * alpha[..., None] + (1.0 - alpha[..., None])
+        return rgb, alpha
+    return arr, None
+
+
+def decode_image(data: bytes | Path | str) -> LoadedImage:
+    """Decode a file (path or bytes): first frame, EXIF orientation applied, any mode -> RGB (+ alpha)."""
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    with Image.open(source) as img:
+        img.seek(0)  # animated images: the first frame
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        rgb, alpha = _to_float_array(img)
+    rgb_t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
+    alpha_t = None if alpha is None else torch.from_numpy(np.ascontiguousarray(alpha))[None, None]
+    return LoadedImage(rgb_t, alpha_t)
+
+
+def load_rgb(path: Path | str, max_size: int | None = None) -> torch.Tensor:
+    """Load an image file as (1, 3, H, W) RGB in [0, 1], optionally with its long side <= max_size."""
+    rgb = decode_image(path).rgb
+    return resize_max(rgb, max_size) if max_size else rgb
+
+
+def resize_max(images: torch.Tensor, max_size: int) -> torch.Tensor:
+    """Downscale so the long side is at most ``max_size`` (antialiased); never upscales."""
+    h, w = images.shape[-2:]
+    if max(h, w) <= max_size:
+        return images
+    scale = max_size / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return torch.nn.functional.interpolate(images, size=size, mode="bicubic", antialias=True,
+                                           align_corners=False).clamp(0, 1)
+
+
+def to_pil(rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
+    """(1, 3, H, W) or (3, H, W) float tensor -> PIL image (RGBA when alpha is given)."""
+    if rgb.dim() == 4:
+        rgb = rgb[0]
+    arr = (rgb.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    img = Image.fromarray(arr, "RGB")
+    if alpha is not None:
+        a = alpha.reshape(alpha.shape[-2:]).detach().float().clamp(0, 1).cpu().numpy()
+        img.putalpha(Image.fromarray((a * 255.0 + 0.5).astype(np.uint8), "L"))
+    return img
+
+
+def encode_image(rgb: torch.Tensor, fmt: str = "PNG", alpha: torch.Tensor | None = None,
+                 quality: int = 92) -> bytes:
+    """Encode to PNG/JPEG/WEBP bytes. Nothing from the input file (EXIF, ICC, text) is carried over."""
+    fmt = fmt.upper()
+    if fmt == "JPG":
+        fmt = "JPEG"
+    if fmt not in ("PNG", "JPEG", "WEBP"):
+        raise ValueError(f"unsupported output format {fmt!r}; valid: png, jpeg, webp")
+    if fmt == "JPEG" and alpha is not None:
+        # JPEG has no alpha: composite over white, as the input was composited before stylizing.
+        rgb = rgb * alpha + (1 - alpha)
+        alpha = None
+    buf = io.BytesIO()
+    kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {"optimize": False}
+    to_pil(rgb, alpha).save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def save_image(rgb: torch.Tensor, path: Path | str, alpha: torch.Tensor | None = None, quality: int = 92) -> None:
+    """Write an image file, format chosen by suffix, atomically (never a half-written file)."""
+    path = Path(path)
+    fmt = OUTPUT_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"unsupported output suffix {path.suffix!r}; valid: {', '.join(OUTPUT_FORMATS)}")
+    atomic_write_bytes(path, encode_image(rgb, fmt, alpha, quality))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, rename: readers see the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def find_images(folder: Path | str) -> list[Path]:
+    """Every JPEG/PNG/WebP under ``folder`` (recursive, hidden files skipped), in sorted order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"not a folder: {folder}")
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
+    )

@@ -1,0 +1,146 @@
+"""The one normalization factory: every norm layer in the project is built here, by name.
+
+Every factory takes the channel count first, so the network never needs to know which norm it holds
+(the torchvision ``norm_layer`` / timm ``get_norm_layer`` convention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+NormLayer = Callable[[int], nn.Module]
+
+# 8 groups divides 16/32/64/128 (the half- and full-width Johnson network), so every layer has
+# 2-16 channels per group: genuinely between instance norm (1 channel per group) and layer norm
+# (all channels in one group). Wu & He 2018 (Table 3) found GN robust across group sizes with
+# >= 4 channels per group; their default of 32 groups would make our first layer plain instance norm.
+DEFAULT_GROUPS = 8
+
+
+class NoNorm(nn.Identity):
+    """Identity that accepts (and ignores) a channel count, so ``none`` is interchangeable."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+
+
+def _instance(channels: int) -> nn.Module:
+    # Ulyanov et al. 2016: per-image, per-channel statistics, also at test time; affine as in
+    # their improved texture networks.
+    return nn.InstanceNorm2d(channels, affine=True)
+
+
+def _batch(channels: int) -> nn.Module:
+    return nn.BatchNorm2d(channels)
+
+
+def _group(channels: int, groups: int = DEFAULT_GROUPS) -> nn.Module:
+    if groups < 1 or channels % groups:
+        raise ValueError(
+            f"group norm needs the channel count ({channels}) to be divisible by the number of groups "
+            f"({groups}); choose a group count that divides every layer width"
+        )
+    return nn.GroupNorm(groups, channels)
+
+
+def _layer(channels: int) -> nn.Module:
+    # "Layer norm" on a conv feature map means: statistics over (C, H, W) of each image, with a
+    # per-channel affine -- i.e. GroupNorm with one group (Wu & He 2018, Fig. 2; Ba et al. 2016).
+    # nn.LayerNorm would instead need a fixed (C, H, W) shape and a per-pixel affine, which breaks
+    # the "any input size" contract.
+    return nn.GroupNorm(1, channels)
+
+
+_FACTORIES: dict[str, Callable[..., nn.Module]] = {
+    "instance": _instance,
+    "batch": _batch,
+    "group": _group,
+    "layer": _layer,
+    "none": NoNorm,
+}
+
+NORM_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def get_norm_layer(name: str, *, groups: int = DEFAULT_GROUPS) -> NormLayer:
+    """Return a ``channels -> nn.Module`` factory for the norm called ``name``."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in _FACTORIES:
+        raise ValueError(f"unknown norm {name!r}; valid names are: {', '.join(NORM_NAMES)}")
+    if key == "group":
+        if groups < 1:
+            raise ValueError(f"group norm needs at least one group, got {groups}")
+        return functools.partial(_group, groups=groups)
+    return _FACTORIES[key]
+
+
+def has_batch_statistics(module: nn.Module) -> bool:
+    """True when ``module`` normalizes with statistics shared across the batch (batch norm)."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def _per_image_groups(module: nn.Module) -> int | None:
+    """Number of statistic groups for per-image norms (instance/group/layer); None for the others."""
+    if isinstance(module, nn.InstanceNorm2d):
+        return module.num_features
+    if isinstance(module, nn.GroupNorm):
+        return module.num_groups
+    return None
+
+
+def _group_stats(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # x: (B, C, H, W) -> mean, var: (B, groups), computed in fp32 for stability under bf16.
+    flat = x.float().reshape(x.shape[0], groups, -1)
+    return flat.mean(-1), flat.var(-1, unbiased=False)
+
+
+@contextlib.contextmanager
+def frozen_statistics(model: nn.Module, reference: torch.Tensor) -> Iterator[None]:
+    """Run ``model`` once on ``reference`` and normalize every later call with those statistics.
+
+    Per-image norms (instance, group, layer) compute their mean/variance from whatever they see, so
+    stylizing an image tile by tile would give every tile different statistics and visible seams.
+    Inside this context, each such layer uses the statistics it saw on ``reference`` (the whole image,
+    downscaled) instead, so all tiles are normalized alike. Batch norm (eval) and ``none`` need nothing.
+    ``reference`` must have batch size 1.
+    """
+    stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+    layers = [(m, g) for m in model.modules() if (g := _per_image_groups(m)) is not None]
+
+    def record(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        stats[module] = _group_stats(args[0], _per_image_groups(module))
+
+    def apply(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        b, c = x.shape[:2]
+        mean, var = stats[module]
+        groups = mean.shape[1]
+        eps = module.eps
+        scale = torch.rsqrt(var + eps)  # (1, G)
+        # expand (1, G) -> (B, C, 1, 1): every channel takes its group's statistics
+        mean = mean.repeat_interleave(c // groups, dim=1).expand(b, c)[..., None, None]
+        scale = scale.repeat_interleave(c // groups, dim=1).expand(b, c)[..., None, None]
+        y = (x.float() - mean) * scale
+        if module.weight is not None:
+            y = y * module.weight.float()[None, :, None, None] + module.bias.float()[None, :, None, None]
+        return y.to(x.dtype)
+
+    handles = [m.register_forward_hook(record) for m, _ in layers]
+    try:
+        with torch.no_grad():
+            model(reference)
+    finally:
+        for h in handles:
+            h.remove()
+    handles = [m.register_forward_hook(apply) for m, _ in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
