@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         sync_bn=args.sync_bn, save_dtype=args.save_dtype,
     )
     result = train(settings, resume=args.resume)
-    if result.steps:
+    if result.steps and os.environ.get("RANK", "0") == "0":
         log.info("wrote %s after %d steps; final losses: %s", result.checkpoint, result.steps,
                  ", ".join(f"{k}={v:.4g}" for k, v in result.losses.items()))
     return 0
@@ -105,7 +106,7 @@ def _add_stylize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=float, default=1.0, help="0..1 blend with the content (default: %(default)s)")
     p.add_argument("--preserve-color", action="store_true", help="keep the content's colours (luminance-only transfer)")
     p.add_argument("--tile", type=_positive_int, help="stylize in tiles of this many px (for very large images)")
-    p.add_argument("--tile-overlap", type=int, default=64, help="overlap between tiles in px (default: %(default)s)")
+    p.add_argument("--tile-overlap", type=int, help="overlap between tiles in px (default: min(128, tile/4))")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="(default: %(default)s)")
     p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default: %(default)s)")
     p.set_defaults(func=_cmd_stylize)

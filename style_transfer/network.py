@@ -97,6 +97,8 @@ class TransformerNet(nn.Module):
 
     # The 9x9 reflection pad needs at least 5 pixels; smaller inputs are padded up, then cropped.
     MIN_SIZE = 8
+    # Total downsampling factor (two stride-2 convs): tiles must start on multiples of it.
+    STRIDE = 4
 
     def __init__(self, config: TransformerConfig = TransformerConfig()) -> None:
         super().__init__()

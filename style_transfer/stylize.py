@@ -20,6 +20,15 @@ log = logging.getLogger(__name__)
 # Statistics for tiled stylization are taken from the whole image downscaled to this long side
 # (or the image itself when smaller): large enough that the statistics match the full-size ones closely.
 TILE_REFERENCE_SIZE = 1024
+# Width of the cross-fade at each tile cut, in px.
+TILE_FADE = 16
+# Twice the receptive radius of the default network (~54 px): tiles this far apart agree exactly.
+MAX_DEFAULT_OVERLAP = 128
+
+
+def default_overlap(tile: int) -> int:
+    """Tile overlap used when none is given: 128 px, or a quarter of small tiles (multiple of 4)."""
+    return min(MAX_DEFAULT_OVERLAP, tile // 4 // 4 * 4)
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,7 @@ class StylizeOptions:
     preserve_color: bool = False  # keep the content's colours (luminance-only transfer)
     max_size: int | None = None  # downscale so the long side is at most this (None: keep the size)
     tile: int | None = None  # stylize in tiles of this many px (None: the whole image at once)
-    tile_overlap: int = 64  # px shared by neighbouring tiles, cross-faded
+    tile_overlap: int | None = None  # px shared by neighbouring tiles (None: default_overlap(tile))
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.strength <= 1.0 or math.isnan(self.strength):
@@ -40,7 +49,7 @@ class StylizeOptions:
         if self.tile is not None:
             if self.tile < 32:
                 raise ValueError(f"tile must be at least 32 px, got {self.tile}")
-            if not 0 <= self.tile_overlap < self.tile // 2:
+            if self.tile_overlap is not None and not 0 <= self.tile_overlap < self.tile // 2:
                 raise ValueError(f"tile_overlap must be in [0, tile/2), got {self.tile_overlap} for tile {self.tile}")
 
 
@@ -64,22 +73,38 @@ def preserve_color(stylized: torch.Tensor, content: torch.Tensor) -> torch.Tenso
     return ycbcr_to_rgb(torch.cat([styled[:, :1], original[:, 1:]], dim=1)).clamp(0, 1)
 
 
-def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+def _tile_spans(length: int, tile: int, overlap: int, align: int) -> list[tuple[int, int]]:
+    """(start, end) of tiles covering ``length``; starts are multiples of ``align``.
+
+    Aligned starts keep every tile on the same stride-2 sampling grid as the whole image, so a tile's
+    interior equals the whole-image output exactly (unaligned tiles shift the grid and change it).
+    """
     if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
+        return [(0, length)]
+    stride = max(align, (tile - overlap) // align * align)
+    last = (length - tile) // align * align
+    starts = list(range(0, last, stride)) + [last]
+    return [(a, a + tile) if a != last else (a, length) for a in starts]
 
 
-def _ramp(length: int, overlap: int, device: torch.device) -> torch.Tensor:
-    # Linear cross-fade over the overlap at each end; never zero, so a pixel covered by one tile
-    # keeps its value after normalization.
-    i = torch.arange(length, device=device, dtype=torch.float32)
-    if overlap == 0:
-        return torch.ones(length, device=device)
-    rise = ((i + 0.5) / overlap).clamp(max=1.0)
-    return torch.minimum(rise, rise.flip(0)).clamp(min=1e-3)
+def _axis_weights(spans: list[tuple[int, int]], fade: int) -> list[torch.Tensor]:
+    """Per-tile blend weights along one axis; they sum to 1 at every position.
+
+    Each shared edge is cut in the middle of the overlap, with a short linear cross-fade of ``fade``
+    px: pixels near a tile's inner edge (where its padding differs from the whole image) get no weight.
+    """
+    weights = []
+    for k, (a, b) in enumerate(spans):
+        pos = torch.arange(a, b, dtype=torch.float32) + 0.5
+        w = torch.ones(b - a)
+        if k > 0:
+            cut = (a + spans[k - 1][1]) / 2  # middle of the overlap with the previous tile
+            w = torch.minimum(w, ((pos - cut) / fade + 0.5).clamp(0, 1))
+        if k < len(spans) - 1:
+            cut = (spans[k + 1][0] + b) / 2
+            w = torch.minimum(w, ((cut - pos) / fade + 0.5).clamp(0, 1))
+        weights.append(w)
+    return weights
 
 
 class Stylizer:
@@ -106,28 +131,31 @@ class Stylizer:
         return out.float().clamp(0, 1).to(images.device)
 
     @torch.no_grad()
-    def run_tiled(self, image: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
-        """Stylize one image tile by tile, with shared norm statistics and cross-faded overlaps.
+    def run_tiled(self, image: torch.Tensor, tile: int, overlap: int | None = None) -> torch.Tensor:
+        """Stylize one image tile by tile, with shared norm statistics and aligned, overlapping tiles.
 
         Per-image norms (instance/group/layer) would normalize each tile with its own statistics and
         show seams; :func:`norms.frozen_statistics` gives every tile the statistics of the whole image
-        (downscaled to TILE_REFERENCE_SIZE). Memory stays bounded by the tile size: only the output
-        and a weight map are full-size.
+        (downscaled to TILE_REFERENCE_SIZE when larger). With those statistics and an overlap of at
+        least twice the network's receptive radius (~54 px for the default network), the result equals
+        the whole-image result; smaller overlaps are hidden by the cross-fade. Memory is bounded by the
+        tile size: only the input, the output and the weights are full-size.
         """
         _, _, h, w = image.shape
+        if overlap is None:
+            overlap = default_overlap(tile)
+        align = TransformerNet.STRIDE
+        rows, cols = _tile_spans(h, tile, overlap, align), _tile_spans(w, tile, overlap, align)
+        row_w, col_w = _axis_weights(rows, TILE_FADE), _axis_weights(cols, TILE_FADE)
         reference = resize_max(image, TILE_REFERENCE_SIZE).to(self.device)
         out = torch.zeros(1, 3, h, w)
-        weight = torch.zeros(1, 1, h, w)
         with autocast(self.device, self.precision), frozen_statistics(self.model, reference):
-            for top in _tile_starts(h, tile, overlap):
-                for left in _tile_starts(w, tile, overlap):
-                    patch = image[..., top : top + tile, left : left + tile]
-                    styled = self.model(patch.to(self.device)).float().clamp(0, 1).cpu()
-                    ph, pw = styled.shape[-2:]
-                    wmap = _ramp(ph, overlap, torch.device("cpu"))[:, None] * _ramp(pw, overlap, torch.device("cpu"))[None, :]
-                    out[..., top : top + ph, left : left + pw] += styled * wmap
-                    weight[..., top : top + ph, left : left + pw] += wmap
-        return (out / weight).to(image.dtype)
+            for (top, bottom), wr in zip(rows, row_w):
+                for (left, right), wc in zip(cols, col_w):
+                    patch = image[..., top:bottom, left:right].to(self.device)
+                    styled = self.model(patch).float().clamp(0, 1).cpu()
+                    out[..., top:bottom, left:right] += styled * (wr[:, None] * wc[None, :])
+        return out.to(image.dtype)
 
     def stylize(self, image: torch.Tensor, options: StylizeOptions = StylizeOptions()) -> torch.Tensor:
         """One image (1, 3, H, W) in [0, 1] -> stylized (1, 3, H', W'), H', W' bounded by max_size."""

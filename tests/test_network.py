@@ -1,0 +1,149 @@
+"""The transformer network: any input size in, same size out, for every norm; config and fairness."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from style_transfer.network import TransformerConfig, TransformerNet, count_parameters
+from style_transfer.norms import NORM_NAMES
+
+
+def _net(norm: str, width: int = 8, num_residual: int = 1, seed: int = 0) -> TransformerNet:
+    torch.manual_seed(seed)
+    return TransformerNet(TransformerConfig(norm=norm, width=width, num_residual=num_residual))
+
+
+@pytest.mark.parametrize("norm", NORM_NAMES)
+@pytest.mark.parametrize("size", [(32, 32), (16, 24), (33, 47), (31, 31), (9, 18)])
+def test_output_shape_matches_input(norm, size):
+    model = _net(norm).train()
+    x = torch.rand(2, 3, *size)
+    y = model(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+    model.eval()
+    with torch.no_grad():
+        assert model(x).shape == x.shape
+
+
+@pytest.mark.parametrize("norm", NORM_NAMES)
+@pytest.mark.parametrize("size", [(3, 5), (1, 1), (1, 9), (7, 2)])
+def test_tiny_inputs_keep_their_shape(norm, size):
+    model = _net(norm).eval()  # batch norm: batch size 1 needs running statistics
+    x = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("norm", NORM_NAMES)
+def test_gradient_reaches_every_parameter(norm):
+    model = _net(norm).train()
+    model(torch.rand(2, 3, 17, 20)).square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("norm", NORM_NAMES)
+def test_no_transposed_convolutions(norm):
+    model = _net(norm, num_residual=2)
+    kinds = {type(m) for m in model.modules()}
+    assert not any(issubclass(k, nn.modules.conv._ConvTransposeNd) for k in kinds)
+    assert nn.Conv2d in kinds
+
+
+def test_half_width_has_about_a_quarter_of_the_parameters():
+    full = count_parameters(_net("instance", width=32, num_residual=5))
+    half = count_parameters(_net("instance", width=16, num_residual=5))
+    assert 0.24 < half / full < 0.27, (half, full)
+    # the standard Johnson et al. network is ~1.7M parameters
+    assert 1.5e6 < full < 1.9e6
+
+
+@pytest.mark.parametrize("norm", NORM_NAMES)
+def test_each_residual_block_adds_two_3x3_convs(norm):
+    w = 8
+    c = 4 * w
+    conv = 2 * (9 * c * c + c)  # two 3x3 convs with bias
+    affine = {"instance": 2 * 2 * c, "batch": 2 * 2 * c, "group": 2 * 2 * c, "layer": 2 * 2 * c, "none": 0}[norm]
+    one = count_parameters(_net(norm, width=w, num_residual=1))
+    three = count_parameters(_net(norm, width=w, num_residual=3))
+    assert three - one == 2 * (conv + affine)
+
+
+def test_parameter_counts_differ_only_by_norm_affines():
+    counts = {norm: count_parameters(_net(norm)) for norm in NORM_NAMES}
+    assert counts["instance"] == counts["batch"] == counts["group"] == counts["layer"]
+    assert counts["none"] < counts["instance"]
+
+
+def test_config_rejects_unknown_norm_listing_valid_names():
+    with pytest.raises(ValueError) as excinfo:
+        TransformerConfig(norm="spectral")
+    message = str(excinfo.value)
+    assert "spectral" in message
+    for name in NORM_NAMES:
+        assert name in message
+
+
+@pytest.mark.parametrize("kwargs", [{"width": 0}, {"num_residual": -1}])
+def test_config_rejects_bad_sizes(kwargs):
+    with pytest.raises(ValueError):
+        TransformerConfig(**kwargs)
+
+
+@pytest.mark.parametrize("norm", NORM_NAMES)
+def test_config_json_round_trip(norm):
+    config = TransformerConfig(norm=norm, width=8, num_residual=2, groups=4)
+    text = config.to_json()
+    data = json.loads(text)
+    assert data == {"norm": norm, "width": 8, "num_residual": 2, "groups": 4}
+    assert TransformerConfig.from_dict(data) == config
+
+
+def test_config_from_dict_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="colour"):
+        TransformerConfig.from_dict({"norm": "instance", "colour": "blue"})
+
+
+def test_group_count_comes_from_the_config():
+    model = TransformerNet(TransformerConfig(norm="group", width=8, num_residual=1, groups=4))
+    groups = {m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)}
+    assert groups == {4}
+    with pytest.raises(ValueError):  # 3 does not divide 8
+        TransformerNet(TransformerConfig(norm="group", width=8, num_residual=1, groups=3))
+
+
+def _conv_weights(model: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    return [(name, m.weight, m.bias) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_seeded_construction_gives_identical_conv_weights_across_norms():
+    """Fairness: arms that differ only in the norm start from exactly the same conv weights."""
+    reference = _conv_weights(_net("instance", seed=0))
+    assert len(reference) == 2 * 1 + 6  # head, down1, down2, 2 residual convs, up1, up2, tail
+    for norm in NORM_NAMES:
+        convs = _conv_weights(_net(norm, seed=0))
+        assert [n for n, _, _ in convs] == [n for n, _, _ in reference], norm
+        for (name, w, b), (_, w_ref, b_ref) in zip(convs, reference):
+            assert torch.equal(w, w_ref), (norm, name)
+            assert torch.equal(b, b_ref), (norm, name)
+    # ... and the seed matters (the test above is not trivially true)
+    other = _conv_weights(_net("instance", seed=1))
+    assert not torch.equal(other[0][1], reference[0][1])
+
+
+def test_last_layer_has_no_norm_and_no_activation():
+    model = _net("instance")
+    # the output must be able to go negative/above 1 before clamping: no ReLU at the end
+    assert not isinstance(list(model.tail.children())[-1], (nn.ReLU, nn.InstanceNorm2d))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        y = model(torch.rand(1, 3, 16, 16))
+    assert (y < 0).any()

@@ -1,0 +1,115 @@
+"""Stylizing: tiling without seams for every norm, strength, colour preservation, size bounds."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+import style_transfer.stylize as stylize_module
+from style_transfer.network import TransformerConfig, TransformerNet
+from style_transfer.norms import NORM_NAMES
+from style_transfer.stylize import Stylizer, StylizeOptions, preserve_color, rgb_to_ycbcr, ycbcr_to_rgb
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp(min=1e-12)))
+
+
+def photo_like(h: int = 133, w: int = 200) -> torch.Tensor:
+    """A smooth, structured test image (gradients + blobs), deterministic."""
+    y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    r = 0.5 + 0.4 * torch.sin(6 * x + 3 * y)
+    g = 0.5 + 0.4 * torch.cos(5 * y - 2 * x * y)
+    b = (x * y + 0.2 * torch.sin(20 * x)).clamp(0, 1)
+    return torch.stack([r, g, b])[None].clamp(0, 1)
+
+
+def tiny_stylizer(norm: str) -> Stylizer:
+    torch.manual_seed(0)
+    model = TransformerNet(TransformerConfig(norm=norm, width=8, num_residual=1))
+    if norm == "batch":  # give the running statistics non-trivial values
+        model.train()
+        with torch.no_grad():
+            model(torch.rand(4, 3, 64, 64))
+    return Stylizer(model)
+
+
+@pytest.mark.parametrize("norm", NORM_NAMES)
+def test_tiled_equals_whole_image(norm):
+    stylizer, image = tiny_stylizer(norm), photo_like()
+    whole = stylizer.stylize(image)
+    tiled = stylizer.stylize(image, StylizeOptions(tile=100, tile_overlap=48))
+    assert tiled.shape == whole.shape
+    assert psnr(tiled, whole) > 45
+
+
+@pytest.mark.parametrize("norm", ["instance", "group", "layer"])
+def test_shared_statistics_are_what_removes_seams(norm, monkeypatch):
+    """Without frozen statistics each tile normalizes itself and the result differs visibly."""
+    stylizer, image = tiny_stylizer(norm), photo_like()
+    whole = stylizer.stylize(image)
+    options = StylizeOptions(tile=100, tile_overlap=48)
+    good = psnr(stylizer.stylize(image, options), whole)
+    monkeypatch.setattr(stylize_module, "frozen_statistics", lambda model, ref: contextlib.nullcontext())
+    naive = psnr(stylizer.stylize(image, options), whole)
+    assert good > naive + 10
+
+
+def test_tiling_odd_sizes_and_large_images_cover_every_pixel():
+    stylizer = tiny_stylizer("instance")
+    image = photo_like(301, 157)
+    out = stylizer.stylize(image, StylizeOptions(tile=64))
+    assert out.shape == image.shape
+    assert torch.isfinite(out).all()
+    # overlap 16 px is below the receptive field: close, not exact
+    assert psnr(out, stylizer.stylize(image)) > 30
+
+
+def test_strength_blends_with_the_content():
+    stylizer, image = tiny_stylizer("instance"), photo_like()
+    full = stylizer.stylize(image)
+    assert torch.equal(stylizer.stylize(image, StylizeOptions(strength=0.0)), image)
+    half = stylizer.stylize(image, StylizeOptions(strength=0.5))
+    torch.testing.assert_close(half, (0.5 * full + 0.5 * image).clamp(0, 1), atol=1e-5, rtol=0)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="strength"):
+            StylizeOptions(strength=bad)
+
+
+def test_preserve_color_keeps_content_chroma_and_styled_luminance():
+    stylizer, image = tiny_stylizer("instance"), photo_like()
+    styled = stylizer.stylize(image)
+    kept = stylizer.stylize(image, StylizeOptions(preserve_color=True))
+    ycc_kept, ycc_img, ycc_styled = rgb_to_ycbcr(kept), rgb_to_ycbcr(image), rgb_to_ycbcr(styled)
+    # away from clipping, chroma comes from the content and luminance from the stylized image
+    inside = ((ycbcr_to_rgb(torch.cat([ycc_styled[:, :1], ycc_img[:, 1:]], 1)) - kept).abs().amax(1) < 1e-4)
+    assert inside.float().mean() > 0.5
+    mask = inside[:, None].expand(-1, 2, -1, -1)
+    torch.testing.assert_close(ycc_kept[:, 1:][mask], ycc_img[:, 1:][mask], atol=1e-4, rtol=0)
+    assert (ycc_styled[:, 1:] - ycc_img[:, 1:]).abs().mean() > (ycc_kept[:, 1:] - ycc_img[:, 1:]).abs().mean()
+
+
+def test_ycbcr_round_trip():
+    image = torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(ycbcr_to_rgb(rgb_to_ycbcr(image)), image, atol=1e-5, rtol=0)
+    grey = torch.full((1, 3, 4, 4), 0.3)
+    assert rgb_to_ycbcr(grey)[:, 1:].abs().max() < 1e-6
+    torch.testing.assert_close(preserve_color(grey, grey), grey)
+
+
+def test_max_size_bounds_the_long_side():
+    stylizer, image = tiny_stylizer("instance"), photo_like(120, 200)
+    out = stylizer.stylize(image, StylizeOptions(max_size=50))
+    assert out.shape[-2:] == (30, 50)
+    assert stylizer.stylize(image, StylizeOptions(max_size=1000)).shape == image.shape  # never upscales
+
+
+def test_bad_options_and_inputs_are_refused():
+    with pytest.raises(ValueError, match="tile"):
+        StylizeOptions(tile=8)
+    with pytest.raises(ValueError, match="tile_overlap"):
+        StylizeOptions(tile=64, tile_overlap=40)
+    with pytest.raises(ValueError, match="shape"):
+        tiny_stylizer("none").stylize(torch.rand(3, 16, 16))

@@ -1,0 +1,160 @@
+"""Training: a real short run on ../shared/data, resume equivalence, divergence, bad data, torchrun/gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from style_transfer.checkpoint import load_model, load_train_state
+from style_transfer.losses import LossConfig, PerceptualLoss
+from style_transfer.network import TransformerConfig
+from style_transfer.train import TrainingError, TrainSettings, train
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+STYLE = SHARED / "styles" / "vangogh_starry_night_1889.jpg"
+pytestmark = pytest.mark.skipif(not STYLE.exists(), reason="../shared/data not available")
+
+TINY_NET = TransformerConfig(norm="instance", width=8, num_residual=1)
+TINY_LOSS = LossConfig(style_size=64)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Eight real photos from bsds500/train."""
+    folder = tmp_path_factory.mktemp("photos")
+    for src in sorted((SHARED / "content" / "bsds500" / "train").glob("*.jpg"))[:8]:
+        shutil.copy(src, folder / src.name)
+    return folder
+
+
+def settings(tmp: Path, content: Path, **overrides) -> TrainSettings:
+    base = dict(content_dir=content, style_image=STYLE, out=tmp / "model.safetensors", network=TINY_NET,
+                loss=TINY_LOSS, steps=4, image_size=32, batch_size=2, device="cpu", checkpoint_every=2,
+                sample_every=2, progress=False)
+    base.update(overrides)
+    return TrainSettings(**base)
+
+
+def test_short_real_training_lowers_the_loss(tmp_path, photos):
+    result = train(settings(tmp_path, photos, steps=30, image_size=48, checkpoint_every=10, sample_every=15))
+    totals = [e["total"] for e in result.history]
+    assert len(totals) == 30
+    assert sum(totals[-5:]) / 5 < 0.5 * sum(totals[:5]) / 5
+    model, info = load_model(tmp_path / "model.safetensors")
+    assert info.steps == 30 and info.norm == "instance" and info.style_name == STYLE.stem
+    assert set(info.losses) == {"content", "style", "tv", "total"}
+    # every step logged with every term; samples written at the sample interval
+    entries = [json.loads(l) for l in (tmp_path / "model.run" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in entries] == list(range(1, 31))
+    assert all({"content", "style", "tv", "total"} <= set(e) for e in entries)
+    assert sorted(p.name for p in (tmp_path / "model.run" / "samples").iterdir()) == [
+        "step_000015.png", "step_000030.png"]
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_resume_gives_identical_weights(tmp_path, photos, norm):
+    net = TransformerConfig(norm=norm, width=8, num_residual=1)
+    straight = train(settings(tmp_path / "a", photos, network=net, steps=6, checkpoint_every=3))
+    # Interrupted after 3 steps (the checkpoint at step 3), then resumed to 6.
+    train(settings(tmp_path / "b", photos, network=net, steps=3, checkpoint_every=3))
+    resumed = train(settings(tmp_path / "b", photos, network=net, steps=6, checkpoint_every=3), resume=True)
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [e["total"] for e in resumed.history] == [e["total"] for e in straight.history]
+    log = (tmp_path / "b" / "model.run" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(l)["step"] for l in log] == list(range(1, 7))
+
+
+def test_resume_refuses_changed_settings(tmp_path, photos):
+    train(settings(tmp_path, photos, steps=2))
+    with pytest.raises(TrainingError, match="lr"):
+        train(settings(tmp_path, photos, steps=4, lr=5e-3), resume=True)
+
+
+def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path, photos, monkeypatch):
+    real_forward = PerceptualLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, output, content):
+        calls["n"] += 1
+        terms = real_forward(self, output, content)
+        if calls["n"] == 4:  # the 4th step diverges, after the checkpoint of step 2
+            terms = {k: v * float("nan") for k, v in terms.items()}
+        return terms
+
+    monkeypatch.setattr(PerceptualLoss, "forward", poisoned)
+    out = tmp_path / "model.safetensors"
+    with pytest.raises(TrainingError, match="non-finite at step 4"):
+        train(settings(tmp_path, photos, steps=6, checkpoint_every=2))
+    # step 3's checkpoint is not due (every 2), so the last good checkpoint is step 2's, untouched
+    assert load_train_state(tmp_path / "model.run" / "train_state.pt")["step"] == 2
+    model, info = load_model(out)
+    assert info.steps == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_unreadable_content_images_are_skipped_and_counted(tmp_path, photos, caplog):
+    content = tmp_path / "content"
+    shutil.copytree(photos, content)
+    (content / "garbage.jpg").write_bytes(b"not an image at all")
+    real = next(photos.glob("*.jpg")).read_bytes()
+    (content / "nested").mkdir()
+    (content / "nested" / "truncated.jpg").write_bytes(real[: len(real) // 3])
+    with caplog.at_level("WARNING"):
+        result = train(settings(tmp_path, content, steps=2))
+    assert result.skipped_images == 2
+    assert "garbage.jpg" in caplog.text and "truncated.jpg" in caplog.text
+
+
+def test_bf16_autocast_trains(tmp_path, photos):
+    result = train(settings(tmp_path, photos, steps=2, precision="bf16"))
+    assert all(torch.isfinite(torch.tensor(e["total"])) for e in result.history)
+
+
+def test_epochs_set_the_step_count(tmp_path, photos):
+    # 8 images, batch 2 -> 4 steps per epoch
+    result = train(settings(tmp_path, photos, steps=None, epochs=0.5))
+    assert result.steps == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _cli_train(args: list[str], out: Path, photos: Path, launcher: list[str]) -> None:
+    cmd = launcher + ["-m", "style_transfer", "train", "--content", str(photos), "--style", str(STYLE),
+                      "--out", str(out), "--steps", "3", "--image-size", "32", "--width", "8",
+                      "--residual-blocks", "1", "--style-size", "64", "--device", "cpu", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo_matches_one_process(tmp_path, photos):
+    """2 processes x batch 2 (DDP, gloo) see the same images as 1 process x batch 4 and learn the same."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    _cli_train(["--batch-size", "2"], tmp_path / "ddp.safetensors", photos, torchrun)
+    _cli_train(["--batch-size", "4"], tmp_path / "one.safetensors", photos, [sys.executable])
+    ddp_log = [json.loads(l) for l in (tmp_path / "ddp.run" / "log.jsonl").read_text().splitlines()]
+    one_log = [json.loads(l) for l in (tmp_path / "one.run" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in ddp_log] == [1, 2, 3]  # rank 0 alone writes the log
+    for d, o in zip(ddp_log, one_log):
+        assert d["total"] == pytest.approx(o["total"], rel=1e-4)
+    a, b = load_file(tmp_path / "ddp.safetensors"), load_file(tmp_path / "one.safetensors")
+    # Adam's first steps move each weight by ~lr; float reduction order may flip a near-zero gradient.
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-2
