@@ -1,0 +1,136 @@
+"""The `style-transfer` command line, end to end: stylize (every option), models, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from style_transfer.checkpoint import ModelInfo, save_model
+from style_transfer.cli import main
+from style_transfer.network import TransformerConfig, TransformerNet
+
+
+@pytest.fixture
+def weights(tmp_path) -> Path:
+    """A weights folder with two tiny models."""
+    folder = tmp_path / "weights"
+    for name, norm in (("tiny-instance", "instance"), ("tiny-batch", "batch")):
+        torch.manual_seed(1)
+        config = TransformerConfig(norm=norm, width=8, num_residual=1)
+        save_model(folder / f"{name}.safetensors", TransformerNet(config),
+                   ModelInfo(config, style_name="test-style", steps=7, losses={"total": 1.5}))
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(folder / "a.jpg")
+    Image.fromarray(rng.integers(0, 255, (33, 21, 3), dtype=np.uint8)).save(folder / "sub" / "b.png")
+    rgba = rng.integers(0, 255, (24, 24, 4), dtype=np.uint8)
+    rgba[..., 3] = np.linspace(0, 255, 24, dtype=np.uint8)[None, :]
+    Image.fromarray(rgba, "RGBA").save(folder / "c.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def run(*args: str) -> int:
+    return main([*map(str, args)])
+
+
+def test_stylize_one_file_to_a_file(weights, photos, tmp_path):
+    out = tmp_path / "out.jpg"
+    assert run("stylize", photos / "a.jpg", "--model", "tiny-instance", "--weights", weights, "--out", out) == 0
+    with Image.open(out) as img:
+        assert img.format == "JPEG" and img.size == (60, 40)
+
+
+def test_stylize_folder_recursively_to_a_folder(weights, photos, tmp_path):
+    out = tmp_path / "out"
+    assert run("stylize", photos, "--model", weights / "tiny-batch.safetensors", "--out", out) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_tiny-batch.png", "b_tiny-batch.png", "c_tiny-batch.png"]
+    with Image.open(out / "c_tiny-batch.png") as img:  # alpha carried over
+        assert img.mode == "RGBA"
+        assert np.asarray(img)[..., 3][0, 0] == 0 and np.asarray(img)[..., 3][0, -1] == 255
+
+
+def test_stylize_several_files_with_every_option(weights, photos, tmp_path):
+    out = tmp_path / "out"
+    code = run("stylize", photos / "a.jpg", photos / "sub" / "b.png", "--model", "tiny-instance",
+               "--weights", weights, "--out", out, "--format", "jpeg", "--max-size", "32", "--strength", "0.5",
+               "--preserve-color", "--tile", "32", "--tile-overlap", "8", "--precision", "bf16", "--device", "cpu")
+    assert code == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["a_tiny-instance.jpg", "b_tiny-instance.jpg"]
+    with Image.open(out / "a_tiny-instance.jpg") as img:
+        assert img.size == (32, 21)  # max-size bounds the long side
+
+
+def test_options_change_the_output(weights, photos, tmp_path):
+    def stylize(*extra: str) -> np.ndarray:
+        target = tmp_path / f"o{len(list(tmp_path.iterdir()))}.png"
+        assert run("stylize", photos / "a.jpg", "--model", "tiny-instance", "--weights", weights,
+                   "--out", target, *extra) == 0
+        return np.asarray(Image.open(target), dtype=np.float32)
+
+    original = np.asarray(Image.open(photos / "a.jpg"), dtype=np.float32)
+    full = stylize()
+    assert np.abs(stylize("--strength", "0") - original).max() <= 1
+    half = stylize("--strength", "0.5")
+    assert np.abs(half - (full + original) / 2).max() <= 2
+    assert np.abs(stylize("--preserve-color") - full).mean() > 1
+
+
+def test_unknown_model_lists_available(weights, photos, tmp_path, caplog):
+    assert run("stylize", photos / "a.jpg", "--model", "nope", "--weights", weights, "--out", tmp_path / "x") == 2
+    assert "tiny-batch" in caplog.text and "tiny-instance" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["../weights/tiny-instance", "/etc/passwd", "tiny\x00instance", "..", "%2e%2e"])
+def test_model_names_cannot_escape_the_weights_folder(weights, photos, tmp_path, name, caplog):
+    assert run("stylize", photos / "a.jpg", "--model", name, "--weights", weights, "--out", tmp_path / "x") == 2
+
+
+def test_missing_input_and_unreadable_input(weights, photos, tmp_path, caplog):
+    assert run("stylize", tmp_path / "missing.jpg", "--model", "tiny-instance", "--weights", weights) == 2
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"garbage")
+    assert run("stylize", bad, photos / "a.jpg", "--model", "tiny-instance", "--weights", weights,
+               "--out", tmp_path / "o") == 1
+    assert (tmp_path / "o" / "a_tiny-instance.png").exists()  # the good one still done
+    assert "bad.jpg" in caplog.text
+
+
+def test_models_lists_metadata(weights, capsys):
+    assert run("models", "--weights", weights, "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["tiny-batch", "tiny-instance"]
+    assert rows[0]["norm"] == "batch" and rows[0]["steps"] == 7 and rows[0]["style"] == "test-style"
+    assert run("models", "--weights", weights) == 0
+    table = capsys.readouterr().out
+    assert "tiny-instance" in table and "instance" in table
+
+
+def test_train_rejects_unknown_norm(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--content", ".", "--style", "x.jpg", "--out", "m.safetensors", "--norm", "weird"])
+    assert "instance" in capsys.readouterr().err
+
+
+def test_console_script_runs(weights, photos, tmp_path):
+    script = Path(sys.executable).with_name("style-transfer")
+    proc = subprocess.run([str(script), "stylize", str(photos / "a.jpg"), "--model", "tiny-instance",
+                           "--weights", str(weights), "--out", str(tmp_path / "s.png")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "s.png").exists()
