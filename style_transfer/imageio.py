@@ -150,11 +150,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def find_images(folder: Path | str) -> list[Path]:
-    """Every JPEG/PNG/WebP under ``folder`` (recursive, hidden files skipped), in sorted order."""
+    """Every JPEG/PNG/WebP under ``folder`` (recursive, following symlinked folders once; hidden
+    files and folders skipped), in sorted order."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"not a folder: {folder}")
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
-    )
+    found: list[Path] = []
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a symlink cycle, or the same folder linked twice
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(root) / f for f in files
+                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(p for p in found if p.is_file())

@@ -172,6 +172,12 @@ def _read_log(path: Path, upto_step: int) -> list[dict[str, float]]:
 
 def train(settings: TrainSettings, resume: bool = False) -> TrainResult:
     """Train (or resume training) and write the served checkpoint to ``settings.out``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if settings.sync_bn and settings.network.norm == "batch" and world > 1 \
+            and resolve_device(settings.device).type != "cuda":
+        # Checked before joining the process group, so every rank fails fast with the same message.
+        raise ValueError("--sync-bn needs CUDA GPUs: PyTorch's SyncBatchNorm has no CPU implementation "
+                         "(without it, each process normalizes over its own batch)")
     env = _Distributed(settings.device)
     try:
         return _train(settings, resume, env)

@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from style_transfer.norms import DEFAULT_GROUPS, NORM_NAMES, get_norm_layer, has_batch_statistics
+from style_transfer.norms import (
+    DEFAULT_GROUPS,
+    NORM_NAMES,
+    frozen_statistics,
+    get_norm_layer,
+    has_batch_statistics,
+)
 
 C = 16
 
@@ -188,3 +194,39 @@ def test_names_are_case_insensitive(spelling, expected):
 def test_none_case_insensitive_is_identity():
     x = torch.randn(1, C, 4, 4)
     assert torch.equal(get_norm_layer("None")(C)(x), x)
+
+
+# ----------------------------------------------------------------------------- frozen_statistics
+
+
+@pytest.mark.parametrize("name", ["instance", "group", "layer"])
+def test_frozen_statistics_normalize_with_the_reference_statistics(name):
+    module = get_norm_layer(name)(C)
+    groups = {"instance": C, "group": DEFAULT_GROUPS, "layer": 1}[name]
+    reference = _input(batch=1, seed=1)
+    tile = _input(batch=2, size=4, seed=2) * 0.3 + 1.0  # other statistics than the reference
+    flat = reference.reshape(1, groups, -1)
+    mean = flat.mean(-1).repeat_interleave(C // groups, dim=1)[..., None, None]
+    std = (flat.var(-1, unbiased=False) + module.eps).sqrt().repeat_interleave(C // groups, dim=1)[..., None, None]
+    with frozen_statistics(module, reference):
+        frozen = module(tile)
+        assert torch.allclose(module(reference), module.__class__.forward(module, reference), atol=1e-4)
+    assert torch.allclose(frozen, (tile - mean) / std, atol=1e-4)
+    # outside the context the module uses the tile's own statistics again
+    assert not torch.allclose(module(tile), frozen, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", NORM_NAMES)
+def test_frozen_statistics_leave_the_reference_output_unchanged(name, make_model):
+    model = make_model(name, trained=True)
+    x = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(x)
+        with frozen_statistics(model, x):
+            inside = model(x)
+            batch = model(x.expand(3, -1, -1, -1))
+        after = model(x)
+    assert torch.allclose(inside, before, atol=1e-4)
+    assert torch.allclose(batch, before.expand(3, -1, -1, -1), atol=1e-4)
+    assert torch.equal(after, before)  # hooks removed
+    assert all(not m._forward_hooks for m in model.modules())

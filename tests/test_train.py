@@ -158,3 +158,11 @@ def test_torchrun_two_processes_gloo_matches_one_process(tmp_path, photos):
     a, b = load_file(tmp_path / "ddp.safetensors"), load_file(tmp_path / "one.safetensors")
     # Adam's first steps move each weight by ~lr; float reduction order may flip a near-zero gradient.
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-2
+
+
+def test_sync_bn_on_cpu_is_refused_clearly(tmp_path, photos, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    net = TransformerConfig(norm="batch", width=8, num_residual=1)
+    with pytest.raises(ValueError, match="SyncBatchNorm"):
+        train(settings(tmp_path, photos, network=net, sync_bn=True))

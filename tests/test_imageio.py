@@ -1,0 +1,361 @@
+"""Image files <-> tensors: every PIL mode we meet, EXIF orientation, alpha, encoding, atomic saves."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from style_transfer.imageio import (
+    LoadedImage,
+    decode_image,
+    encode_image,
+    load_rgb,
+    resize_max,
+    save_image,
+    to_pil,
+)
+
+RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
+
+
+def _bytes(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _rgb_at(loaded: LoadedImage, y: int, x: int) -> list[float]:
+    return [round(float(v), 3) for v in loaded.rgb[0, :, y, x]]
+
+
+def _close(a, b, tol=0.02) -> bool:
+    return all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+# ----------------------------------------------------------------------------- decode_image
+
+
+def test_decode_rgb_png_exact_from_bytes_and_path(tmp_path):
+    arr = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3) * 4
+    data = _bytes(Image.fromarray(arr, "RGB"), "PNG")
+    loaded = decode_image(data)
+    assert loaded.rgb.shape == (1, 3, 4, 5)
+    assert loaded.rgb.dtype == torch.float32
+    assert loaded.alpha is None
+    expected = torch.from_numpy(arr).permute(2, 0, 1).float()[None] / 255
+    assert torch.allclose(loaded.rgb, expected, atol=1e-6)
+    path = tmp_path / "x.png"
+    path.write_bytes(data)
+    assert torch.equal(decode_image(path).rgb, loaded.rgb)
+    assert torch.equal(decode_image(str(path)).rgb, loaded.rgb)
+    assert torch.equal(load_rgb(path), loaded.rgb)
+
+
+def test_exif_orientation_is_applied():
+    # stored 20 wide x 10 high: left half red, right half blue; orientation 6 = rotate 90 deg clockwise
+    img = Image.new("RGB", (20, 10), RED)
+    img.paste(Image.new("RGB", (10, 10), BLUE), (10, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    loaded = decode_image(_bytes(img, "JPEG", exif=exif.tobytes(), quality=95))
+    assert loaded.rgb.shape == (1, 3, 20, 10)  # displayed 10 wide x 20 high
+    # after a clockwise turn the stored left (red) half is on top, the right (blue) half at the bottom
+    assert _close(_rgb_at(loaded, 3, 5), (1, 0, 0), 0.15)
+    assert _close(_rgb_at(loaded, 16, 5), (0, 0, 1), 0.15)
+
+
+def test_exif_orientation_8_turns_the_other_way():
+    img = Image.new("RGB", (20, 10), RED)
+    img.paste(Image.new("RGB", (10, 10), BLUE), (10, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90 deg counter-clockwise
+    loaded = decode_image(_bytes(img, "JPEG", exif=exif.tobytes(), quality=95))
+    assert loaded.rgb.shape == (1, 3, 20, 10)
+    assert _close(_rgb_at(loaded, 3, 5), (0, 0, 1), 0.15)
+    assert _close(_rgb_at(loaded, 16, 5), (1, 0, 0), 0.15)
+
+
+def test_rgba_returns_alpha_and_composites_over_white():
+    img = Image.new("RGBA", (4, 2), (255, 0, 0, 255))
+    img.putpixel((1, 0), (0, 255, 0, 0))  # fully transparent garbage colour
+    img.putpixel((2, 0), (0, 0, 0, 128))  # half-transparent black
+    loaded = decode_image(_bytes(img, "PNG"))
+    assert loaded.rgb.shape == (1, 3, 2, 4)
+    assert loaded.alpha is not None and loaded.alpha.shape == (1, 1, 2, 4)
+    assert float(loaded.alpha[0, 0, 0, 0]) == 1.0
+    assert float(loaded.alpha[0, 0, 0, 1]) == 0.0
+    assert float(loaded.alpha[0, 0, 0, 2]) == pytest.approx(128 / 255)
+    assert _rgb_at(loaded, 0, 0) == [1.0, 0.0, 0.0]
+    assert _rgb_at(loaded, 0, 1) == [1.0, 1.0, 1.0]  # white, not the hidden green
+    grey = 1 - 128 / 255
+    assert _close(_rgb_at(loaded, 0, 2), (grey, grey, grey), 0.002)
+
+
+def test_la_greyscale_with_alpha():
+    img = Image.new("LA", (2, 1), (0, 255))
+    img.putpixel((1, 0), (0, 0))
+    loaded = decode_image(_bytes(img, "PNG"))
+    assert loaded.alpha is not None
+    assert _rgb_at(loaded, 0, 0) == [0.0, 0.0, 0.0]
+    assert _rgb_at(loaded, 0, 1) == [1.0, 1.0, 1.0]
+
+
+def test_palette_without_transparency():
+    img = Image.new("P", (3, 1))
+    img.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * (256 * 3 - 9))
+    img.putdata([0, 1, 2])
+    loaded = decode_image(_bytes(img, "PNG"))
+    assert loaded.alpha is None
+    assert loaded.rgb.shape == (1, 3, 1, 3)
+    assert [_rgb_at(loaded, 0, x) for x in range(3)] == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+
+
+def test_palette_with_transparency():
+    img = Image.new("P", (3, 1))
+    img.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * (256 * 3 - 9))
+    img.putdata([0, 1, 2])
+    loaded = decode_image(_bytes(img, "PNG", transparency=1))  # index 1 (green) is transparent
+    assert loaded.alpha is not None
+    assert loaded.alpha.flatten().tolist() == [1.0, 0.0, 1.0]
+    assert [_rgb_at(loaded, 0, x) for x in range(3)] == [[1, 0, 0], [1, 1, 1], [0, 0, 1]]
+
+
+def test_greyscale_l():
+    img = Image.new("L", (3, 2), 128)
+    img.putpixel((0, 0), 0)
+    img.putpixel((2, 1), 255)
+    loaded = decode_image(_bytes(img, "PNG"))
+    assert loaded.rgb.shape == (1, 3, 2, 3)
+    assert loaded.alpha is None
+    assert _rgb_at(loaded, 0, 0) == [0, 0, 0]
+    assert _rgb_at(loaded, 1, 2) == [1, 1, 1]
+    assert torch.allclose(loaded.rgb[0, :, 0, 1], torch.full((3,), 128 / 255))
+
+
+def test_one_bit():
+    img = Image.new("1", (4, 1), 0)
+    img.putpixel((1, 0), 1)
+    img.putpixel((3, 0), 1)
+    loaded = decode_image(_bytes(img, "PNG"))
+    assert loaded.rgb.shape == (1, 3, 1, 4)
+    assert loaded.rgb[0, 0, 0].tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert torch.equal(loaded.rgb[0, 0], loaded.rgb[0, 1])
+
+
+def test_cmyk_jpeg():
+    img = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # red
+    img.paste((255, 0, 255, 0), (8, 0, 16, 16))  # green on the right
+    data = _bytes(img, "JPEG", quality=95)
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    loaded = decode_image(data)
+    assert loaded.rgb.shape == (1, 3, 16, 16)
+    assert _close(_rgb_at(loaded, 8, 2), (1, 0, 0), 0.1)
+    assert _close(_rgb_at(loaded, 8, 13), (0, 1, 0), 0.1)
+
+
+def test_sixteen_bit_greyscale_is_not_clipped():
+    arr = np.array([[65535, 32768, 0, 1000]], dtype=np.uint16)
+    data = _bytes(Image.fromarray(arr), "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    loaded = decode_image(data)
+    assert loaded.rgb.shape == (1, 3, 1, 4)
+    values = loaded.rgb[0, 0, 0].tolist()
+    assert values[0] == pytest.approx(1.0)
+    assert values[1] == pytest.approx(0.5, abs=1e-3)
+    assert values[2] == 0.0
+    assert values[3] == pytest.approx(1000 / 65535, rel=1e-3)
+
+
+def test_dark_sixteen_bit_greyscale_keeps_its_scale():
+    """All values <= 255 in a 16-bit file are still 16-bit values: 200/65535 is nearly black."""
+    arr = np.array([[200, 100]], dtype=np.uint16)
+    loaded = decode_image(_bytes(Image.fromarray(arr), "PNG"))
+    assert loaded.rgb.max() < 0.01
+
+
+def test_animated_gif_uses_first_frame():
+    frames = [Image.new("RGB", (8, 6), RED), Image.new("RGB", (8, 6), BLUE)]
+    data = _bytes(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with Image.open(io.BytesIO(data)) as check:
+        assert getattr(check, "n_frames", 1) == 2
+    loaded = decode_image(data)
+    assert loaded.rgb.shape == (1, 3, 6, 8)
+    assert _close(_rgb_at(loaded, 3, 4), (1, 0, 0), 0.01)
+
+
+def test_webp_decodes():
+    loaded = decode_image(_bytes(Image.new("RGB", (10, 7), BLUE), "WEBP", lossless=True))
+    assert loaded.rgb.shape == (1, 3, 7, 10)
+    assert _close(_rgb_at(loaded, 3, 3), (0, 0, 1), 0.01)
+
+
+def test_garbage_raises():
+    with pytest.raises(Exception):
+        decode_image(b"definitely not an image")
+
+
+# ----------------------------------------------------------------------------- encode / save
+
+
+def _gradient(h: int = 24, w: int = 32) -> torch.Tensor:
+    ys = torch.linspace(0, 1, h).view(h, 1).expand(h, w)
+    xs = torch.linspace(0, 1, w).view(1, w).expand(h, w)
+    return torch.stack([ys, xs, (ys + xs) / 2])[None]
+
+
+def test_png_round_trip_is_exact_on_8bit_values():
+    rgb = torch.randint(0, 256, (1, 3, 9, 11), generator=torch.Generator().manual_seed(0)).float() / 255
+    data = encode_image(rgb, "png")
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert torch.allclose(decode_image(data).rgb, rgb, atol=1e-6)
+
+
+def test_encode_clamps_out_of_range_values():
+    rgb = torch.tensor([-0.5, 0.5, 1.7]).view(1, 3, 1, 1)
+    out = decode_image(encode_image(rgb, "PNG")).rgb.flatten().tolist()
+    assert out[0] == 0.0 and out[2] == 1.0
+    assert out[1] == pytest.approx(128 / 255)  # rounded, not truncated
+
+
+def test_jpeg_round_trip_is_close():
+    rgb = _gradient()
+    data = encode_image(rgb, "JPEG", quality=95)
+    assert data[:2] == b"\xff\xd8"
+    out = decode_image(data).rgb
+    assert out.shape == rgb.shape
+    assert (out - rgb).abs().mean() < 0.02
+    assert encode_image(rgb, "jpg")[:2] == b"\xff\xd8"
+
+
+def test_jpeg_quality_matters():
+    rgb = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert len(encode_image(rgb, "JPEG", quality=30)) < len(encode_image(rgb, "JPEG", quality=95))
+
+
+def test_encode_rejects_unknown_format():
+    with pytest.raises(ValueError, match="unsupported"):
+        encode_image(_gradient(), "GIF")
+
+
+def test_encode_carries_no_exif_from_input():
+    exif = Image.Exif()
+    exif[0x010F] = "SpyCam"  # Make
+    exif[0x0131] = "secret-software"  # Software
+    src = _bytes(Image.new("RGB", (16, 16), BLUE), "JPEG", exif=exif.tobytes())
+    assert Image.open(io.BytesIO(src)).getexif().get(0x010F) == "SpyCam"
+    loaded = decode_image(src)
+    for fmt in ("JPEG", "PNG", "WEBP"):
+        out = encode_image(loaded.rgb, fmt)
+        assert b"SpyCam" not in out and b"secret-software" not in out, fmt
+        with Image.open(io.BytesIO(out)) as img:
+            assert "exif" not in img.info, fmt
+            assert len(img.getexif()) == 0, fmt
+
+
+def test_png_keeps_alpha():
+    rgb = torch.zeros(1, 3, 2, 2)
+    rgb[:, 0] = 1
+    alpha = torch.tensor([[1.0, 0.0], [0.5, 1.0]]).view(1, 1, 2, 2)
+    with Image.open(io.BytesIO(encode_image(rgb, "PNG", alpha=alpha))) as img:
+        assert img.mode == "RGBA"
+        assert img.getpixel((1, 0))[3] == 0
+        assert img.getpixel((0, 1))[3] == 128
+
+
+def test_jpeg_with_alpha_composites_over_white():
+    rgb = torch.zeros(1, 3, 16, 16)
+    rgb[:, 0] = 1.0  # red
+    alpha = torch.ones(1, 1, 16, 16)
+    alpha[..., 8:] = 0.0  # right half transparent
+    with Image.open(io.BytesIO(encode_image(rgb, "JPEG", alpha=alpha, quality=95))) as img:
+        assert img.mode == "RGB"
+        left, right = img.getpixel((2, 8)), img.getpixel((13, 8))
+    assert _close([v / 255 for v in left], (1, 0, 0), 0.1)
+    assert _close([v / 255 for v in right], (1, 1, 1), 0.1)
+
+
+def test_save_image_formats_by_suffix(tmp_path):
+    rgb = _gradient()
+    for name, fmt in [("a.png", "PNG"), ("b.jpg", "JPEG"), ("c.JPEG", "JPEG"), ("d.webp", "WEBP")]:
+        save_image(rgb, tmp_path / "out" / name)
+        with Image.open(tmp_path / "out" / name) as img:
+            assert img.format == fmt, name
+            assert img.size == (32, 24)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.jpg", "c.JPEG", "d.webp"]
+
+
+@pytest.mark.parametrize("name", ["x.gif", "x.bmp", "x", "x.png.tmp"])
+def test_save_image_rejects_unsupported_suffix(tmp_path, name):
+    with pytest.raises(ValueError, match="suffix"):
+        save_image(_gradient(), tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_image_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "out.png"
+    save_image(torch.zeros(1, 3, 4, 4), path)
+    old = path.read_bytes()
+    save_image(torch.ones(1, 3, 4, 4), path)  # overwrite works and leaves no temp file
+    assert path.read_bytes() != old
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+    current = path.read_bytes()
+
+    import style_transfer.imageio as imageio_module
+
+    def crash(src, dst):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(imageio_module.os, "replace", crash)
+    with pytest.raises(OSError, match="disk on fire"):
+        save_image(torch.rand(1, 3, 4, 4), path)
+    # a crash before the rename leaves the old file intact and no half-written temp file behind
+    assert path.read_bytes() == current
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_to_pil_accepts_3d_and_4d():
+    rgb = _gradient(5, 7)
+    assert to_pil(rgb).size == (7, 5)
+    assert to_pil(rgb[0]).size == (7, 5)
+    assert to_pil(rgb, torch.ones(1, 1, 5, 7)).mode == "RGBA"
+
+
+# ----------------------------------------------------------------------------- resize_max
+
+
+def test_resize_max_never_upscales():
+    rgb = torch.rand(1, 3, 20, 30)
+    assert resize_max(rgb, 30) is rgb or torch.equal(resize_max(rgb, 30), rgb)
+    assert resize_max(rgb, 1000).shape == (1, 3, 20, 30)
+
+
+@pytest.mark.parametrize("shape, max_size, expected", [
+    ((1, 3, 20, 40), 20, (10, 20)),
+    ((1, 3, 40, 20), 20, (20, 10)),
+    ((2, 3, 100, 100), 64, (64, 64)),
+    ((1, 3, 3, 300), 30, (1, 30)),  # the short side never drops to zero
+])
+def test_resize_max_limits_the_long_side(shape, max_size, expected):
+    out = resize_max(torch.rand(*shape), max_size)
+    assert out.shape[-2:] == expected
+    assert out.shape[:2] == shape[:2]
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_resize_max_keeps_colour():
+    rgb = torch.tensor([0.2, 0.5, 0.9]).view(1, 3, 1, 1).expand(1, 3, 64, 48).contiguous()
+    out = resize_max(rgb, 16)
+    assert out.shape[-2:] == (16, 12)
+    assert torch.allclose(out, torch.tensor([0.2, 0.5, 0.9]).view(1, 3, 1, 1).expand_as(out), atol=1e-4)
+
+
+def test_load_rgb_max_size(tmp_path, make_image_file):
+    path = make_image_file(tmp_path / "big.png", size=(80, 40), color=(10, 20, 30))
+    assert load_rgb(path, max_size=20).shape == (1, 3, 10, 20)
+    assert load_rgb(path).shape == (1, 3, 40, 80)
+    assert isinstance(path, Path)
