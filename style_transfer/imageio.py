@@ -18,6 +18,22 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
+class ImageError(ValueError):
+    """An input image cannot be used; subclasses say why."""
+
+
+class UnsupportedImageFormat(ImageError):
+    """Not one of the accepted formats (recognised by content, not by file name)."""
+
+
+class ImageTooLarge(ImageError):
+    """More pixels than allowed (also catches decompression bombs before decoding)."""
+
+
+class CorruptImage(ImageError):
+    """Recognised, but truncated or otherwise undecodable."""
+
+
 @dataclass
 class LoadedImage:
     """An RGB image in [0, 1], shape (1, 3, H, W), and its alpha (1, 1, H, W) if it had one."""
@@ -56,14 +72,36 @@ def _to_float_array(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return arr, None
 
 
-def decode_image(data: bytes | Path | str) -> LoadedImage:
-    """Decode a file (path or bytes): first frame, EXIF orientation applied, any mode -> RGB (+ alpha)."""
+def decode_image(data: bytes | Path | str, formats: tuple[str, ...] | None = None,
+                 max_pixels: int | None = None) -> LoadedImage:
+    """Decode a file (path or bytes): first frame, EXIF orientation applied, any mode -> RGB (+ alpha).
+
+    ``formats`` limits the accepted formats (PIL names, e.g. ("PNG", "JPEG", "WEBP")); the format is
+    recognised from the content. ``max_pixels`` is checked from the header, before any decoding.
+    """
     source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    with Image.open(source) as img:
-        img.seek(0)  # animated images: the first frame
-        img.load()
-        img = ImageOps.exif_transpose(img) or img
-        rgb, alpha = _to_float_array(img)
+    if isinstance(data, (bytes, bytearray)) and not data:
+        raise CorruptImage("the file is empty")
+    try:
+        img = Image.open(source, formats=list(formats) if formats else None)
+    except Image.UnidentifiedImageError:
+        accepted = ", ".join(formats) if formats else "a format Pillow reads"
+        raise UnsupportedImageFormat(f"not a recognised image (accepted: {accepted})") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(str(exc)) from None
+    with img:
+        w, h = img.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise ImageTooLarge(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
+        try:
+            img.seek(0)  # animated images: the first frame
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            rgb, alpha = _to_float_array(img)
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLarge(str(exc)) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise CorruptImage(f"cannot decode the {img.format or 'image'} data: {exc}") from None
     rgb_t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
     alpha_t = None if alpha is None else torch.from_numpy(np.ascontiguousarray(alpha))[None, None]
     return LoadedImage(rgb_t, alpha_t)

@@ -107,6 +107,15 @@ def _axis_weights(spans: list[tuple[int, int]], fade: int) -> list[torch.Tensor]
     return weights
 
 
+def finish(styled: torch.Tensor, content: torch.Tensor, options: StylizeOptions) -> torch.Tensor:
+    """Colour preservation and strength blending, applied after the network."""
+    if options.preserve_color:
+        styled = preserve_color(styled, content)
+    if options.strength < 1.0:
+        styled = options.strength * styled + (1.0 - options.strength) * content
+    return styled.clamp(0, 1)
+
+
 class Stylizer:
     """A loaded network on a device, ready to stylize (1, 3, H, W) images in [0, 1]."""
 
@@ -168,11 +177,15 @@ class Stylizer:
             styled = self.run_tiled(content, options.tile, options.tile_overlap)
         else:
             styled = self.run(content)
-        if options.preserve_color:
-            styled = preserve_color(styled, content)
-        if options.strength < 1.0:
-            styled = options.strength * styled + (1.0 - options.strength) * content
-        return styled.clamp(0, 1)
+        return finish(styled, content, options)
+
+    def stylize_batch(self, images: torch.Tensor, options: StylizeOptions = StylizeOptions()) -> torch.Tensor:
+        """Same-size images (B, 3, H, W) in one pass; no resizing or tiling (the caller bounded them).
+
+        The network is in eval mode, so every norm (batch norm included, with its running statistics)
+        treats each image on its own: an output does not depend on the rest of the batch.
+        """
+        return finish(self.run(images), images, options)
 
     def stylize_image(self, image: LoadedImage, options: StylizeOptions = StylizeOptions()) -> LoadedImage:
         """Stylize a decoded file, carrying its alpha channel over (resized with the image)."""

@@ -1,0 +1,247 @@
+"""The inference worker: one thread owns the device and runs jobs from a bounded queue.
+
+Heavy work never runs on the event loop. A full queue is refused at once (503 + Retry-After); a job
+that waited past its deadline is answered 504 and not run. Same-size jobs for the same model and
+options may be batched (``max_batch_size`` > 1); models are in eval mode, so a job's output never
+depends on what else was in its batch (batch norm uses its running statistics, not the batch's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from style_transfer.checkpoint import CheckpointError
+from style_transfer.device import resolve_device
+from style_transfer.imageio import LoadedImage
+from style_transfer.network import count_parameters
+from style_transfer.stylize import Stylizer, StylizeOptions
+from style_transfer.zoo import is_valid_name, list_models
+
+from .errors import APIError
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger("server.inference")
+
+
+@dataclass
+class Job:
+    """One image for one model; ``image`` is already bounded in size."""
+
+    model: str
+    image: LoadedImage
+    options: StylizeOptions
+    deadline: float
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.monotonic)
+
+    def batch_key(self) -> tuple:
+        return (self.model, tuple(self.image.rgb.shape), self.options)
+
+
+@dataclass
+class Result:
+    """A stylized image and how long the device spent on it (its share of the batch)."""
+
+    image: LoadedImage
+    elapsed_s: float
+    batch_size: int
+
+
+class InferenceWorker:
+    """Loads the models, warms them up, then serves jobs one batch at a time."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.device = resolve_device(settings.device)
+        self.stylizers: dict[str, Stylizer] = {}
+        self.summaries: dict[str, dict[str, Any]] = {}
+        self.load_errors: dict[str, str] = {}
+        self.ready = threading.Event()
+        self.failed: str | None = None
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=settings.queue_size)
+        self._pending: collections.deque[Job] = collections.deque()
+        self._thread = threading.Thread(target=self._main, name="inference", daemon=True)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)  # blocks only while the queue is full; the worker drains it
+            self._thread.join(timeout)
+
+    def describe_device(self) -> str:
+        if self.device.type == "cuda":
+            return f"GPU {torch.cuda.get_device_name(self.device)}"
+        return f"CPU ({torch.get_num_threads()} threads)"
+
+    def _load(self) -> None:
+        folder = Path(self.settings.weights)
+        found = list_models(folder)
+        if not found:
+            log.warning("no models (*.safetensors) in %s", folder.resolve())
+        for name, path in found.items():
+            try:
+                stylizer = Stylizer.from_checkpoint(path, str(self.device), self.settings.precision)
+            except (CheckpointError, OSError, RuntimeError) as exc:
+                self.load_errors[name] = str(exc)
+                log.error("not serving %s: %s", name, exc)
+                continue
+            self.stylizers[name] = stylizer
+            self.summaries[name] = {"name": name, "bytes": path.stat().st_size,
+                                    **stylizer.info.summary(count_parameters(stylizer.model))}
+            log.info("loaded %s (%s norm, style %s)", name, stylizer.info.norm, stylizer.info.style_name)
+
+    def _warm_up(self) -> None:
+        size = self.settings.warmup_size
+        image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        for name, stylizer in self.stylizers.items():
+            t0 = time.perf_counter()
+            stylizer.stylize(image)
+            if self.settings.max_batch_size > 1:
+                stylizer.stylize_batch(image.expand(self.settings.max_batch_size, -1, -1, -1))
+            log.info("warmed up %s in %.0f ms", name, (time.perf_counter() - t0) * 1e3)
+
+    def _main(self) -> None:
+        try:
+            log.info("inference on %s", self.describe_device())
+            self._load()
+            self._warm_up()
+        except Exception as exc:  # noqa: BLE001 -- reported by /readyz, never silently lost
+            self.failed = f"start-up failed: {exc}"
+            log.exception("inference worker start-up failed")
+            return
+        self.ready.set()
+        log.info("ready: %d model(s)", len(self.stylizers))
+        while True:
+            job = self._next_job(block=True)
+            if job is None:
+                break
+            batch = self._gather(job)
+            self._run(batch)
+
+    # ------------------------------------------------------------------ queue
+
+    def _next_job(self, block: bool, timeout: float | None = None) -> Job | None:
+        if self._pending:
+            return self._pending.popleft()
+        job = self._queue.get(block=block, timeout=timeout)
+        self.metrics.queue_depth.set(self._queue.qsize())
+        return job
+
+    def _gather(self, first: Job) -> list[Job]:
+        """``first`` plus same-key jobs arriving within batch_wait_ms, up to max_batch_size."""
+        batch = [first]
+        limit = self.settings.max_batch_size
+        if limit == 1 or first.options.tile:
+            return batch
+        key = first.batch_key()
+        end = time.monotonic() + self.settings.batch_wait_ms / 1e3
+        while len(batch) < limit:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                job = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                break
+            self.metrics.queue_depth.set(self._queue.qsize())
+            if job is None:  # stop request: finish this batch first, then stop
+                self._pending.append(job)  # type: ignore[arg-type]
+                break
+            if job.batch_key() == key:
+                batch.append(job)
+            else:
+                self._pending.append(job)
+        return batch
+
+    def _run(self, batch: list[Job]) -> None:
+        now = time.monotonic()
+        live = []
+        for job in batch:
+            if now > job.deadline:
+                self.metrics.rejected.labels("deadline").inc()
+                waited = now - job.enqueued
+                self._resolve(job, exc=APIError(504, "deadline_exceeded",
+                                                f"the request waited {waited:.1f} s in the queue, past its deadline"))
+            else:
+                live.append(job)
+        if not live:
+            return
+        first = live[0]
+        stylizer = self.stylizers[first.model]
+        t0 = time.perf_counter()
+        try:
+            if len(live) == 1:
+                outputs = [stylizer.stylize_image(first.image, first.options)]
+            else:
+                styled = stylizer.stylize_batch(torch.cat([j.image.rgb for j in live]), first.options)
+                outputs = [LoadedImage(styled[i : i + 1], j.image.alpha) for i, j in enumerate(live)]
+        except Exception as exc:  # noqa: BLE001 -- one bad job must not kill the worker
+            log.exception("inference failed for %s", first.model)
+            for job in live:
+                self._resolve(job, exc=APIError(500, "inference_failed", f"inference failed: {exc}"))
+            return
+        elapsed = time.perf_counter() - t0
+        self.metrics.batch_size.observe(len(live))
+        self.metrics.inference.labels(first.model).observe(elapsed)
+        for job, out in zip(live, outputs):
+            self._resolve(job, result=Result(out, elapsed / len(live), len(live)))
+
+    @staticmethod
+    def _resolve(job: Job, result: Result | None = None, exc: Exception | None = None) -> None:
+        def settle() -> None:
+            if job.future.done():  # the client went away
+                return
+            if exc is not None:
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(result)
+
+        job.loop.call_soon_threadsafe(settle)
+
+    # ------------------------------------------------------------------ API for the routes
+
+    def check_model(self, name: str) -> None:
+        """404/400 for names that are not servable, with the list of models that are."""
+        if not is_valid_name(name):
+            raise APIError(400, "invalid_model_name",
+                           "a model name is a file stem (letters, digits, '-', '_', '.'); paths are not accepted")
+        if name not in self.stylizers:
+            raise APIError(404, "unknown_model",
+                           f"no model named {name!r}; available: {', '.join(self.stylizers) or 'none'}")
+
+    def check_ready(self) -> None:
+        if not self.ready.is_set():
+            raise APIError(503, "not_ready", self.failed or "models are still loading; retry shortly",
+                           {"Retry-After": "5"})
+
+    async def submit(self, model: str, image: LoadedImage, options: StylizeOptions) -> Result:
+        """Queue one job and wait for its result (503 when the queue is full, 504 past the deadline)."""
+        self.check_ready()
+        self.check_model(model)
+        loop = asyncio.get_running_loop()
+        job = Job(model, image, options, time.monotonic() + self.settings.request_timeout_s,
+                  loop.create_future(), loop)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise APIError(503, "busy", "the server is at capacity; retry shortly", {"Retry-After": "1"}) from None
+        self.metrics.queue_depth.set(self._queue.qsize())
+        return await job.future

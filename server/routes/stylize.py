@@ -1,0 +1,174 @@
+"""The stylization API: list models, stylize one image, compare several models on one image."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from style_transfer.compare import image_grid
+from style_transfer.imageio import (CorruptImage, ImageTooLarge, LoadedImage, UnsupportedImageFormat,
+                                    decode_image, encode_image, resize_max)
+from style_transfer.stylize import StylizeOptions
+
+from ..deps import SettingsDep, WorkerDep
+from ..errors import APIError
+from ..inference import InferenceWorker
+from ..settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["stylize"])
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+
+ERRORS = {
+    400: {"description": "bad request (empty upload, invalid model name)"},
+    404: {"description": "unknown model"},
+    413: {"description": "upload or pixel count over the limit"},
+    415: {"description": "not a PNG, JPEG or WebP image"},
+    422: {"description": "invalid field, or a corrupt image"},
+    503: {"description": "not ready, or at capacity (see Retry-After)"},
+    504: {"description": "waited in the queue past the deadline"},
+}
+
+
+class ModelSummary(BaseModel):
+    name: str
+    style: str
+    norm: str
+    steps: int
+    parameters: int
+    bytes: int
+    style_sha256: str = ""
+    config: dict
+    training: dict
+    losses: dict
+
+
+class ModelList(BaseModel):
+    device: str
+    ready: bool
+    models: list[ModelSummary]
+    errors: dict[str, str] = Field(default_factory=dict, description="checkpoints that could not be loaded")
+
+
+class CompareResult(BaseModel):
+    model: str
+    norm: str
+    style: str
+    elapsed_ms: float
+    image: str = Field(description="data: URL of the stylized image")
+
+
+class CompareResponse(BaseModel):
+    width: int
+    height: int
+    original: str = Field(description="data: URL of the (size-bounded) original")
+    results: list[CompareResult]
+
+
+Strength = Annotated[float, Form(ge=0.0, le=1.0, description="0 = the photo unchanged, 1 = fully stylized")]
+PreserveColor = Annotated[bool, Form(description="keep the photo's colours (luminance-only transfer)")]
+MaxSize = Annotated[int | None, Form(ge=8, description="bound the long side (px); the server caps it too")]
+Format = Annotated[Literal["png", "jpeg"], Form(description="output format")]
+Upload = Annotated[UploadFile, File(description="a PNG, JPEG or WebP image")]
+
+
+@router.get("/models", response_model=ModelList, summary="The loaded models and their metadata")
+async def models(worker: WorkerDep) -> ModelList:
+    return ModelList(device=worker.device.type, ready=worker.ready.is_set(),
+                     models=[ModelSummary(**s) for s in worker.summaries.values()], errors=worker.load_errors)
+
+
+async def _read_image(upload: UploadFile, settings: Settings, worker: InferenceWorker,
+                      max_size: int | None) -> LoadedImage:
+    data = await upload.read()
+    if not data:
+        raise APIError(400, "empty_file", "the uploaded file is empty")
+    try:
+        image = await run_in_threadpool(decode_image, data, ACCEPTED_FORMATS, settings.max_pixels)
+    except UnsupportedImageFormat:
+        raise APIError(415, "unsupported_media_type", "only PNG, JPEG and WebP images are accepted "
+                       "(recognised by content, not by name)") from None
+    except ImageTooLarge as exc:
+        raise APIError(413, "image_too_large", str(exc)) from None
+    except CorruptImage as exc:
+        raise APIError(422, "corrupt_image", str(exc)) from None
+    cap = settings.effective_max_size(worker.device.type)
+    bound = min(max_size, cap) if max_size else cap
+    if max(image.rgb.shape[-2:]) > bound:
+        rgb = await run_in_threadpool(resize_max, image.rgb, bound)
+        image = LoadedImage(rgb, image.alpha)
+    return image
+
+
+def _options(settings: Settings, image: LoadedImage, strength: float, preserve_color: bool) -> StylizeOptions:
+    tile = settings.tile_size if max(image.rgb.shape[-2:]) > settings.tile_size else None
+    return StylizeOptions(strength=strength, preserve_color=preserve_color, tile=tile)
+
+
+@router.post("/stylize", summary="Stylize one image with one model", response_class=Response,
+             responses={200: {"content": {"image/png": {}, "image/jpeg": {}}, "description": "the stylized image"},
+                        **ERRORS})
+async def stylize(settings: SettingsDep, worker: WorkerDep, file: Upload,
+                  model: Annotated[str, Form(description="model name, from GET /v1/models")],
+                  strength: Strength = 1.0, preserve_color: PreserveColor = False,
+                  max_size: MaxSize = None, format: Format = "png") -> Response:
+    worker.check_ready()
+    worker.check_model(model)
+    image = await _read_image(file, settings, worker, max_size)
+    result = await worker.submit(model, image, _options(settings, image, strength, preserve_color))
+    out = result.image
+    data = await run_in_threadpool(encode_image, out.rgb, format.upper(), out.alpha)
+    h, w = out.rgb.shape[-2:]
+    return Response(data, media_type=MEDIA_TYPES[format], headers={
+        "X-Model": model, "X-Elapsed-Ms": f"{result.elapsed_s * 1e3:.1f}", "X-Image-Size": f"{w}x{h}",
+        "Cache-Control": "no-store"})
+
+
+def _data_url(data: bytes, fmt: str) -> str:
+    return f"data:{MEDIA_TYPES[fmt]};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+@router.post("/compare", summary="Stylize one image with several models, side by side",
+             response_model=CompareResponse,
+             responses={200: {"content": {"application/json": {}, "image/png": {}, "image/jpeg": {}},
+                              "description": "JSON with every output and its timing, or one grid image"},
+                        **ERRORS})
+async def compare(settings: SettingsDep, worker: WorkerDep, file: Upload,
+                  models: Annotated[str, Form(description="comma-separated model names")],
+                  strength: Strength = 1.0, preserve_color: PreserveColor = False, max_size: MaxSize = None,
+                  format: Format = "png",
+                  output: Annotated[Literal["json", "image"], Form(description="JSON or one grid image")] = "json",
+                  ) -> Response | CompareResponse:
+    worker.check_ready()
+    names = list(dict.fromkeys(n.strip() for n in models.split(",") if n.strip()))
+    if not names:
+        raise APIError(422, "invalid_request", "models: give at least one model name")
+    if len(names) > settings.max_compare_models:
+        raise APIError(422, "invalid_request", f"models: at most {settings.max_compare_models} per comparison")
+    for name in names:
+        worker.check_model(name)
+    image = await _read_image(file, settings, worker, max_size)
+    options = _options(settings, image, strength, preserve_color)
+    results = await asyncio.gather(*(worker.submit(name, image, options) for name in names))
+    if output == "image":
+        grid = image_grid([[image.rgb] + [r.image.rgb for r in results]],
+                          ["original"] + [f"{n} ({worker.stylizers[n].info.norm}, {r.elapsed_s * 1e3:.0f} ms)"
+                                          for n, r in zip(names, results)], cell=512)
+        buf = io.BytesIO()
+        await run_in_threadpool(grid.save, buf, "PNG" if format == "png" else "JPEG")
+        return Response(buf.getvalue(), media_type=MEDIA_TYPES[format], headers={"Cache-Control": "no-store"})
+    encoded = await asyncio.gather(*(run_in_threadpool(encode_image, r.image.rgb, format.upper(), r.image.alpha)
+                                     for r in results))
+    original = await run_in_threadpool(encode_image, image.rgb, format.upper(), image.alpha)
+    h, w = image.rgb.shape[-2:]
+    return CompareResponse(width=w, height=h, original=_data_url(original, format), results=[
+        CompareResult(model=n, norm=worker.stylizers[n].info.norm, style=worker.stylizers[n].info.style_name,
+                      elapsed_ms=r.elapsed_s * 1e3, image=_data_url(data, format))
+        for n, r, data in zip(names, results, encoded)])
