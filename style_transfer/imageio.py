@@ -89,6 +89,8 @@ def decode_image(data: bytes | Path | str, formats: tuple[str, ...] | None = Non
         raise UnsupportedImageFormat(f"not a recognised image (accepted: {accepted})") from None
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 -- a recognised header with broken data raises anything
+        raise CorruptImage(f"cannot read the image header: {exc}") from None
     with img:
         w, h = img.size
         if max_pixels is not None and w * h > max_pixels:
@@ -100,7 +102,7 @@ def decode_image(data: bytes | Path | str, formats: tuple[str, ...] | None = Non
             rgb, alpha = _to_float_array(img)
         except Image.DecompressionBombError as exc:
             raise ImageTooLarge(str(exc)) from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        except Exception as exc:  # noqa: BLE001 -- PIL's decoders raise many types on bad data
             raise CorruptImage(f"cannot decode the {img.format or 'image'} data: {exc}") from None
     rgb_t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
     alpha_t = None if alpha is None else torch.from_numpy(np.ascontiguousarray(alpha))[None, None]

@@ -51,6 +51,24 @@ def test_find_images_recurses_and_filters(tmp_path, make_image_file):
     assert all(isinstance(p, Path) for p in found)
 
 
+def test_find_images_skips_hidden_folders(tmp_path, make_image_file):
+    keep = make_image_file(tmp_path / "visible" / "a.png")
+    make_image_file(tmp_path / ".thumbnails" / "b.png")
+    make_image_file(tmp_path / "visible" / ".ipynb_checkpoints" / "c.png")
+    assert find_images(tmp_path) == [keep]
+
+
+def test_find_images_follows_symlinked_folders_without_looping(tmp_path, make_image_file):
+    real = make_image_file(tmp_path / "real" / "a.png")
+    linked_root = tmp_path / "root"
+    linked_root.mkdir()
+    (linked_root / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    (linked_root / "loop").symlink_to(linked_root, target_is_directory=True)  # a cycle
+    found = find_images(linked_root)
+    assert found == [linked_root / "link" / "a.png"]
+    assert real.is_file()
+
+
 def test_find_images_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError):
         find_images(tmp_path / "nope")
