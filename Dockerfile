@@ -1,0 +1,37 @@
+# The stylization service. Build:  docker build -t style-transfer .
+# Run (CPU):  docker run -p 8000:8000 style-transfer
+# Run (GPU):  docker run --gpus all -p 8000:8000 style-transfer
+#
+# The pinned torch wheel is a CUDA build that bundles its CUDA runtime libraries, so a slim Python base
+# is CUDA-capable: with the NVIDIA container toolkit on the host (driver only), the server finds the
+# GPU and says so at start-up; without one it runs on the CPU.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Dependencies first, so code changes do not reinstall torch.
+COPY pyproject.toml README.md LICENSE ./
+COPY style_transfer ./style_transfer
+COPY server ./server
+RUN pip install .
+
+COPY weights ./weights
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin app
+USER app
+
+ENV STYLE_TRANSFER_HOST=0.0.0.0 \
+    STYLE_TRANSFER_PORT=8000 \
+    STYLE_TRANSFER_WEIGHTS=/app/weights
+EXPOSE 8000
+
+# Healthy once every model is loaded and warmed up (/readyz); start-period covers the warm-up.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4).status == 200 else 1)"]
+
+CMD ["python", "-m", "server"]

@@ -1,0 +1,821 @@
+/* Style Transfer web page: plain JavaScript, no build step, no dependencies.
+ *
+ * Talks to the API of this server (relative URLs, so the page also works behind a path prefix):
+ *   GET  readyz        -> 200 ready / 503 loading (polled until ready)
+ *   GET  v1/models     -> device + model metadata (the model picker)
+ *   POST v1/stylize    -> one model: the image bytes, timing in X-Elapsed-Ms
+ *   POST v1/compare    -> several models: JSON with data: URLs and timings
+ * Errors are JSON bodies {"error": {"code", "message"}} and are shown in #error.
+ */
+(() => {
+  'use strict';
+
+  const $ = (sel, root = document) => root.querySelector(sel);
+  const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
+
+  const els = {
+    status: $('#status'),
+    statusText: $('#status-text'),
+    device: $('#device'),
+    deviceName: $('#device-name'),
+    form: $('#controls'),
+    fileInput: $('#file-input'),
+    dropzone: $('#dropzone'),
+    dzEmpty: $('.dz-empty'),
+    dzPreview: $('.dz-preview'),
+    preview: $('#original-preview'),
+    fileMeta: $('#file-meta'),
+    clearFile: $('#clear-file'),
+    models: $('#models'),
+    selectAll: $('#select-all'),
+    selectNone: $('#select-none'),
+    strength: $('#strength'),
+    strengthValue: $('#strength-value'),
+    preserve: $('#preserve-color'),
+    maxSize: $('#max-size'),
+    resetOptions: $('#reset-options'),
+    run: $('#run'),
+    runLabel: $('#run-label'),
+    runHint: $('#run-hint'),
+    error: $('#error'),
+    results: $('#results'),
+    resultsMeta: $('#results-meta'),
+    emptyState: $('#empty-state'),
+    clearResults: $('#clear-results'),
+    linkSliders: $('#link-sliders'),
+    progress: $('#progress'),
+    progressLabel: $('#progress-label'),
+    progressTime: $('#progress-time'),
+    cancel: $('#cancel'),
+    modelTemplate: $('#model-template'),
+    resultTemplate: $('#result-template'),
+  };
+
+  const DEFAULT_META = els.resultsMeta.textContent;
+
+  const state = {
+    ready: false,
+    file: null,
+    previewURL: null,
+    models: [],            // from GET v1/models
+    modelsLoaded: false,
+    running: false,
+    abort: null,
+    resultURLs: [],        // object URLs owned by the results on screen
+    sliderPos: 50,
+  };
+
+  // ------------------------------------------------------------------ formatting
+
+  function formatBytes(n) {
+    if (!Number.isFinite(n)) return '';
+    if (n < 1024) return `${n} B`;
+    if (n < 1024 * 1024) return `${(n / 1024).toFixed(n < 10240 ? 1 : 0)} KB`;
+    return `${(n / 1024 / 1024).toFixed(1)} MB`;
+  }
+
+  function formatCount(n) {
+    if (!Number.isFinite(n)) return '?';
+    if (n < 1000) return String(n);
+    if (n < 1e6) return `${(n / 1e3).toFixed(n < 1e4 ? 1 : 0)}k`;
+    return `${(n / 1e6).toFixed(n < 1e7 ? 2 : 1)}M`;
+  }
+
+  function formatMs(ms) {
+    if (!Number.isFinite(ms)) return 'n/a';
+    if (ms < 10) return `${ms.toFixed(2)} ms`;
+    if (ms < 1000) return `${ms.toFixed(1)} ms`;
+    return `${Math.round(ms).toLocaleString('en-US')} ms`;
+  }
+
+  function prettyStyle(name) {
+    if (!name) return 'Untitled style';
+    return name.replace(/[_-]+/g, ' ').replace(/\s+/g, ' ').trim()
+      .replace(/\b([a-z])/g, (m) => m.toUpperCase());
+  }
+
+  function fileStem(name) {
+    const base = (name || 'photo').replace(/^.*[\\/]/, '');
+    const dot = base.lastIndexOf('.');
+    return (dot > 0 ? base.slice(0, dot) : base).replace(/[^\w.-]+/g, '_') || 'photo';
+  }
+
+  function extOfMime(mime) {
+    return /jpe?g/i.test(mime || '') ? 'jpg' : 'png';
+  }
+
+  function mimeOfDataURL(url) {
+    const m = /^data:([^;,]+)/.exec(url || '');
+    return m ? m[1] : '';
+  }
+
+  // ------------------------------------------------------------------ API
+
+  class ApiError extends Error {
+    constructor(message, code, status) {
+      super(message);
+      this.name = 'ApiError';
+      this.code = code;
+      this.status = status;
+    }
+  }
+
+  async function errorFromResponse(res) {
+    let code = `http_${res.status}`;
+    let message = `${res.status} ${res.statusText || 'error'}`.trim();
+    let text = '';
+    try { text = await res.text(); } catch (_) { /* body unreadable */ }
+    try {
+      const body = JSON.parse(text);
+      if (body && body.error) {
+        code = body.error.code || code;
+        message = body.error.message || message;
+      } else if (body && body.detail) {
+        message = typeof body.detail === 'string' ? body.detail : JSON.stringify(body.detail);
+      } else if (body && body.message) {
+        message = body.message;
+      }
+    } catch (_) {
+      if (text && text.length < 300) message = text;
+    }
+    return new ApiError(message, code, res.status);
+  }
+
+  async function request(url, options = {}) {
+    let res;
+    try {
+      res = await fetch(url, { cache: 'no-store', ...options });
+    } catch (err) {
+      if (err && err.name === 'AbortError') throw err;
+      throw new ApiError('Cannot reach the server. Is it still running?', 'network_error', 0);
+    }
+    if (!res.ok) throw await errorFromResponse(res);
+    return res;
+  }
+
+  // ------------------------------------------------------------------ errors
+
+  const ERROR_TITLES = {
+    0: 'Connection problem',
+    400: 'Bad request',
+    404: 'Not found',
+    413: 'Image too large',
+    415: 'Unsupported image',
+    422: 'Invalid input',
+    503: 'Server busy',
+    504: 'Timed out',
+  };
+
+  function showError(err) {
+    const status = err && Number.isFinite(err.status) ? err.status : null;
+    const title = (err && err.title) || ERROR_TITLES[status] || (status >= 500 ? 'Server error' : 'Something went wrong');
+    els.error.replaceChildren();
+    const icon = document.createElement('span');
+    icon.className = 'alert-icon';
+    icon.setAttribute('aria-hidden', 'true');
+    icon.textContent = '!';
+    const body = document.createElement('div');
+    body.className = 'alert-body';
+    const t = document.createElement('p');
+    t.className = 'alert-title';
+    t.textContent = title;
+    const m = document.createElement('p');
+    m.className = 'alert-message';
+    m.textContent = (err && err.message) || String(err);
+    body.append(t, m);
+    if (err && err.code) {
+      const c = document.createElement('code');
+      c.className = 'alert-code';
+      c.textContent = status ? `${err.code} · HTTP ${status}` : err.code;
+      body.append(c);
+    }
+    const close = document.createElement('button');
+    close.type = 'button';
+    close.className = 'alert-close';
+    close.setAttribute('aria-label', 'Dismiss error');
+    close.textContent = '×';
+    close.addEventListener('click', clearError);
+    els.error.append(icon, body, close);
+    els.error.hidden = false;
+  }
+
+  function clearError() {
+    els.error.hidden = true;
+    els.error.replaceChildren();
+  }
+
+  // ------------------------------------------------------------------ server status
+
+  let pollTimer = null;
+
+  function setStatus(kind, text, title) {
+    els.status.dataset.state = kind;
+    els.statusText.textContent = text;
+    if (title) els.status.title = title; else els.status.removeAttribute('title');
+  }
+
+  async function pollReady() {
+    clearTimeout(pollTimer);
+    let next = 1000;
+    try {
+      const res = await fetch('readyz', { cache: 'no-store' });
+      let body = {};
+      try { body = await res.json(); } catch (_) { /* not JSON */ }
+      if (res.ok) {
+        state.ready = true;
+        setStatus('ready', 'Ready');
+        await loadModels();
+        updateRun();
+        return;
+      }
+      state.ready = false;
+      if (body.status === 'failed') {
+        setStatus('failed', 'Start-up failed', body.message || '');
+        next = 5000;
+      } else {
+        setStatus('loading', 'Loading models…');
+      }
+      if (!state.modelsLoaded) loadModels({ quiet: true });
+    } catch (_) {
+      state.ready = false;
+      setStatus('offline', 'Server unreachable');
+      next = 3000;
+    }
+    updateRun();
+    pollTimer = setTimeout(pollReady, next);
+  }
+
+  // ------------------------------------------------------------------ models
+
+  async function loadModels({ quiet = false } = {}) {
+    try {
+      const res = await request('v1/models');
+      const data = await res.json();
+      const device = String(data.device || '').toLowerCase();
+      els.deviceName.textContent = device ? device.toUpperCase() : '—';
+      els.device.dataset.device = device;
+      els.device.title = `Inference device: ${device || 'unknown'}`;
+      state.models = Array.isArray(data.models) ? data.models : [];
+      if (data.ready || state.models.length) {
+        state.modelsLoaded = Boolean(data.ready);
+        renderModels(state.models, data.errors || {});
+      }
+    } catch (err) {
+      if (!quiet) showError(err);
+    }
+  }
+
+  function selectedModels() {
+    return $$('input[name="model"]:checked', els.models).map((i) => i.value);
+  }
+
+  function modelByName(name) {
+    return state.models.find((m) => m.name === name) || null;
+  }
+
+  function modelTooltip(m) {
+    const lines = [`${m.name}`, `style: ${m.style || '?'}`, `norm: ${m.norm}`, `steps: ${m.steps}`];
+    if (Number.isFinite(m.parameters)) lines.push(`parameters: ${m.parameters.toLocaleString('en-US')}`);
+    const losses = m.losses && Object.entries(m.losses);
+    if (losses && losses.length) {
+      lines.push(`losses: ${losses.map(([k, v]) => `${k} ${Number(v).toPrecision(3)}`).join(', ')}`);
+    }
+    return lines.join('\n');
+  }
+
+  function renderModels(models, errors) {
+    const previous = new Set(selectedModels());
+    els.models.replaceChildren();
+    els.models.removeAttribute('aria-busy');
+
+    if (!models.length) {
+      const p = document.createElement('p');
+      p.className = 'models-empty';
+      p.textContent = 'No models found in the weights folder.';
+      els.models.append(p);
+    }
+
+    const groups = new Map();
+    for (const m of models) {
+      const key = m.style || '';
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key).push(m);
+    }
+    const keys = Array.from(groups.keys()).sort((a, b) => a.localeCompare(b));
+
+    for (const key of keys) {
+      const members = groups.get(key).slice().sort((a, b) => a.norm.localeCompare(b.norm) || a.name.localeCompare(b.name));
+      const group = document.createElement('div');
+      group.className = 'model-group';
+
+      const head = document.createElement('div');
+      head.className = 'group-head';
+      const title = document.createElement('span');
+      title.className = 'group-name';
+      title.textContent = prettyStyle(key);
+      title.title = key;
+      head.append(title);
+
+      const norms = new Set(members.map((m) => m.norm));
+      if (norms.size > 1) {
+        const ab = document.createElement('button');
+        ab.type = 'button';
+        ab.className = 'pill-btn ab-btn';
+        ab.dataset.style = key;
+        ab.textContent = `A/B ${norms.size} norms`;
+        ab.title = `Select one model per norm for this style (${Array.from(norms).join(' vs ')})`;
+        ab.addEventListener('click', () => selectNormsOf(key));
+        head.append(ab);
+      }
+      group.append(head);
+
+      const list = document.createElement('div');
+      list.className = 'model-list';
+      for (const m of members) {
+        const node = els.modelTemplate.content.firstElementChild.cloneNode(true);
+        const input = $('input', node);
+        input.value = m.name;
+        input.checked = previous.has(m.name);
+        input.dataset.norm = m.norm;
+        input.dataset.style = m.style || '';
+        $('.model-name', node).textContent = m.name;
+        const chip = $('.norm-chip', node);
+        chip.textContent = m.norm;
+        chip.dataset.norm = m.norm;
+        const meta = [`${Number(m.steps || 0).toLocaleString('en-US')} steps`];
+        if (Number.isFinite(m.parameters)) meta.push(`${formatCount(m.parameters)} params`);
+        if (Number.isFinite(m.bytes)) meta.push(formatBytes(m.bytes));
+        $('.model-meta', node).textContent = meta.join(' · ');
+        node.title = modelTooltip(m);
+        node.dataset.testid = `model-${m.name}`;
+        list.append(node);
+      }
+      group.append(list);
+      els.models.append(group);
+    }
+
+    const failed = Object.entries(errors || {});
+    for (const [name, message] of failed) {
+      const p = document.createElement('p');
+      p.className = 'model-error';
+      p.textContent = `${name}: ${message}`;
+      els.models.append(p);
+    }
+
+    // First visit: preselect the first model so that one click runs something.
+    if (!previous.size && models.length) {
+      const first = $('input[name="model"]', els.models);
+      if (first) first.checked = true;
+    }
+    const any = models.length > 0;
+    els.selectAll.disabled = !any;
+    els.selectNone.disabled = !any;
+    updateRun();
+  }
+
+  function setSelection(predicate) {
+    for (const input of $$('input[name="model"]', els.models)) input.checked = predicate(input);
+    updateRun();
+  }
+
+  function selectNormsOf(style) {
+    // One model per norm (the longest-trained one), everything else off.
+    const best = new Map();
+    for (const m of state.models.filter((x) => (x.style || '') === style)) {
+      const cur = best.get(m.norm);
+      if (!cur || (m.steps || 0) > (cur.steps || 0)) best.set(m.norm, m);
+    }
+    const names = new Set(Array.from(best.values()).map((m) => m.name));
+    setSelection((input) => names.has(input.value));
+  }
+
+  // ------------------------------------------------------------------ photo
+
+  function setFile(file) {
+    if (!file) return;
+    if (file.type && !file.type.startsWith('image/')) {
+      showError({ title: 'Not an image', message: `“${file.name}” is not an image. Use a PNG, JPEG or WebP photo.` });
+      return;
+    }
+    clearError();
+    state.file = file;
+    if (state.previewURL) URL.revokeObjectURL(state.previewURL);
+    state.previewURL = URL.createObjectURL(file);
+    els.preview.src = state.previewURL;
+    els.preview.alt = `Original: ${file.name || 'pasted image'}`;
+    els.dzEmpty.hidden = true;
+    els.dzPreview.hidden = false;
+    els.dropzone.classList.add('has-file');
+    els.clearFile.hidden = false;
+    els.fileMeta.hidden = false;
+    els.fileMeta.textContent = `${file.name || 'pasted image'} · ${formatBytes(file.size)}`;
+    updateRun();
+  }
+
+  els.preview.addEventListener('load', () => {
+    if (!state.file) return;
+    const { naturalWidth: w, naturalHeight: h } = els.preview;
+    els.fileMeta.replaceChildren();
+    const name = document.createElement('span');
+    name.className = 'file-name';
+    name.textContent = state.file.name || 'pasted image';
+    const dims = document.createElement('span');
+    dims.className = 'mono';
+    dims.textContent = `${w}×${h} · ${formatBytes(state.file.size)}`;
+    els.fileMeta.append(name, dims);
+  });
+
+  els.preview.addEventListener('error', () => {
+    if (!state.file) return;
+    els.fileMeta.textContent = `${state.file.name} · ${formatBytes(state.file.size)} · no preview (the server may still read it)`;
+  });
+
+  function clearFile() {
+    state.file = null;
+    if (state.previewURL) URL.revokeObjectURL(state.previewURL);
+    state.previewURL = null;
+    els.preview.removeAttribute('src');
+    els.dzEmpty.hidden = false;
+    els.dzPreview.hidden = true;
+    els.dropzone.classList.remove('has-file');
+    els.clearFile.hidden = true;
+    els.fileMeta.hidden = true;
+    els.fileMeta.textContent = '';
+    els.fileInput.value = '';
+    updateRun();
+  }
+
+  els.fileInput.addEventListener('change', () => {
+    const file = els.fileInput.files && els.fileInput.files[0];
+    if (file) setFile(file);
+  });
+  els.clearFile.addEventListener('click', clearFile);
+
+  // Drag and drop anywhere on the page; the drop zone lights up.
+  const hasFiles = (e) => Boolean(e.dataTransfer) && Array.from(e.dataTransfer.types || []).includes('Files');
+  let dragDepth = 0;
+  window.addEventListener('dragenter', (e) => {
+    if (!hasFiles(e)) return;
+    dragDepth += 1;
+    document.body.classList.add('dragging');
+  });
+  window.addEventListener('dragleave', (e) => {
+    if (!hasFiles(e)) return;
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (!dragDepth) document.body.classList.remove('dragging');
+  });
+  window.addEventListener('dragover', (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    e.dataTransfer.dropEffect = 'copy';
+  });
+  window.addEventListener('drop', (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    dragDepth = 0;
+    document.body.classList.remove('dragging');
+    const file = e.dataTransfer.files && e.dataTransfer.files[0];
+    if (file) setFile(file);
+  });
+
+  // Paste an image from the clipboard.
+  document.addEventListener('paste', (e) => {
+    const items = Array.from((e.clipboardData && e.clipboardData.items) || []);
+    const item = items.find((i) => i.kind === 'file' && i.type.startsWith('image/'));
+    if (!item) return;
+    const file = item.getAsFile();
+    if (file) {
+      e.preventDefault();
+      setFile(file);
+    }
+  });
+
+  // ------------------------------------------------------------------ options
+
+  function showStrength() {
+    els.strengthValue.textContent = Number(els.strength.value).toFixed(2);
+    els.strength.style.setProperty('--fill', `${Number(els.strength.value) * 100}%`);
+  }
+  els.strength.addEventListener('input', showStrength);
+
+  els.resetOptions.addEventListener('click', () => {
+    els.strength.value = '1';
+    els.preserve.checked = false;
+    els.maxSize.value = '';
+    $('input[name="format"][value="png"]').checked = true;
+    showStrength();
+  });
+
+  function readOptions() {
+    const opts = {
+      strength: String(Math.min(1, Math.max(0, Number(els.strength.value)))),
+      preserve_color: els.preserve.checked ? 'true' : 'false',
+      format: ($('input[name="format"]:checked') || { value: 'png' }).value,
+    };
+    const raw = els.maxSize.value.trim();
+    if (raw) {
+      const n = Number(raw);
+      if (!Number.isInteger(n) || n < 8) {
+        throw Object.assign(new Error('Max size must be a whole number of pixels, at least 8 (or empty for the original size).'),
+          { title: 'Invalid max size', code: 'invalid_max_size' });
+      }
+      opts.max_size = String(n);
+    }
+    return opts;
+  }
+
+  // ------------------------------------------------------------------ run
+
+  function updateRun() {
+    const n = selectedModels().length;
+    if (state.running) {
+      els.runLabel.textContent = n > 1 ? 'Comparing…' : 'Stylizing…';
+    } else {
+      els.runLabel.textContent = n > 1 ? `Compare ${n} models` : 'Stylize';
+    }
+    els.run.disabled = state.running || !state.ready || !state.file || n === 0;
+    els.run.classList.toggle('is-running', state.running);
+    els.run.setAttribute('aria-busy', state.running ? 'true' : 'false');
+    let hint;
+    if (state.running) hint = 'Working on it…';
+    else if (!state.ready) hint = 'Waiting for the server to load its models…';
+    else if (!state.file) hint = 'Choose a photo to start.';
+    else if (n === 0) hint = 'Select at least one model.';
+    else if (n > 1) hint = `${n} models on the same photo, side by side.`;
+    else hint = 'Tip: select several models to compare them.';
+    els.runHint.textContent = hint;
+  }
+
+  els.models.addEventListener('change', (e) => {
+    if (e.target.matches('input[name="model"]')) updateRun();
+  });
+  els.selectAll.addEventListener('click', () => setSelection(() => true));
+  els.selectNone.addEventListener('click', () => setSelection(() => false));
+
+  let progressTimer = null;
+
+  function startProgress(names) {
+    const t0 = performance.now();
+    els.progressLabel.textContent = names.length > 1
+      ? `Comparing ${names.length} models…`
+      : `Stylizing with ${names[0]}…`;
+    els.progressTime.textContent = '0.0 s';
+    els.progress.hidden = false;
+    clearInterval(progressTimer);
+    progressTimer = setInterval(() => {
+      els.progressTime.textContent = `${((performance.now() - t0) / 1000).toFixed(1)} s`;
+    }, 100);
+  }
+
+  function stopProgress() {
+    clearInterval(progressTimer);
+    els.progress.hidden = true;
+  }
+
+  function showSkeletons(names) {
+    const saved = document.createDocumentFragment();
+    saved.append(...Array.from(els.results.childNodes));
+    els.emptyState.hidden = true;
+    for (const name of names) {
+      const sk = document.createElement('div');
+      sk.className = 'card result-skeleton';
+      sk.setAttribute('aria-hidden', 'true');
+      const label = document.createElement('span');
+      label.className = 'skeleton-label';
+      label.textContent = name;
+      const box = document.createElement('div');
+      box.className = 'skeleton-box';
+      sk.append(label, box);
+      els.results.append(sk);
+    }
+    return saved;
+  }
+
+  async function run() {
+    if (els.run.disabled) return;
+    const names = selectedModels();
+    clearError();
+    let opts;
+    try {
+      opts = readOptions();
+    } catch (err) {
+      showError(err);
+      els.maxSize.focus();
+      return;
+    }
+    const form = new FormData();
+    form.append('file', state.file, state.file.name || 'photo.png');
+    for (const [k, v] of Object.entries(opts)) form.append(k, v);
+
+    state.running = true;
+    const controller = new AbortController();
+    state.abort = controller;
+    updateRun();
+    startProgress(names);
+    const saved = showSkeletons(names);
+    const t0 = performance.now();
+    const file = state.file;
+    const newURLs = [];
+    try {
+      let items;
+      if (names.length === 1) {
+        form.append('model', names[0]);
+        const res = await request('v1/stylize', { method: 'POST', body: form, signal: controller.signal });
+        const blob = await res.blob();
+        const url = URL.createObjectURL(blob);
+        const original = URL.createObjectURL(file);
+        newURLs.push(url, original);
+        const info = modelByName(names[0]) || {};
+        const size = /^(\d+)x(\d+)$/.exec(res.headers.get('X-Image-Size') || '');
+        items = [{
+          model: res.headers.get('X-Model') || names[0],
+          norm: info.norm || '',
+          style: info.style || '',
+          elapsedMs: parseFloat(res.headers.get('X-Elapsed-Ms')),
+          image: url,
+          original,
+          width: size ? Number(size[1]) : null,
+          height: size ? Number(size[2]) : null,
+          mime: blob.type || res.headers.get('Content-Type') || 'image/png',
+        }];
+      } else {
+        form.append('models', names.join(','));
+        form.append('output', 'json');
+        const res = await request('v1/compare', { method: 'POST', body: form, signal: controller.signal });
+        const data = await res.json();
+        items = (data.results || []).map((r) => ({
+          model: r.model,
+          norm: r.norm,
+          style: r.style,
+          elapsedMs: Number(r.elapsed_ms),
+          image: r.image,
+          original: data.original,
+          width: data.width,
+          height: data.height,
+          mime: mimeOfDataURL(r.image),
+        }));
+      }
+      for (const u of state.resultURLs) URL.revokeObjectURL(u);
+      state.resultURLs = newURLs;
+      renderResults(items, { roundTripMs: performance.now() - t0, fileName: file.name });
+    } catch (err) {
+      for (const u of newURLs) URL.revokeObjectURL(u);
+      els.results.replaceChildren(saved);
+      els.emptyState.hidden = Boolean($('.result', els.results));
+      if (err && err.name === 'AbortError') {
+        showError({ title: 'Cancelled', message: 'The request was cancelled; the server may still finish it.' });
+      } else {
+        showError(err);
+        if (err && (err.status === 0 || err.status === 503)) pollReady();
+      }
+    } finally {
+      state.running = false;
+      state.abort = null;
+      stopProgress();
+      updateRun();
+    }
+  }
+
+  els.form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    run();
+  });
+  els.cancel.addEventListener('click', () => {
+    if (state.abort) state.abort.abort();
+  });
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      run();
+    }
+  });
+
+  // ------------------------------------------------------------------ results
+
+  function renderResults(items, { roundTripMs, fileName }) {
+    els.results.replaceChildren();
+    const times = items.map((i) => i.elapsedMs).filter(Number.isFinite);
+    const fastest = items.length > 1 && times.length ? Math.min(...times) : null;
+    const stem = fileStem(fileName);
+
+    for (const item of items) {
+      const card = els.resultTemplate.content.firstElementChild.cloneNode(true);
+      card.dataset.model = item.model;
+      card.dataset.testid = `result-${item.model}`;
+      $('.result-name', card).textContent = item.model;
+      const norm = $('.norm-chip', card);
+      norm.textContent = item.norm || 'norm ?';
+      norm.dataset.norm = item.norm || '';
+      const style = $('.style-chip', card);
+      style.textContent = prettyStyle(item.style);
+      style.title = item.style || '';
+
+      const elapsed = $('.elapsed', card);
+      elapsed.textContent = formatMs(item.elapsedMs);
+      if (fastest !== null && item.elapsedMs === fastest) {
+        elapsed.classList.add('is-fastest');
+        elapsed.title = 'Fastest of this comparison (inference time on the server)';
+      }
+
+      const compare = $('.compare', card);
+      const original = $('img.original', card);
+      const stylized = $('img.stylized', card);
+      if (item.width && item.height) compare.style.aspectRatio = `${item.width} / ${item.height}`;
+      stylized.addEventListener('load', () => {
+        if (!(item.width && item.height) && stylized.naturalWidth) {
+          compare.style.aspectRatio = `${stylized.naturalWidth} / ${stylized.naturalHeight}`;
+        }
+        card.classList.add('is-loaded');
+      }, { once: true });
+      original.src = item.original;
+      stylized.src = item.image;
+      stylized.alt = `Photo stylized with ${item.model}`;
+      original.alt = 'Original photo';
+      const range = $('.compare-range', card);
+      range.setAttribute('aria-label', `Before/after divider for ${item.model}`);
+      setPos(compare, state.sliderPos);
+
+      const ext = extOfMime(item.mime);
+      const dims = item.width && item.height ? `${item.width}×${item.height}` : '';
+      $('.result-info', card).textContent = [dims, ext === 'jpg' ? 'JPEG' : 'PNG'].filter(Boolean).join(' · ');
+      const dl = $('a.download', card);
+      dl.href = item.image;
+      dl.download = `${stem}_${item.model}.${ext}`;
+      dl.title = `Save ${dl.download}`;
+      els.results.append(card);
+    }
+
+    els.emptyState.hidden = true;
+    els.results.append(els.emptyState);
+    els.clearResults.hidden = items.length === 0;
+    const parts = [`${items.length} ${items.length === 1 ? 'result' : 'results'}`];
+    if (items[0] && items[0].width) parts.push(`${items[0].width}×${items[0].height} px`);
+    parts.push(`round trip ${formatMs(roundTripMs)}`);
+    els.resultsMeta.textContent = parts.join(' · ');
+  }
+
+  els.clearResults.addEventListener('click', () => {
+    for (const card of $$('.result', els.results)) card.remove();
+    for (const u of state.resultURLs) URL.revokeObjectURL(u);
+    state.resultURLs = [];
+    els.emptyState.hidden = false;
+    els.clearResults.hidden = true;
+    els.resultsMeta.textContent = DEFAULT_META;
+  });
+
+  // Before/after divider: pointer events on the image (mouse, pen, touch), a range input for the
+  // keyboard (focus it with Tab, then arrows / Home / End / Page Up / Page Down).
+  function setPos(compare, pos) {
+    const p = Math.min(100, Math.max(0, pos));
+    compare.style.setProperty('--pos', `${p}%`);
+    const range = $('.compare-range', compare);
+    if (range && Number(range.value) !== p) range.value = String(p);
+    if (range) range.setAttribute('aria-valuetext', `${Math.round(p)}% original, ${Math.round(100 - p)}% stylized`);
+    compare.classList.toggle('at-start', p < 12);
+    compare.classList.toggle('at-end', p > 88);
+  }
+
+  function applyPos(compare, pos) {
+    if (els.linkSliders.checked) {
+      state.sliderPos = pos;
+      for (const c of $$('.compare', els.results)) setPos(c, pos);
+    } else {
+      setPos(compare, pos);
+    }
+  }
+
+  els.results.addEventListener('input', (e) => {
+    if (!e.target.matches('.compare-range')) return;
+    applyPos(e.target.closest('.compare'), Number(e.target.value));
+  });
+
+  els.results.addEventListener('pointerdown', (e) => {
+    const compare = e.target.closest('.compare');
+    if (!compare || (e.pointerType === 'mouse' && e.button !== 0)) return;
+    e.preventDefault();
+    const range = $('.compare-range', compare);
+    range.focus({ preventScroll: true });
+    const move = (ev) => {
+      const rect = compare.getBoundingClientRect();
+      if (rect.width > 0) applyPos(compare, ((ev.clientX - rect.left) / rect.width) * 100);
+    };
+    const end = () => {
+      compare.classList.remove('is-dragging');
+      compare.removeEventListener('pointermove', move);
+      compare.removeEventListener('pointerup', end);
+      compare.removeEventListener('pointercancel', end);
+    };
+    try { compare.setPointerCapture(e.pointerId); } catch (_) { /* synthetic pointer */ }
+    compare.classList.add('is-dragging');
+    compare.addEventListener('pointermove', move);
+    compare.addEventListener('pointerup', end);
+    compare.addEventListener('pointercancel', end);
+    move(e);
+  });
+
+  // ------------------------------------------------------------------ start
+
+  showStrength();
+  updateRun();
+  pollReady();
+})();
