@@ -224,6 +224,7 @@ def load_train_state(path: Path | str) -> dict[str, Any]:
     missing = TRAIN_STATE_KEYS - set(state)
     if missing:
         raise CheckpointError(f"{path}: training state lacks {sorted(missing)}")
-    if state["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: training state version {state['format_version']} is newer than supported")
+    if not isinstance(state["format_version"], int) or not 1 <= state["format_version"] <= FORMAT_VERSION:
+        raise CheckpointError(f"{path}: training state version {state['format_version']!r} is not supported "
+                              f"(this version reads 1..{FORMAT_VERSION})")
     return state

@@ -51,6 +51,8 @@ class LossConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "content_layers", tuple(self.content_layers))
         object.__setattr__(self, "style_layers", tuple(self.style_layers))
+        if not self.content_layers or not self.style_layers:
+            raise ValueError("the loss needs at least one content layer and one style layer")
         for name in ("content_weight", "style_weight", "tv_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -29,6 +29,8 @@ class TransformerConfig:
     groups: int = DEFAULT_GROUPS  # only used by the group norm; see norms.DEFAULT_GROUPS
 
     def __post_init__(self) -> None:
+        if isinstance(self.norm, str):
+            object.__setattr__(self, "norm", self.norm.strip().lower())
         if self.norm not in NORM_NAMES:
             raise ValueError(f"unknown norm {self.norm!r}; valid names are: {', '.join(NORM_NAMES)}")
         if self.width < 1 or self.num_residual < 0:

@@ -382,9 +382,6 @@ def test_train_state_refuses_garbage(tmp_path, content):
         load_train_state(path)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "library bug: load_train_state compares state['format_version'] > FORMAT_VERSION without checking "
-    "its type, so a non-integer version raises TypeError instead of CheckpointError"))
 def test_train_state_refuses_non_integer_version(make_model, tmp_path):
     path = tmp_path / "train_state.pt"
     state = _train_state(make_model)

@@ -200,3 +200,10 @@ def test_batch_loss_is_mean_of_single_losses(loss_fn, content):
     for name in ("content", "style"):
         mean = sum(float(s[name]) for s in singles) / 2
         assert float(batch[name]) == pytest.approx(mean, rel=1e-4)
+
+
+def test_loss_config_needs_layers():
+    with pytest.raises(ValueError, match="at least one"):
+        LossConfig(style_layers=())
+    with pytest.raises(ValueError, match="at least one"):
+        LossConfig(content_layers=())

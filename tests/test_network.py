@@ -147,3 +147,7 @@ def test_last_layer_has_no_norm_and_no_activation():
     with torch.no_grad():
         y = model(torch.rand(1, 3, 16, 16))
     assert (y < 0).any()
+
+
+def test_config_norm_name_is_case_insensitive():
+    assert TransformerConfig(norm=" Instance ").norm == "instance"

@@ -1,0 +1,275 @@
+"""End-to-end browser test of the web page (server/static/): a real server, a real headless Chromium.
+
+Skipped unless /usr/bin/chromium exists and the ``playwright`` Python package is importable (Playwright
+drives the system Chromium through ``executable_path``; it never downloads a browser). The server runs
+as a subprocess (``python -m server``) on a free port with two tiny untrained models. The browser may
+only talk to that server: any other request is aborted and fails the test (no CDN, no internet).
+
+A full-page screenshot is written to tests/artifacts/browser.png and to the test's tmp folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from style_transfer.checkpoint import ModelInfo, save_model
+from style_transfer.network import TransformerConfig, TransformerNet
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+MODELS = {"tiny-instance": "instance", "tiny-batch": "batch"}
+READY_TIMEOUT_S = 120
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _sync_playwright():
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found (install the Debian 'chromium' package)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the 'playwright' Python package is not installed")
+    return sync_playwright
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _write_models(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, (name, norm) in enumerate(MODELS.items()):
+        torch.manual_seed(seed)
+        config = TransformerConfig(norm=norm, width=8, num_residual=1)
+        model = TransformerNet(config).eval()
+        save_model(folder / f"{name}.safetensors", model, ModelInfo(config, style_name="test-style", steps=5))
+
+
+def _write_photo(path: Path, size: tuple[int, int] = (96, 64)) -> Path:
+    """A photo-like PNG: a sky-to-ground gradient, a sun and a few hills (smooth, with edges)."""
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = y / (h - 1)
+    img = np.stack([70 + 120 * t, 130 + 60 * t, 230 - 150 * t], axis=-1)
+    sun = (x - 0.72 * w) ** 2 + (y - 0.3 * h) ** 2 < (0.12 * h) ** 2
+    img[sun] = (250, 215, 90)
+    hills = y > 0.62 * h + 0.12 * h * np.sin(x / w * 2 * np.pi * 1.5)
+    img[hills] = np.stack([40 + 40 * t, 110 + 50 * np.cos(x / 7), 50 + 0 * x], axis=-1)[hills]
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def _log_tail(log: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+@pytest.fixture(scope="module")
+def playwright_factory():
+    return _sync_playwright()
+
+
+@pytest.fixture(scope="module")
+def server(playwright_factory, tmp_path_factory):
+    """Start ``python -m server`` on a free port; yield its base URL once /readyz answers 200."""
+    root = tmp_path_factory.mktemp("browser_server")
+    weights = root / "weights"
+    _write_models(weights)
+    port = _free_port()
+    env = dict(os.environ, STYLE_TRANSFER_WEIGHTS=str(weights), STYLE_TRANSFER_DEVICE="cpu", PYTHONUNBUFFERED="1")
+    log = root / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{_log_tail(log)}")
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=2) as res:
+                    if res.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after {READY_TIMEOUT_S} s:\n{_log_tail(log)}")
+            time.sleep(0.25)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def browser(playwright_factory):
+    with playwright_factory() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh page at the server's root; fails the test on JS errors or requests to other hosts."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    js_errors: list[str] = []
+    foreign: list[str] = []
+    page.on("pageerror", lambda exc: js_errors.append(str(exc)))
+
+    def only_this_server(route):
+        url = route.request.url
+        if url.startswith(server + "/") or url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            foreign.append(url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    page.goto(server + "/")
+    page.wait_for_selector('#status[data-state="ready"]')
+    yield page
+    context.close()
+    assert not js_errors, f"JavaScript errors on the page: {js_errors}"
+    assert not foreign, f"the page tried to load from other hosts: {foreign}"
+
+
+def _upload_and_select(page, photo: Path, selected: list[str]) -> None:
+    page.set_input_files("#file-input", str(photo))
+    page.wait_for_function("document.querySelector('#original-preview').naturalWidth > 0")
+    for name in MODELS:
+        box = page.locator(f'#models input[type=checkbox][name=model][value="{name}"]')
+        if name in selected:
+            box.check()
+        else:
+            box.uncheck()
+
+
+def _wait_for_results(page, count: int) -> None:
+    page.wait_for_function(
+        """(count) => {
+            const cards = document.querySelectorAll('#results .result');
+            return cards.length === count && Array.from(cards).every((card) => {
+                const img = card.querySelector('img.stylized');
+                const elapsed = card.querySelector('.elapsed');
+                return img && img.complete && img.naturalWidth > 0 && elapsed && elapsed.textContent.trim();
+            });
+        }""",
+        arg=count,
+        timeout=60_000,
+    )
+
+
+def _error_text(page) -> str:
+    return (page.text_content("#error") or "").strip()
+
+
+def test_compare_two_models_in_the_browser(page, tmp_path):
+    photo = _write_photo(tmp_path / "photo.png")
+    assert "cpu" in page.inner_text("#device").lower()
+    assert page.locator("#models input[name=model]").count() == len(MODELS)
+
+    _upload_and_select(page, photo, list(MODELS))
+    assert "2" in page.inner_text("#run")  # "Compare 2 models"
+    page.click("#run")
+    _wait_for_results(page, 2)
+
+    assert _error_text(page) == "", _error_text(page)
+    cards = page.locator("#results .result")
+    assert {cards.nth(i).get_attribute("data-model") for i in range(2)} == set(MODELS)
+    for name, norm in MODELS.items():
+        card = page.locator(f'#results .result[data-model="{name}"]')
+        assert re.search(r"\d.*ms", card.locator(".elapsed").inner_text()), card.locator(".elapsed").inner_text()
+        assert norm in card.inner_text()
+        # The stylized output has the photo's size, and the original sits underneath it.
+        size = card.locator("img.stylized").evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        assert size == [96, 64]
+        assert card.locator("img.original").evaluate("img => img.naturalWidth") == 96
+        href = card.locator("a.download").get_attribute("href")
+        assert href.startswith("data:image/png;base64,")
+        assert card.locator("a.download").get_attribute("download").endswith(".png")
+    assert page.is_enabled("#run")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = page.screenshot(full_page=True)
+    (ARTIFACTS / "browser.png").write_bytes(shot)
+    (tmp_path / "browser.png").write_bytes(shot)
+
+
+def test_single_model_and_before_after_slider(page, tmp_path):
+    photo = _write_photo(tmp_path / "photo.png")
+    _upload_and_select(page, photo, ["tiny-instance"])
+    page.click("#run")  # one model: POST /v1/stylize
+    _wait_for_results(page, 1)
+    assert _error_text(page) == "", _error_text(page)
+
+    card = page.locator('#results .result[data-model="tiny-instance"]')
+    assert re.search(r"\d.*ms", card.locator(".elapsed").inner_text())
+    assert card.locator("a.download").get_attribute("href").startswith("blob:")
+
+    overlay = card.locator(".compare-after")
+
+    def divider() -> float:
+        """The stylized overlay's left clip inset, in % (from the computed clip-path)."""
+        return _left_inset(overlay.evaluate("el => getComputedStyle(el).clipPath"))
+
+    assert divider() == pytest.approx(50)
+    card.locator("input.compare-range").fill("20")  # sets the value and fires 'input'
+    assert divider() == pytest.approx(20)
+
+    card.locator("input.compare-range").focus()  # keyboard
+    page.keyboard.press("End")
+    assert divider() == pytest.approx(100)
+    page.keyboard.press("Home")
+    assert divider() == pytest.approx(0)
+    page.keyboard.press("ArrowRight")
+    assert 0 < divider() <= 10
+
+    box = card.locator(".compare").bounding_box()  # pointer: drag the divider to 3/4 of the width
+    page.mouse.move(box["x"] + 5, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] / 2, steps=4)
+    page.mouse.up()
+    assert divider() == pytest.approx(75, abs=2)
+
+
+def _left_inset(clip: str) -> float:
+    """Left inset of a computed ``inset(...)`` clip-path, in %; 0 for 0px (CSS shorthand rules)."""
+    match = re.fullmatch(r"inset\((.*)\)", clip.strip())
+    assert match, clip
+    parts = match.group(1).split()
+    left = {1: parts[0], 2: parts[1] if len(parts) > 1 else "", 3: parts[1] if len(parts) > 1 else "",
+            4: parts[-1]}[len(parts)]
+    number = float(re.match(r"-?[\d.]+", left).group(0))
+    assert left.endswith("%") or number == 0, clip
+    return number
