@@ -158,6 +158,7 @@ def page(browser, server):
     page.route("**/*", only_this_server)
     page.goto(server + "/")
     page.wait_for_selector('#status[data-state="ready"]')
+    page.wait_for_selector("#models input[name=model]")  # filled from GET /v1/models
     yield page
     context.close()
     assert not js_errors, f"JavaScript errors on the page: {js_errors}"
@@ -221,7 +222,8 @@ def test_compare_two_models_in_the_browser(page, tmp_path):
     assert page.is_enabled("#run")
 
     ARTIFACTS.mkdir(exist_ok=True)
-    shot = page.screenshot(full_page=True)
+    page.evaluate("window.scrollTo(0, 0)")  # the sticky header belongs at the top of the shot
+    shot = page.screenshot(full_page=True, animations="disabled")
     (ARTIFACTS / "browser.png").write_bytes(shot)
     (tmp_path / "browser.png").write_bytes(shot)
 

@@ -199,6 +199,13 @@
     els.error.hidden = false;
   }
 
+  function revealError() {
+    const r = els.error.getBoundingClientRect();
+    if (r.top < 64 || r.bottom > window.innerHeight) {
+      els.error.scrollIntoView({ block: 'center', behavior: 'smooth' });
+    }
+  }
+
   function clearError() {
     els.error.hidden = true;
     els.error.replaceChildren();
@@ -567,6 +574,14 @@
     }, 100);
   }
 
+  function revealProgress() {
+    // On narrow screens the results sit below the controls: bring the progress bar into view.
+    const r = els.progress.getBoundingClientRect();
+    if (r.top > window.innerHeight - 40 || r.bottom < 64) {
+      els.progress.scrollIntoView({ block: 'start', behavior: 'smooth' });
+    }
+  }
+
   function stopProgress() {
     clearInterval(progressTimer);
     els.progress.hidden = true;
@@ -600,6 +615,7 @@
       opts = readOptions();
     } catch (err) {
       showError(err);
+      revealError();
       els.maxSize.focus();
       return;
     }
@@ -613,6 +629,7 @@
     updateRun();
     startProgress(names);
     const saved = showSkeletons(names);
+    revealProgress();
     const t0 = performance.now();
     const file = state.file;
     const newURLs = [];
@@ -666,6 +683,7 @@
         showError({ title: 'Cancelled', message: 'The request was cancelled; the server may still finish it.' });
       } else {
         showError(err);
+        revealError();
         if (err && (err.status === 0 || err.status === 503)) pollReady();
       }
     } finally {
