@@ -97,7 +97,8 @@ class InferenceWorker:
             log.warning("no models (*.safetensors) in %s", folder.resolve())
         for name, path in found.items():
             try:
-                stylizer = Stylizer.from_checkpoint(path, str(self.device), self.settings.precision)
+                stylizer = Stylizer.from_checkpoint(path, str(self.device), self.settings.precision,
+                                                    self.settings.fast, self.settings.compile)
             except (CheckpointError, OSError, RuntimeError) as exc:
                 self.load_errors[name] = str(exc)
                 log.error("not serving %s: %s", name, exc)

@@ -17,7 +17,9 @@ class Settings(BaseSettings):
     port: int = 8000
     weights: Path = Path("weights")
     device: str = "auto"  # auto: the GPU when there is one, else the CPU
-    precision: str = "fp32"
+    precision: str = "auto"  # auto: bf16 where the hardware has it (fp16 on older GPUs), else fp32
+    fast: bool = True  # the fast path (exact rewrites + reduced precision + channels_last); False: plain fp32
+    compile: bool = False  # torch.compile on top (GPUs; on the CPU it measured slower)
 
     # Uploads: 25 MB covers a full-resolution phone JPEG/PNG; 50 Mpx is above any camera we expect and
     # far below what a decompression bomb claims.

@@ -59,7 +59,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--style-layers", type=_layers, default=ld.style_layers,
                    help="comma-separated VGG19 layers (default: relu1_2,relu2_2,relu3_3,relu4_3)")
     p.add_argument("--style-size", type=_positive_int, default=ld.style_size, help="long side of the style image (default: %(default)s)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 or bf16 autocast (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="autocast precision; auto = bf16 where the hardware has it, else fp32 (default: %(default)s)")
     p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default: %(default)s)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=500, help="(default: %(default)s steps)")
     p.add_argument("--sample-every", type=_positive_int, default=500, help="(default: %(default)s steps)")
@@ -107,7 +108,11 @@ def _add_stylize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preserve-color", action="store_true", help="keep the content's colours (luminance-only transfer)")
     p.add_argument("--tile", type=_positive_int, help="stylize in tiles of this many px (for very large images)")
     p.add_argument("--tile-overlap", type=int, help="overlap between tiles in px (default: min(128, tile/4))")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="(default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto = bf16 where the hardware has it (fp16 on older GPUs), else fp32 (default: %(default)s)")
+    p.add_argument("--no-fast", dest="fast", action="store_false",
+                   help="run the plain fp32 network instead of the fast path (rewritten, reduced precision)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the fast path (helps on GPUs)")
     p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default: %(default)s)")
     p.set_defaults(func=_cmd_stylize)
 
@@ -134,7 +139,7 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
                              tile=args.tile, tile_overlap=args.tile_overlap)
     files = _collect_inputs(args.inputs)
     model_path = resolve_model(args.model, args.weights)
-    stylizer = Stylizer.from_checkpoint(model_path, args.device, args.precision)
+    stylizer = Stylizer.from_checkpoint(model_path, args.device, args.precision, args.fast, args.compile)
     single_file_out = len(files) == 1 and args.out.suffix.lower() in OUTPUT_FORMATS
     suffix = "." + (args.format or (args.out.suffix.lower().lstrip(".") if single_file_out else "png"))
     suffix = ".jpg" if suffix == ".jpeg" else suffix

@@ -7,7 +7,10 @@ import contextlib
 import torch
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
+# auto: bf16 where the hardware runs it natively (AVX512-BF16/AMX CPUs, Ampere+ GPUs), fp16 on older
+# GPUs, fp32 elsewhere.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -28,8 +31,23 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> the fastest accurate-enough precision of ``device``; others are returned as given."""
+    if check_precision(precision) != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def dtype_of(precision: str, device: torch.device) -> torch.dtype:
+    """The torch dtype of a precision name on ``device``."""
+    return _DTYPES[resolve_precision(precision, device)]
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast (AMX on recent CPUs, tensor cores on GPUs) or nothing for fp32."""
-    if check_precision(precision) == "fp32":
+    """Autocast to bf16/fp16 (or nothing for fp32)."""
+    dtype = dtype_of(precision, device)
+    if dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=dtype)

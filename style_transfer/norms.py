@@ -144,3 +144,21 @@ def frozen_statistics(model: nn.Module, reference: torch.Tensor) -> Iterator[Non
         for h in handles:
             h.remove()
 
+
+
+@torch.no_grad()
+def fold_batch_norm(block: nn.Sequential) -> None:
+    """In a ``[pad,] conv, norm, ...`` block, fold an eval-mode batch norm into the conv (exact).
+
+    y = gamma * (conv(x) - mean) / sqrt(var + eps) + beta is itself a conv with rescaled weights and
+    a shifted bias; the norm is replaced by an identity. Other norms are left alone.
+    """
+    layers = list(block)
+    for i in range(1, len(layers)):
+        norm, conv = layers[i], layers[i - 1]
+        if has_batch_statistics(norm) and isinstance(conv, nn.Conv2d) and norm.track_running_stats:
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            conv.weight.mul_(scale[:, None, None, None])
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+            conv.bias = nn.Parameter((bias - norm.running_mean) * scale + norm.bias, requires_grad=False)
+            block[i] = nn.Identity()

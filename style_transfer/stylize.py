@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -10,7 +11,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import ModelInfo, load_model
-from .device import autocast, check_precision, resolve_device
+from .device import autocast, dtype_of, resolve_device, resolve_precision
+from .fast import compiled, optimize
 from .imageio import LoadedImage, resize_max
 from .network import TransformerNet
 from .norms import frozen_statistics
@@ -117,26 +119,44 @@ def finish(styled: torch.Tensor, content: torch.Tensor, options: StylizeOptions)
 
 
 class Stylizer:
-    """A loaded network on a device, ready to stylize (1, 3, H, W) images in [0, 1]."""
+    """A loaded network on a device, ready to stylize (1, 3, H, W) images in [0, 1].
 
-    def __init__(self, model: TransformerNet, info: ModelInfo | None = None,
-                 device: torch.device | str = "cpu", precision: str = "fp32") -> None:
+    ``fast=True`` (the default) runs an exactly rewritten copy of the network in reduced precision and
+    channels_last (see fast.py); ``fast=False`` runs the plain network (in fp32 unless ``precision``
+    asks for autocast). ``compile`` adds torch.compile on top of the fast path.
+    """
+
+    def __init__(self, model: TransformerNet, info: ModelInfo | None = None, device: torch.device | str = "cpu",
+                 precision: str = "auto", fast: bool = True, compile: bool = False) -> None:
         self.device = torch.device(device)
-        self.precision = check_precision(precision)
         self.model = model.eval().to(self.device).requires_grad_(False)
         self.info = info
+        self.fast = fast
+        if fast:
+            self.precision = resolve_precision(precision, self.device)
+            self.net = optimize(self.model, self.device, dtype_of(self.precision, self.device))
+            self.runner = compiled(self.net) if compile else self.net
+        else:
+            self.precision = "fp32" if precision == "auto" else resolve_precision(precision, self.device)
+            self.net = self.model
+            self.runner = self.model
 
     @classmethod
-    def from_checkpoint(cls, path: Path | str, device: str = "auto", precision: str = "fp32") -> "Stylizer":
+    def from_checkpoint(cls, path: Path | str, device: str = "auto", precision: str = "auto",
+                        fast: bool = True, compile: bool = False) -> "Stylizer":
         dev = resolve_device(device)
         model, info = load_model(path, dev)
-        return cls(model, info, dev, precision)
+        return cls(model, info, dev, precision, fast, compile)
+
+    def _autocast(self):
+        # The fast path casts its own weights; only the plain network uses autocast.
+        return contextlib.nullcontext() if self.fast else autocast(self.device, self.precision)
 
     @torch.no_grad()
     def run(self, images: torch.Tensor) -> torch.Tensor:
-        """The raw network on a batch: (B, 3, H, W) -> (B, 3, H, W) in [0, 1], on the input's device."""
-        with autocast(self.device, self.precision):
-            out = self.model(images.to(self.device))
+        """The network on a batch: (B, 3, H, W) -> (B, 3, H, W) in [0, 1], on the input's device."""
+        with self._autocast():
+            out = self.runner(images.to(self.device))
         return out.float().clamp(0, 1).to(images.device)
 
     @torch.no_grad()
@@ -158,11 +178,12 @@ class Stylizer:
         row_w, col_w = _axis_weights(rows, TILE_FADE), _axis_weights(cols, TILE_FADE)
         reference = resize_max(image, TILE_REFERENCE_SIZE).to(self.device)
         out = torch.zeros(1, 3, h, w)
-        with autocast(self.device, self.precision), frozen_statistics(self.model, reference):
+        # Hooks go on the uncompiled network (compiled graphs would not see them).
+        with self._autocast(), frozen_statistics(self.net, reference):
             for (top, bottom), wr in zip(rows, row_w):
                 for (left, right), wc in zip(cols, col_w):
                     patch = image[..., top:bottom, left:right].to(self.device)
-                    styled = self.model(patch).float().clamp(0, 1).cpu()
+                    styled = self.net(patch).float().clamp(0, 1).cpu()
                     out[..., top:bottom, left:right] += styled * (wr[:, None] * wc[None, :])
         return out.to(image.dtype)
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .checkpoint import ModelInfo, file_sha256, load_train_state, save_model, save_train_state
 from .data import ContentImages, ResumableSampler, steps_per_epoch
-from .device import autocast, check_precision, resolve_device
+from .device import autocast, check_precision, resolve_device, resolve_precision
 from .imageio import load_rgb, save_image
 from .losses import LossConfig, PerceptualLoss
 from .network import TransformerConfig, TransformerNet
@@ -49,7 +49,7 @@ class TrainSettings:
     batch_size: int = 4  # per process
     lr: float = 1e-3  # Adam, as in Johnson et al. 2016
     seed: int = 0
-    precision: str = "fp32"
+    precision: str = "auto"  # autocast; auto = bf16 where the hardware has it (resolved at start)
     device: str = "auto"
     workdir: Path | None = None  # resume state, log and samples; default: <out>.run/ beside the checkpoint
     checkpoint_every: int = 500
@@ -187,6 +187,8 @@ def train(settings: TrainSettings, resume: bool = False) -> TrainResult:
 
 def _train(s: TrainSettings, resume: bool, env: _Distributed) -> TrainResult:
     device = env.device
+    # Resolve "auto" once, so the checkpoint records (and a resume compares) the precision actually used.
+    s = dataclasses.replace(s, precision=resolve_precision(s.precision, device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if s.sync_bn and s.network.norm != "batch":

@@ -33,7 +33,7 @@ def tiny_stylizer(norm: str) -> Stylizer:
         model.train()
         with torch.no_grad():
             model(torch.rand(4, 3, 64, 64))
-    return Stylizer(model)
+    return Stylizer(model, fast=False)  # plain fp32: exactness checks; the fast path is tested below
 
 
 @pytest.mark.parametrize("norm", NORM_NAMES)
@@ -86,7 +86,7 @@ class ColourSwap(torch.nn.Module):
 
 
 def test_preserve_color_keeps_content_chroma_and_styled_luminance():
-    stylizer, image = Stylizer(ColourSwap()), 0.25 + 0.5 * photo_like()
+    stylizer, image = Stylizer(ColourSwap(), fast=False), 0.25 + 0.5 * photo_like()
     styled = stylizer.stylize(image)
     kept = stylizer.stylize(image, StylizeOptions(preserve_color=True))
     ycc_kept, ycc_img, ycc_styled = rgb_to_ycbcr(kept), rgb_to_ycbcr(image), rgb_to_ycbcr(styled)
@@ -117,3 +117,57 @@ def test_bad_options_and_inputs_are_refused():
         StylizeOptions(tile=64, tile_overlap=40)
     with pytest.raises(ValueError, match="shape"):
         tiny_stylizer("none").stylize(torch.rand(3, 16, 16))
+
+
+# ----------------------------------------------------------------------------- the fast path
+
+
+def full_size_model(norm: str) -> TransformerNet:
+    """The default-size network with non-trivial norm parameters and statistics."""
+    torch.manual_seed(0)
+    model = TransformerNet(TransformerConfig(norm=norm))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "weight" in name and p.dim() == 1:  # norm scales around 1
+                p.uniform_(0.5, 1.5)
+            elif "bias" in name and p.dim() == 1 and norm != "none":
+                p.uniform_(-0.2, 0.2)
+    if norm == "batch":
+        model.train()
+        with torch.no_grad():
+            for _ in range(3):
+                model(photo_like(64, 64) * torch.rand(1, 3, 1, 1))
+    return model.eval()
+
+
+@pytest.mark.parametrize("norm", NORM_NAMES)
+@pytest.mark.parametrize("size", [(64, 64), (50, 37)])  # even sizes take every rewrite; odd ones fall back
+def test_fast_path_matches_fp32_within_psnr_bound(norm, size):
+    model = full_size_model(norm)
+    image = photo_like(*size)
+    reference = Stylizer(model, fast=False).stylize(image)
+    fast = Stylizer(model, precision="bf16").stylize(image)
+    assert fast.shape == reference.shape
+    assert psnr(fast, reference) >= 35
+
+
+@pytest.mark.parametrize("norm", NORM_NAMES)
+def test_fast_rewrites_are_exact_in_fp32(norm):
+    """Batch-norm folding, sub-pixel upsampling and the space-to-depth tail change nothing but rounding."""
+    model = full_size_model(norm)
+    image = photo_like(64, 80)
+    plain = Stylizer(model, fast=False).run(image)
+    rewritten = Stylizer(model, precision="fp32").run(image)
+    torch.testing.assert_close(rewritten, plain, atol=2e-5, rtol=0)
+
+
+def test_fast_path_tiles_without_seams():
+    model = full_size_model("instance")
+    image = photo_like(160, 200)
+    fast = Stylizer(model, precision="bf16")
+    assert psnr(fast.stylize(image, StylizeOptions(tile=128, tile_overlap=60)), fast.stylize(image)) > 35
+
+
+def test_fast_path_is_the_default():
+    stylizer = Stylizer(full_size_model("instance"))
+    assert stylizer.fast and stylizer.net is not stylizer.model

@@ -137,7 +137,7 @@ def _free_port() -> int:
 def _cli_train(args: list[str], out: Path, photos: Path, launcher: list[str]) -> None:
     cmd = launcher + ["-m", "style_transfer", "train", "--content", str(photos), "--style", str(STYLE),
                       "--out", str(out), "--steps", "3", "--image-size", "32", "--width", "8",
-                      "--residual-blocks", "1", "--style-size", "64", "--device", "cpu", *args]
+                      "--residual-blocks", "1", "--style-size", "64", "--device", "cpu", "--precision", "fp32", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
