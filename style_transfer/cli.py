@@ -190,6 +190,82 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_ablate(sub: argparse._SubParsersAction) -> None:
+    d, ld = TransformerConfig(), LossConfig()
+    p = sub.add_parser("ablate", help="train one arm per norm (and seed) for an A/B study",
+                       description="Train one network per norm and seed, identical in everything else "
+                                   "(init, data order, loss, steps), into one study folder. Running it again "
+                                   "continues the study: finished arms are skipped, interrupted ones resumed.")
+    p.add_argument("--out", required=True, type=Path, help="the study folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the study in --out with its recorded settings (no other option needed)")
+    p.add_argument("--content", type=Path, action="append",
+                   help="folder of training images (recursive); repeat it to train on several folders")
+    p.add_argument("--style", type=Path, help="the style image")
+    p.add_argument("--norms", default=",".join(NORM_NAMES),
+                   help="comma-separated norms, one arm each (default: %(default)s)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, one arm per norm each (default: %(default)s)")
+    p.add_argument("--steps", type=_positive_int, help="optimizer steps per arm (required for a new study)")
+    p.add_argument("--image-size", type=_positive_int, default=256, help="training crop size (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--width", type=_positive_int, default=d.width, help="channels of the first layer (default: %(default)s)")
+    p.add_argument("--residual-blocks", type=int, default=d.num_residual, help="(default: %(default)s)")
+    p.add_argument("--groups", type=_positive_int, default=DEFAULT_GROUPS, help="groups of the group norm (default: %(default)s)")
+    p.add_argument("--content-weight", type=float, default=ld.content_weight, help="(default: %(default)s)")
+    p.add_argument("--style-weight", type=float, default=ld.style_weight, help="(default: %(default)s)")
+    p.add_argument("--tv-weight", type=float, default=ld.tv_weight, help="(default: %(default)s)")
+    p.add_argument("--content-layers", type=_layers, default=ld.content_layers, help="comma-separated VGG19 layers (default: relu2_2)")
+    p.add_argument("--style-layers", type=_layers, default=ld.style_layers,
+                   help="comma-separated VGG19 layers (default: relu1_2,relu2_2,relu3_3,relu4_3)")
+    p.add_argument("--style-size", type=_positive_int, default=ld.style_size, help="long side of the style image (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="autocast precision of every arm; auto is resolved once and recorded (default: %(default)s)")
+    p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=100, help="(default: %(default)s steps)")
+    p.add_argument("--sample-every", type=_positive_int, default=500, help="(default: %(default)s steps)")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="arms trained at once, in separate processes sharing the CPU threads (default: %(default)s)")
+    p.add_argument("--status", action="store_true", help="only print the state of every arm of the study in --out")
+    p.set_defaults(func=_cmd_ablate)
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from .ablate import StudySettings, describe, load_study, parse_norms, parse_seeds, run_study
+
+    if args.status:
+        rows = describe(load_study(args.out))
+        print(f"{'arm':<16} {'status':<8} {'steps':>13}")
+        for row in rows:
+            print(f"{row['name']:<16} {row['status']:<8} {row['steps']:>6}/{row['target']:<6}")
+        return 0
+    if args.resume:
+        settings = load_study(args.out).settings()
+        settings.device = args.device if args.device != "auto" else settings.device
+    else:
+        missing = [flag for flag, value in (("--content", args.content), ("--style", args.style),
+                                            ("--steps", args.steps)) if not value]
+        if missing:
+            raise ValueError(f"a new study needs {', '.join(missing)} (or --resume to continue the one in {args.out})")
+        settings = StudySettings(
+            out=args.out, content_dirs=tuple(args.content), style_image=args.style, steps=args.steps,
+            norms=parse_norms(args.norms), seeds=parse_seeds(args.seeds), image_size=args.image_size,
+            batch_size=args.batch_size, lr=args.lr, width=args.width, num_residual=args.residual_blocks,
+            groups=args.groups,
+            loss=LossConfig(content_layers=args.content_layers, style_layers=args.style_layers,
+                            content_weight=args.content_weight, style_weight=args.style_weight,
+                            tv_weight=args.tv_weight, style_size=args.style_size),
+            precision=args.precision, device=args.device, checkpoint_every=args.checkpoint_every,
+            sample_every=args.sample_every,
+        )
+    outcomes = run_study(settings, jobs=args.jobs)
+    failed = [o for o in outcomes if o.status == "failed"]
+    for o in failed:
+        log.error("arm %s failed: %s", o.name, o.error)
+    log.info("study %s: %d arm(s) finished, %d failed", args.out, len(outcomes) - len(failed), len(failed))
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
     parser = argparse.ArgumentParser(prog="style-transfer", description=__doc__)
@@ -199,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_stylize(sub)
     _add_models(sub)
+    _add_ablate(sub)
     return parser
 
 

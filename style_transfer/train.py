@@ -170,6 +170,21 @@ def _read_log(path: Path, upto_step: int) -> list[dict[str, float]]:
     return entries
 
 
+def loss_terms(net: torch.nn.Module, criterion: PerceptualLoss, batch: torch.Tensor, device: torch.device,
+               precision: str) -> dict[str, torch.Tensor]:
+    """Forward pass of one training step: the network under autocast, the loss terms (Grams in fp32)."""
+    with autocast(device, precision):
+        output = net(batch)
+        return criterion(output, batch)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, total: torch.Tensor) -> None:
+    """Backward pass and parameter update of one training step."""
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+
+
 def train(settings: TrainSettings, resume: bool = False) -> TrainResult:
     """Train (or resume training) and write the served checkpoint to ``settings.out``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -294,9 +309,7 @@ def _train(s: TrainSettings, resume: bool, env: _Distributed) -> TrainResult:
         while step < total_steps:
             t0 = time.perf_counter()
             batch = next(data).to(device, non_blocking=True)
-            with autocast(device, s.precision):
-                output = net(batch)
-            terms = criterion(output.float(), batch)
+            terms = loss_terms(net, criterion, batch, device, s.precision)
             values = env.mean(torch.stack([terms[t].detach().float() for t in TERMS]))
             if not torch.isfinite(values).all():
                 raise TrainingError(
@@ -305,9 +318,7 @@ def _train(s: TrainSettings, resume: bool, env: _Distributed) -> TrainResult:
                     + f"); training stopped. The last good checkpoint ({state_path}, "
                     "if any) was kept. Try a lower --lr, --precision fp32, or smaller loss weights."
                 )
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
+            optimizer_step(optimizer, terms["total"])
             step += 1
             entry = {"step": step, **{t: float(v) for t, v in zip(TERMS, values.tolist())},
                      "seconds": time.perf_counter() - t0}

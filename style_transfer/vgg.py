@@ -113,12 +113,18 @@ class VGG19Features(nn.Module):
         """[0, 1] RGB -> Caffe input: BGR, 0..255, mean pixel subtracted."""
         return rgb01.flip(1) * 255.0 - self.mean_bgr.to(rgb01.dtype)
 
-    def forward(self, rgb01: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, rgb01: torch.Tensor, layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Activations of ``layers`` (default: all requested at construction); stops after the deepest."""
+        wanted = set(self.layers if layers is None else _check_layers(layers))
+        missing = wanted - set(self.layers)
+        if missing:
+            raise ValueError(f"layers {sorted(missing)} are deeper than / not among {self.layers}")
         x = self.preprocess(rgb01)
-        wanted = set(self.layers)
         out: dict[str, torch.Tensor] = {}
         for name, module in self.net.items():
             x = module(x)
             if name in wanted:
                 out[name] = x
+                if len(out) == len(wanted):
+                    break  # e.g. content targets need only relu2_2: skip the deeper layers
         return out

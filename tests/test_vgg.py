@@ -183,3 +183,16 @@ def test_bf16_autocast_forward_is_close_to_fp32():
             low = vgg(x)["relu2_2"]
     rel = (low.float() - ref).norm() / ref.norm()
     assert rel < 0.05
+
+
+def test_forward_can_stop_at_shallower_layers():
+    from style_transfer.vgg import VGG19Features
+
+    vgg = VGG19Features(["relu2_2", "relu4_3"])
+    x = torch.rand(1, 3, 32, 32)
+    full = vgg(x)
+    partial = vgg(x, ["relu2_2"])
+    assert list(partial) == ["relu2_2"]
+    torch.testing.assert_close(partial["relu2_2"], full["relu2_2"])
+    with pytest.raises(ValueError):
+        vgg(x, ["relu5_1"])

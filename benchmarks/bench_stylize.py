@@ -1,0 +1,72 @@
+"""Stylize speed: the project's default (fast) path vs the reference, same weights, one run, alternating.
+
+Prints, per norm and size: median (min-max) ms per image for both, the speed ratio (images/s of ours
+over the reference's) and the PSNR of our output against the reference's fp32 output.
+
+    python benchmarks/bench_stylize.py --quick
+    python benchmarks/bench_stylize.py --sizes 256,512,1024 --norms instance,batch,group,layer,none
+    python benchmarks/bench_stylize.py --device cuda --sizes 256,512,1024,2048 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import alternate, machine, psnr, summary  # noqa: E402
+from benchmarks.reference import ReferenceNet, bench_model, load_project_weights  # noqa: E402
+from style_transfer.device import resolve_device  # noqa: E402
+from style_transfer.norms import NORM_NAMES  # noqa: E402
+from style_transfer.stylize import Stylizer  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="256,512,1024")
+    parser.add_argument("--norms", default=",".join(NORM_NAMES))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile the fast path")
+    parser.add_argument("--quick", action="store_true", help="512 px, instance and batch norm, 3 repeats")
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.norms, args.repeats = "512", "instance,batch", 3
+    device = resolve_device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    print(f"machine: {machine()}; device {device}")
+    print("| norm | size | reference fp32 ms | ours ms | speed-up | PSNR vs reference (dB) | our precision |")
+    print("|---|---|---|---|---|---|---|")
+    for norm in args.norms.split(","):
+        model = bench_model(norm)
+        reference = load_project_weights(ReferenceNet(norm), model).to(device)
+        ours = Stylizer(model, device=device, compile=args.compile)
+        for size in map(int, args.sizes.split(",")):
+            x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size)).to(device)
+            with torch.no_grad():
+                ref_out = reference(x).clamp(0, 1)
+                our_out = ours.run(x)
+
+            def run_ref():
+                with torch.no_grad():
+                    reference(x)
+                sync()
+
+            def run_ours():
+                ours.run(x)
+                sync()
+
+            times = alternate({"ref": run_ref, "ours": run_ours}, args.repeats)
+            ratio = statistics.median(times["ref"]) / statistics.median(times["ours"])
+            print(f"| {norm} | {size} | {summary(times['ref'])} | {summary(times['ours'])} | {ratio:.2f}x | "
+                  f"{psnr(our_out, ref_out):.1f} | {ours.precision} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Timing helpers shared by the benchmark scripts: alternate the contenders, report medians and ranges."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def alternate(contenders: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Run every contender ``warmup`` times, then ``repeats`` rounds of all of them in turn, so slow
+    drifts of the machine (other load, clocks) hit each contender alike."""
+    for _ in range(warmup):
+        for fn in contenders.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            times[name].append(timed(fn))
+    return times
+
+
+def summary(samples: list[float]) -> str:
+    """'median (min-max)' in ms."""
+    return f"{statistics.median(samples) * 1e3:.0f} ({min(samples) * 1e3:.0f}-{max(samples) * 1e3:.0f})"
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = ((a.float().clamp(0, 1) - b.float().clamp(0, 1)) ** 2).mean().clamp(min=1e-12)
+    return float(10 * torch.log10(1 / mse))
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+            f"CUDA: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
