@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 
-from .checkpoint import MODEL_SUFFIX, CheckpointError, read_model_info
+import torch
+
+from .checkpoint import MODEL_SUFFIX, CheckpointError, file_sha256, read_model_info
+from .imageio import atomic_write_bytes
 
 WEIGHTS_ENV = "STYLE_TRANSFER_WEIGHTS"
 # A model name is a file stem: letters, digits, '-', '_' and '.', not starting with '.'; this rules
@@ -58,3 +62,98 @@ def describe_models(weights_dir: Path | str) -> list[dict]:
         except (CheckpointError, OSError) as exc:
             rows.append({"name": name, "path": str(path), "error": str(exc)})
     return rows
+
+
+# ----------------------------------------------------------------------------- shipped weights
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+# Half-precision export must not change outputs visibly: the same bound as the fast path.
+EXPORT_MIN_PSNR = 35.0
+
+
+def read_manifest(weights_dir: Path | str) -> dict:
+    """The manifest of a weights folder ({"format_version", "models": [...]}); empty when absent."""
+    path = Path(weights_dir) / MANIFEST
+    if not path.exists():
+        return {"format_version": MANIFEST_VERSION, "models": []}
+    return json.loads(path.read_text())
+
+
+def _write_manifest(weights_dir: Path, manifest: dict) -> None:
+    manifest["models"].sort(key=lambda m: m["name"])
+    atomic_write_bytes(weights_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+def _probe_image(size: int = 256) -> torch.Tensor:
+    """A deterministic photo-like test image (smooth gradients and edges) for export checks."""
+    y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    r = 0.5 + 0.4 * torch.sin(7 * x + 2 * y)
+    g = (0.3 + 0.6 * y * (x > 0.4)).clamp(0, 1)
+    b = 0.5 + 0.4 * torch.cos(9 * x * y)
+    return torch.stack([r, g, b])[None].clamp(0, 1)
+
+
+def export_model(source: Path | str, weights_dir: Path | str, name: str, dtype: str = "fp16") -> dict:
+    """Copy a trained checkpoint into the weights folder (optionally in fp16) and list it in the manifest.
+
+    fp16 halves the file; the export is refused if the fp16 model's output differs from the fp32 one by
+    more than EXPORT_MIN_PSNR dB on a test image.
+    """
+    from .checkpoint import load_model, save_model
+    from .stylize import Stylizer
+
+    if not is_valid_name(name):
+        raise ValueError(f"invalid model name {name!r}: use letters, digits, '-', '_' and '.'")
+    if dtype not in ("fp16", "fp32"):
+        raise ValueError(f"dtype must be fp16 or fp32, got {dtype!r}")
+    folder = Path(weights_dir)
+    target = folder / f"{name}{MODEL_SUFFIX}"
+    model, info = load_model(source)
+    save_model(target, model, info, torch.float16 if dtype == "fp16" else torch.float32)
+    exported, _ = load_model(target)
+    probe = _probe_image()
+    reference = Stylizer(model, fast=False).stylize(probe)
+    check = Stylizer(exported, fast=False).stylize(probe)
+    psnr = float(10 * torch.log10(1 / ((reference - check) ** 2).mean().clamp(min=1e-12)))
+    if psnr < EXPORT_MIN_PSNR:
+        target.unlink()
+        raise ValueError(f"{dtype} export changes the output too much ({psnr:.1f} dB < {EXPORT_MIN_PSNR} dB); "
+                         "export in fp32")
+    entry = {
+        "name": name,
+        "file": target.name,
+        "style": info.style_name,
+        "style_sha256": info.style_sha256,
+        "norm": info.norm,
+        "steps": info.steps,
+        "dtype": dtype,
+        "bytes": target.stat().st_size,
+        "sha256": file_sha256(target),
+        "export_psnr_db": round(psnr, 1),
+        "settings": info.training,
+        "losses": info.losses,
+    }
+    manifest = read_manifest(folder)
+    manifest["models"] = [m for m in manifest["models"] if m["name"] != name] + [entry]
+    _write_manifest(folder, manifest)
+    return entry
+
+
+def verify_manifest(weights_dir: Path | str) -> list[str]:
+    """Problems with the shipped weights: missing files, hash mismatches, unlisted checkpoints."""
+    folder = Path(weights_dir)
+    manifest = read_manifest(folder)
+    problems = []
+    listed = set()
+    for entry in manifest["models"]:
+        path = folder / entry["file"]
+        listed.add(entry["name"])
+        if not path.is_file():
+            problems.append(f"{entry['name']}: {path} is missing")
+        elif file_sha256(path) != entry["sha256"]:
+            problems.append(f"{entry['name']}: sha256 of {path} does not match the manifest")
+    for name in list_models(folder):
+        if name not in listed:
+            problems.append(f"{name}: checkpoint not listed in {MANIFEST}")
+    return problems
