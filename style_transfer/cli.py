@@ -266,6 +266,67 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="compare the arms of a study (or checkpoints) on held-out photos",
+                       description="Run a study's arms (or any checkpoints) on photos they were not trained on and "
+                                   "write a report: grid, training curves, metrics (losses, SSIM, colour distance, "
+                                   "time, batch behaviour) with paired tests, as HTML, Markdown, JSON and CSV.")
+    p.add_argument("models", nargs="+", type=Path,
+                   help="a study folder (from `ablate`), or checkpoint files / folders of checkpoints")
+    p.add_argument("--content", required=True, type=Path, help="folder of held-out photos (recursive)")
+    p.add_argument("--out", required=True, type=Path, help="report folder")
+    p.add_argument("--style", type=Path, help="the style image (default: the study's)")
+    p.add_argument("--max-images", type=_positive_int, default=12,
+                   help="photos used, spread evenly over the folder (default: %(default)s)")
+    p.add_argument("--size", type=_positive_int, default=256, help="long side of the photos, px (default: %(default)s)")
+    p.add_argument("--grid-rows", type=_positive_int, default=4, help="photos shown in the grid (default: %(default)s)")
+    p.add_argument("--cell", type=_positive_int, default=256, help="grid cell size, px (default: %(default)s)")
+    p.add_argument("--batch-images", type=int, default=8,
+                   help="photos in the batch-dependence test, as square centre crops (default: %(default)s)")
+    p.add_argument("--no-fast-timing", dest="time_fast", action="store_false",
+                   help="do not time the default fast inference path (only the plain fp32 network)")
+    p.add_argument("--title", help="report title")
+    p.add_argument("--device", default="cpu", help=f"one of {', '.join(DEVICES)} (default: %(default)s)")
+    p.set_defaults(func=_cmd_compare)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .ablate import STUDY_FILE, content_images_of, load_study
+    from .compare import EvalSettings, arms_from_checkpoints, arms_from_study, evaluate, pick_images
+    from .report import write_report
+    from .zoo import list_models
+
+    study = None
+    if len(args.models) == 1 and (args.models[0] / STUDY_FILE).is_file():
+        study = load_study(args.models[0])
+        arms = arms_from_study(study)
+    else:
+        paths: list[Path] = []
+        for path in args.models:
+            if path.is_dir():
+                paths += list(list_models(path).values())
+            elif path.is_file():
+                paths.append(path)
+            else:
+                raise FileNotFoundError(f"not a checkpoint, a folder of checkpoints or a study: {path}")
+        if not paths:
+            raise FileNotFoundError(f"no checkpoints (*.safetensors) in {', '.join(map(str, args.models))}")
+        arms = arms_from_checkpoints(paths)
+    style = args.style or (study.style_image if study else None)
+    if style is None:
+        raise ValueError("--style is needed to compare checkpoints outside a study")
+    if not style.is_file():
+        raise FileNotFoundError(f"style image not found: {style}")
+    settings = EvalSettings(size=args.size, grid_rows=args.grid_rows, cell=args.cell, device=args.device,
+                            time_fast=args.time_fast, batch_images=max(1, args.batch_images))
+    images = pick_images(args.content, args.max_images)
+    evaluation = evaluate(arms, images, style, settings, training_images=content_images_of(study) if study else None,
+                          study=study.record["settings"] if study else None)
+    files = write_report(evaluation, args.out, args.title)
+    log.info("wrote %s (and %d more files in %s)", files["html"], len(files) - 1, args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
     parser = argparse.ArgumentParser(prog="style-transfer", description=__doc__)
@@ -276,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stylize(sub)
     _add_models(sub)
     _add_ablate(sub)
+    _add_compare(sub)
     return parser
 
 

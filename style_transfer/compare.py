@@ -1,13 +1,46 @@
-"""Comparing models on the same images. The grid here is shared by the CLI report and the server."""
+"""Comparing models on the same images. Shared by the server, the web page and `style-transfer compare`.
+
+Two levels:
+
+* **One image, several models** (the server's ``POST /v1/compare``, hence the web page's A/B view, and
+  any script): :func:`stylize_each` / :func:`stylize_each_async` run each model on the image and time it,
+  :func:`comparison_grid` lays the outputs out with their labels (:func:`image_grid`).
+* **A study** (`style-transfer compare`): :func:`evaluate` runs the arms of a norm study -- or any
+  checkpoints -- on held-out photos and measures, per arm and image: the training losses (same VGG19
+  Gram losses and weights), luminance SSIM to the photo, colour distance to the style image, run time,
+  parameters; and the batch-norm behaviours users meet (eval vs training mode, batch dependence).
+  Aggregates over images and seeds, paired tests between arms, and the training curves go into one
+  JSON-ready record that :mod:`report` turns into the report.
+
+Metrics are computed on the *plain fp32* network (``fast=False``) so arms are compared on their exact
+outputs; the default fast path (reduced precision, rewritten graph) is timed as well, since that is
+what users run.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import copy
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
 
-from .imageio import to_pil
+from .imageio import LoadedImage, find_images, load_rgb, resize_max, to_pil
+
+log = logging.getLogger(__name__)
 
 _LABEL_HEIGHT = 22
 _GAP = 4
@@ -52,3 +85,464 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]], column_labels: Sequence[s
             x += col_w[c] + _GAP
         y += row_h[r] + _GAP
     return grid
+
+
+# ----------------------------------------------------------------------------- one image, several models
+
+
+@dataclass
+class ModelOutput:
+    """One model's output for one image, and the time it took."""
+
+    name: str
+    norm: str
+    style: str
+    image: LoadedImage
+    elapsed_s: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.norm}, {self.elapsed_s * 1e3:.0f} ms)"
+
+
+def stylize_each(image: LoadedImage, stylizers: Mapping[str, Any], options: Any = None) -> list[ModelOutput]:
+    """Run every stylizer (name -> :class:`stylize.Stylizer`) on ``image``, in order, timing each."""
+    from .stylize import StylizeOptions
+
+    options = options if options is not None else StylizeOptions()
+    outputs = []
+    for name, stylizer in stylizers.items():
+        t0 = time.perf_counter()
+        styled = stylizer.stylize_image(image, options)
+        elapsed = time.perf_counter() - t0
+        info = stylizer.info
+        outputs.append(ModelOutput(name, info.norm if info else "", info.style_name if info else "", styled, elapsed))
+    return outputs
+
+
+async def stylize_each_async(names: Sequence[str], submit: Callable[[str], Awaitable[Any]],
+                             describe: Callable[[str], Any]) -> list[ModelOutput]:
+    """The same as :func:`stylize_each` where something else owns the device (the server's worker).
+
+    ``submit(name)`` stylizes the image with that model and returns an object with ``image``
+    (LoadedImage) and ``elapsed_s``; ``describe(name)`` gives the model's ModelInfo. All models are
+    submitted at once, so a scheduler may run them back to back.
+    """
+    results = await asyncio.gather(*(submit(name) for name in names))
+    outputs = []
+    for name, result in zip(names, results):
+        info = describe(name)
+        outputs.append(ModelOutput(name, info.norm if info else "", info.style_name if info else "",
+                                   result.image, result.elapsed_s))
+    return outputs
+
+
+def comparison_grid(original: torch.Tensor, outputs: Sequence[ModelOutput], cell: int = 512) -> Image.Image:
+    """One row: the original, then every model's output labelled with its name, norm and time."""
+    return image_grid([[original] + [o.image.rgb for o in outputs]], ["original"] + [o.label for o in outputs], cell)
+
+
+# ----------------------------------------------------------------------------- study evaluation
+
+# metric key -> (title, unit, which way is "more": lower/higher is what the column label says).
+METRICS: dict[str, dict[str, str]] = {
+    "content": {"title": "content loss", "unit": "", "note": "VGG relu2_2 feature MSE to the photo (weighted as in training); lower = closer to the photo"},
+    "style": {"title": "style loss", "unit": "", "note": "Gram MSE to the style image (weighted as in training); lower = closer to the style"},
+    "ssim": {"title": "SSIM (luminance)", "unit": "", "note": "structure of the photo kept: 1 = identical luminance structure"},
+    "colour": {"title": "colour distance", "unit": "RGB", "note": "W2 between Gaussian fits of output and style-image RGB pixels; lower = palette closer to the style"},
+    "time_ms": {"title": "time, fast path", "unit": "ms", "note": "default inference path (what users run), per image"},
+    "time_plain_ms": {"title": "time, plain fp32", "unit": "ms", "note": "plain network in fp32, per image"},
+}
+# Batch-behaviour tests: key -> description.
+BATCH_TESTS: dict[str, str] = {
+    "train_vs_eval": "training mode vs eval mode, image alone",
+    "train_batch_vs_eval": "training mode in a batch vs eval mode alone",
+    "batch_vs_alone_eval": "in a batch vs alone, eval mode",
+    "batch_vs_alone_train": "in a batch vs alone, training mode",
+}
+TERMS = ("content", "style", "tv", "total")
+
+
+@dataclass(frozen=True)
+class EvalArm:
+    """One checkpoint to evaluate, and the group (column) it belongs to."""
+
+    label: str  # the arm group: its norm for a study (seeds are averaged), else a unique name
+    name: str  # unique, e.g. "instance-s0"
+    norm: str
+    seed: int | None
+    checkpoint: Path
+    log_path: Path | None = None  # training log (log.jsonl), if there is one
+    target_steps: int | None = None
+
+
+def arms_from_study(study: Any) -> list[EvalArm]:
+    """The arms of a study that have a checkpoint (the others are reported and skipped)."""
+    arms = []
+    for arm in study.arms:
+        if not arm.checkpoint.is_file():
+            log.warning("arm %s has no checkpoint yet; left out of the comparison", arm.name)
+            continue
+        arms.append(EvalArm(arm.norm, arm.name, arm.norm, arm.seed, arm.checkpoint,
+                            arm.log_path if arm.log_path.is_file() else None, study.steps))
+    if not arms:
+        raise ValueError(f"{study.root}: no arm has a checkpoint yet")
+    return arms
+
+
+def arms_from_checkpoints(paths: Sequence[Path]) -> list[EvalArm]:
+    """Arms from checkpoint files: grouped by norm when each norm's seeds differ, else by file stem.
+
+    The training log is found in the default work folder beside the checkpoint (``<stem>.run/``).
+    """
+    from .checkpoint import read_model_info
+
+    infos = [(Path(p), read_model_info(p)) for p in paths]
+    by_norm: dict[str, list[int | None]] = {}
+    for _, info in infos:
+        by_norm.setdefault(info.norm, []).append(info.training.get("seed"))
+    arms = []
+    for path, info in infos:
+        seeds = by_norm[info.norm]
+        grouped = len(set(seeds)) == len(seeds) and None not in seeds
+        stem = path.name.removesuffix(".safetensors")
+        log_path = path.with_name(stem + ".run") / "log.jsonl"
+        if stem == "model":  # a study arm's checkpoint: name it after its folder
+            stem = path.parent.name
+        arms.append(EvalArm(info.norm if grouped else stem, stem, info.norm, info.training.get("seed"), path,
+                            log_path if log_path.is_file() else None, info.training.get("total_steps")))
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two checkpoints have the same name: {sorted(n for n in names if names.count(n) > 1)}")
+    return arms
+
+
+def pick_images(folder: Path | str, count: int) -> list[Path]:
+    """``count`` images spread evenly over the sorted images of ``folder`` (all when fewer)."""
+    found = find_images(folder)
+    if not found:
+        raise FileNotFoundError(f"no images in {folder}")
+    if len(found) <= count:
+        return found
+    return [found[(i * len(found)) // count] for i in range(count)]
+
+
+@dataclass
+class EvalSettings:
+    """How to evaluate."""
+
+    size: int = 256  # long side of the evaluation images
+    grid_rows: int = 4  # content images (rows) in the grid
+    cell: int = 256  # grid cell size, px
+    device: str = "cpu"
+    time_fast: bool = True  # also time the default fast path (what users run)
+    batch_images: int = 8  # images in the batch-dependence test (square centre crops)
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` produces: the JSON-ready record, the grid and the training curves."""
+
+    record: dict[str, Any]
+    grid: Image.Image
+    curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # arm name -> log entries
+
+
+def read_log(path: Path | None) -> list[dict[str, float]]:
+    """The entries of a training log.jsonl (a line cut short by a crash is skipped)."""
+    if path is None or not Path(path).is_file():
+        return []
+    entries = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and "step" in entry:
+            entries.append(entry)
+    return entries
+
+
+def _square_crops(images: Sequence[torch.Tensor], count: int) -> torch.Tensor:
+    """Centre crops of the same side (the smallest short side, a multiple of 4) -> (N, 3, S, S)."""
+    chosen = list(images[:count])
+    side = min(min(img.shape[-2:]) for img in chosen) // 4 * 4
+    crops = []
+    for img in chosen:
+        h, w = img.shape[-2:]
+        top, left = (h - side) // 2, (w - side) // 2
+        crops.append(img[..., top : top + side, left : left + side])
+    return torch.cat(crops)
+
+
+@torch.no_grad()
+def _batch_behaviour(model: torch.nn.Module, crops: torch.Tensor) -> dict[str, list[dict[str, float]]]:
+    """Per image: the four batch-behaviour differences (see BATCH_TESTS)."""
+    from .metrics import diff_stats
+
+    eval_model = model.eval()
+    train_model = copy.deepcopy(model).train()  # a copy: training mode updates batch-norm running stats
+    eval_alone = [eval_model(c[None]).float().clamp(0, 1) for c in crops]
+    eval_batch = eval_model(crops).float().clamp(0, 1)
+    train_alone = [train_model(c[None]).float().clamp(0, 1) for c in crops]
+    train_batch = train_model(crops).float().clamp(0, 1)
+    out: dict[str, list[dict[str, float]]] = {k: [] for k in BATCH_TESTS}
+    for i in range(len(crops)):
+        out["train_vs_eval"].append(diff_stats(train_alone[i], eval_alone[i]))
+        out["train_batch_vs_eval"].append(diff_stats(train_batch[i : i + 1], eval_alone[i]))
+        out["batch_vs_alone_eval"].append(diff_stats(eval_batch[i : i + 1], eval_alone[i]))
+        out["batch_vs_alone_train"].append(diff_stats(train_batch[i : i + 1], train_alone[i]))
+    return out
+
+
+def _timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def evaluate(arms: Sequence[EvalArm], images: Sequence[Path], style_image: Path,
+             settings: EvalSettings = EvalSettings(), progress: bool = True,
+             training_images: set[str] | None = None, study: dict[str, Any] | None = None) -> Evaluation:
+    """Run every arm on every image and measure it; see the module docstring and METRICS."""
+    from .checkpoint import file_sha256, load_model
+    from .device import resolve_device
+    from .losses import LossConfig, PerceptualLoss
+    from .metrics import colour_distance, luminance_ssim
+    from .network import count_parameters
+    from .stylize import Stylizer
+
+    if not arms:
+        raise ValueError("nothing to compare: no checkpoints")
+    if not images:
+        raise ValueError("nothing to compare on: no content images")
+    device = resolve_device(settings.device)
+    warnings: list[str] = []
+    if training_images is not None:
+        seen = [p for p in images if os.path.realpath(p) in training_images]
+        if seen:
+            warnings.append(f"{len(seen)} of the {len(images)} evaluation images were training images "
+                            f"({', '.join(p.name for p in seen[:5])}): use photos the arms were not trained on")
+    style_sha = file_sha256(style_image)
+    contents = [resize_max(load_rgb(p), settings.size) for p in images]
+    crops = _square_crops(contents, settings.batch_images)
+    labels = list(dict.fromkeys(a.label for a in arms))
+    criteria: dict[str, PerceptualLoss] = {}
+    styles: dict[int, torch.Tensor] = {}
+
+    per_image: list[dict[str, Any]] = []
+    arm_rows: list[dict[str, Any]] = []
+    batch_rows: dict[str, dict[str, list[dict[str, float]]]] = {}
+    grid_outputs: dict[str, list[torch.Tensor]] = {}
+    grid_arm: dict[str, str] = {}
+    for arm in sorted(arms, key=lambda a: (labels.index(a.label), a.seed if a.seed is not None else -1)):
+        grid_arm.setdefault(arm.label, arm.name)
+    curves = {a.name: read_log(a.log_path) for a in arms}
+
+    bar = tqdm(arms, desc="compare", unit="arm", disable=not progress)
+    for arm in bar:
+        bar.set_postfix_str(arm.name)
+        model, info = load_model(arm.checkpoint, device)
+        if info.style_sha256 and info.style_sha256 != style_sha:
+            warnings.append(f"{arm.name} was trained on another style image ({info.style_name}) than "
+                            f"{style_image.name}: its style loss and colour distance are against {style_image.name}")
+        loss_cfg = LossConfig(**info.training["loss"]) if "loss" in info.training else LossConfig()
+        key = json.dumps(dataclasses.asdict(loss_cfg), sort_keys=True)
+        if key not in criteria:
+            if loss_cfg.style_size not in styles:
+                styles[loss_cfg.style_size] = load_rgb(style_image, loss_cfg.style_size).to(device)
+            criteria[key] = PerceptualLoss(styles[loss_cfg.style_size], loss_cfg).to(device)
+        criterion, style = criteria[key], styles[loss_cfg.style_size].cpu()
+        plain = Stylizer(model, info, device, precision="fp32", fast=False)
+        fast = Stylizer(copy.deepcopy(model), info, device, precision="auto", fast=True) if settings.time_fast else None
+        # Warm-up (allocations, one-time kernel choices) on the first image, untimed.
+        plain.run(contents[0])
+        if fast is not None:
+            fast.run(contents[0])
+        outputs = []
+        for path, content in zip(images, contents):
+            out, t_plain = _timed(lambda: plain.run(content))
+            t_fast = _timed(lambda: fast.run(content))[1] if fast is not None else None
+            with torch.no_grad():
+                terms = criterion(out.to(device), content.to(device))
+            row = {"label": arm.label, "arm": arm.name, "norm": arm.norm, "seed": arm.seed, "image": path.name,
+                   "content": float(terms["content"]), "style": float(terms["style"]),
+                   "ssim": float(luminance_ssim(out, content)[0]), "colour": colour_distance(out, style),
+                   "time_ms": t_fast * 1e3 if t_fast is not None else None, "time_plain_ms": t_plain * 1e3}
+            per_image.append(row)
+            outputs.append(out)
+        if arm.name == grid_arm[arm.label]:
+            grid_outputs[arm.label] = outputs[: settings.grid_rows]
+        batch_rows[arm.name] = _batch_behaviour(plain.model, crops.to(device))
+        arm_rows.append({"label": arm.label, "name": arm.name, "norm": arm.norm, "seed": arm.seed,
+                         "checkpoint": str(arm.checkpoint), "steps": info.steps, "target_steps": arm.target_steps,
+                         "parameters": count_parameters(model), "style": info.style_name,
+                         "config": json.loads(info.config.to_json()),
+                         "loss": json.loads(key), "precision": info.training.get("precision")})
+        if arm.target_steps and info.steps < arm.target_steps:
+            warnings.append(f"{arm.name} is unfinished: {info.steps} of {arm.target_steps} steps")
+    for w in warnings:
+        log.warning("%s", w)
+
+    rows = [[contents[i]] + [grid_outputs[label][i] for label in labels] for i in range(min(settings.grid_rows, len(images)))]
+    grid = image_grid(rows, ["original"] + [f"{label} ({grid_arm[label]})" if label != grid_arm[label] else label
+                                            for label in labels], settings.cell)
+    record = {
+        "format": "style-transfer-comparison",
+        "format_version": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "environment": {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "machine": platform.machine(), "processor": platform.processor() or platform.machine()},
+        "settings": dataclasses.asdict(settings),
+        "style": {"name": style_image.stem, "path": str(style_image), "sha256": style_sha},
+        "study": study,
+        "images": [{"name": p.name, "width": int(c.shape[-1]), "height": int(c.shape[-2])} for p, c in zip(images, contents)],
+        "batch_crop": int(crops.shape[-1]),
+        "labels": labels,
+        "grid_arms": grid_arm,
+        "metrics": METRICS,
+        "batch_tests": BATCH_TESTS,
+        "arms": arm_rows,
+        "per_image": per_image,
+        "summary": summarize(per_image, labels),
+        "paired": paired_comparisons(per_image, labels),
+        "batch": summarize_batch(batch_rows, arms, labels),
+        "training": summarize_training(curves, arms, labels),
+        "training_paired": paired_training(curves, arms, labels),
+        "warnings": warnings,
+    }
+    return Evaluation(record, grid, curves)
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def _by_label_seed_image(per_image: Sequence[dict[str, Any]], label: str, metric: str) -> dict[Any, dict[str, float]]:
+    table: dict[Any, dict[str, float]] = {}
+    for row in per_image:
+        if row["label"] == label and row.get(metric) is not None and not math.isnan(row[metric]):  # None: not measured
+            table.setdefault(row["seed"], {})[row["image"]] = row[metric]
+    return table
+
+
+def summarize(per_image: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per label and metric: mean over images and seeds, sd over images (of the seed means of each
+    image), sd over seeds (of each seed's image mean), and the per-seed means."""
+    from .metrics import mean_sd
+
+    out: dict[str, dict[str, Any]] = {}
+    for label in labels:
+        out[label] = {}
+        for metric in METRICS:
+            table = _by_label_seed_image(per_image, label, metric)
+            if not table:
+                continue
+            images = sorted({img for seed_rows in table.values() for img in seed_rows})
+            image_means = [mean_sd([table[s][img] for s in table if img in table[s]])[0] for img in images]
+            seed_means = [mean_sd(list(table[s].values()))[0] for s in table]
+            mean, sd_images = mean_sd(image_means)
+            out[label][metric] = {"mean": mean, "sd_images": sd_images, "sd_seeds": mean_sd(seed_means)[1],
+                                  "seed_means": seed_means, "seeds": list(table), "n_images": len(images)}
+    return out
+
+
+def paired_comparisons(per_image: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[dict[str, Any]]:
+    """Every pair of labels, every metric: per image, A minus B (each averaged over its seeds).
+
+    Images are the pairing unit (seeds are averaged first: two seeds of one image are not independent
+    evidence). Reports the mean and sd of the differences, in how many images A is lower, and exact
+    two-sided sign-test and Wilcoxon signed-rank p-values.
+    """
+    from .metrics import mean_sd, sign_test, wilcoxon_signed_rank
+
+    def image_means(label: str, metric: str) -> dict[str, float]:
+        table = _by_label_seed_image(per_image, label, metric)
+        images = {img for seed_rows in table.values() for img in seed_rows}
+        return {img: mean_sd([table[s][img] for s in table if img in table[s]])[0] for img in images}
+
+    out = []
+    for a, b in itertools.combinations(labels, 2):
+        for metric in METRICS:
+            ma, mb = image_means(a, metric), image_means(b, metric)
+            common = sorted(set(ma) & set(mb))
+            if not common:
+                continue
+            diffs = [ma[i] - mb[i] for i in common]
+            mean, sd = mean_sd(diffs)
+            out.append({"a": a, "b": b, "metric": metric, "n": len(diffs), "mean_diff": mean, "sd_diff": sd,
+                        "a_lower": sum(d < 0 for d in diffs), "a_higher": sum(d > 0 for d in diffs),
+                        "p_sign": sign_test(diffs), "p_wilcoxon": wilcoxon_signed_rank(diffs)})
+    return out
+
+
+def summarize_batch(rows: Mapping[str, Mapping[str, list[dict[str, float]]]], arms: Sequence[EvalArm],
+                    labels: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per label and test: mean absolute difference (mean over images and seeds), the largest absolute
+    difference of any pixel, and the lowest PSNR."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for label in labels:
+        names = [a.name for a in arms if a.label == label and a.name in rows]
+        out[label] = {}
+        for test in BATCH_TESTS:
+            stats = [s for n in names for s in rows[n][test]]
+            if stats:
+                out[label][test] = {"mean_abs": sum(s["mean_abs"] for s in stats) / len(stats),
+                                    "max_abs": max(s["max_abs"] for s in stats),
+                                    "psnr_min": min(s["psnr"] for s in stats),
+                                    "psnr_mean": sum(s["psnr"] for s in stats) / len(stats)}
+    return out
+
+
+def final_window(n_steps: int) -> int:
+    """How many last steps make a run's 'final' loss: 10% of the run (at least 1)."""
+    return max(1, n_steps // 10)
+
+
+def summarize_training(curves: Mapping[str, list[dict[str, float]]], arms: Sequence[EvalArm],
+                       labels: Sequence[str]) -> dict[str, Any]:
+    """Per label and loss term: the final training loss (mean over the last 10% of steps) per seed,
+    and its mean and sd over seeds."""
+    from .metrics import mean_sd
+
+    out: dict[str, Any] = {}
+    for label in labels:
+        finals: dict[str, list[float]] = {t: [] for t in TERMS}
+        steps = []
+        for arm in arms:
+            entries = curves.get(arm.name) or []
+            if arm.label != label or not entries:
+                continue
+            window = entries[-final_window(len(entries)):]
+            steps.append(entries[-1]["step"])
+            for t in TERMS:
+                finals[t].append(sum(e[t] for e in window) / len(window))
+        if steps:
+            out[label] = {"steps": steps, **{t: {"seed_finals": v, "mean": mean_sd(v)[0], "sd_seeds": mean_sd(v)[1]}
+                                             for t, v in finals.items()}}
+    return out
+
+
+def paired_training(curves: Mapping[str, list[dict[str, float]]], arms: Sequence[EvalArm],
+                    labels: Sequence[str]) -> list[dict[str, Any]]:
+    """Training curves compared step by step over the second half of training.
+
+    Arms with the same seed see the same batch at every step, so their losses at step t are paired
+    observations. For every pair of labels and loss term: the mean difference A − B over (seed, step)
+    pairs and the fraction of those where A is lower. (Consecutive steps are correlated, so no p-value.)
+    """
+    by_label_seed = {(a.label, a.seed): {e["step"]: e for e in curves.get(a.name) or []} for a in arms}
+    out = []
+    for a, b in itertools.combinations(labels, 2):
+        seeds = sorted({s for (lab, s) in by_label_seed if lab == a} & {s for (lab, s) in by_label_seed if lab == b},
+                       key=lambda s: (s is None, s))
+        for term in TERMS:
+            diffs = []
+            for seed in seeds:
+                ca, cb = by_label_seed[(a, seed)], by_label_seed[(b, seed)]
+                common = sorted(set(ca) & set(cb))
+                for step in common[len(common) // 2:]:
+                    diffs.append(ca[step][term] - cb[step][term])
+            if diffs:
+                out.append({"a": a, "b": b, "term": term, "n": len(diffs), "seeds": seeds,
+                            "mean_diff": sum(diffs) / len(diffs), "frac_a_lower": sum(d < 0 for d in diffs) / len(diffs)})
+    return out

@@ -200,3 +200,48 @@ def make_image_file():
         return path
 
     return make
+
+
+# ----------------------------------------------------------------------------- norm studies (ablate / compare)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(_small_content_images: list[Path], small_style_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A finished tiny norm study, built once per session (do not modify it; copy it first):
+    instance and batch norm x seeds 0 and 1, 3 steps each, width 8, 32 px crops, on the 6 small val photos.
+    Returns the ``ablate.Study``."""
+    from style_transfer.ablate import StudySettings, load_study, run_study
+    from style_transfer.losses import LossConfig
+
+    root = tmp_path_factory.mktemp("tiny_study")
+    content = root / "photos"
+    content.mkdir()
+    for path in _small_content_images:
+        shutil.copy2(path, content / path.name)
+    settings = StudySettings(out=root / "study", content_dirs=(content,), style_image=small_style_path, steps=3,
+                             norms=("instance", "batch"), seeds=(0, 1), image_size=32, batch_size=2, width=8,
+                             num_residual=1, loss=LossConfig(style_size=64), precision="fp32", device="cpu",
+                             checkpoint_every=2, sample_every=3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks: one thread is fastest, and robust to a busy machine
+    try:
+        outcomes = run_study(settings, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert [o.status for o in outcomes] == ["trained"] * 4
+    return load_study(root / "study")
+
+
+@pytest.fixture(scope="session")
+def heldout_dir(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 small (48 px) BSDS500 *test* photos: images no tiny study was trained on."""
+    sources = sorted((shared_data / "content" / "bsds500" / "test").glob("*.jpg"))[:4]
+    if len(sources) < 4:
+        pytest.skip("need 4 BSDS500 test images")
+    folder = tmp_path_factory.mktemp("heldout")
+    for path in sources:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            img.thumbnail((48, 48), Image.Resampling.LANCZOS)
+            img.save(folder / path.name, quality=90)
+    return folder

@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from style_transfer.compare import image_grid
+from style_transfer.compare import comparison_grid, stylize_each_async
 from style_transfer.imageio import (CorruptImage, ImageTooLarge, LoadedImage, UnsupportedImageFormat,
                                     decode_image, encode_image, resize_max)
 from style_transfer.stylize import StylizeOptions
@@ -156,19 +156,19 @@ async def compare(settings: SettingsDep, worker: WorkerDep, file: Upload,
         worker.check_model(name)
     image = await _read_image(file, settings, worker, max_size)
     options = _options(settings, image, strength, preserve_color)
-    results = await asyncio.gather(*(worker.submit(name, image, options) for name in names))
+    # The shared comparison code (also behind `style-transfer compare`); the worker owns the device.
+    outputs = await stylize_each_async(names, lambda name: worker.submit(name, image, options),
+                                       lambda name: worker.stylizers[name].info)
     if output == "image":
-        grid = image_grid([[image.rgb] + [r.image.rgb for r in results]],
-                          ["original"] + [f"{n} ({worker.stylizers[n].info.norm}, {r.elapsed_s * 1e3:.0f} ms)"
-                                          for n, r in zip(names, results)], cell=512)
+        grid = await run_in_threadpool(comparison_grid, image.rgb, outputs, 512)
         buf = io.BytesIO()
         await run_in_threadpool(grid.save, buf, "PNG" if format == "png" else "JPEG")
         return Response(buf.getvalue(), media_type=MEDIA_TYPES[format], headers={"Cache-Control": "no-store"})
-    encoded = await asyncio.gather(*(run_in_threadpool(encode_image, r.image.rgb, format.upper(), r.image.alpha)
-                                     for r in results))
+    encoded = await asyncio.gather(*(run_in_threadpool(encode_image, o.image.rgb, format.upper(), o.image.alpha)
+                                     for o in outputs))
     original = await run_in_threadpool(encode_image, image.rgb, format.upper(), image.alpha)
     h, w = image.rgb.shape[-2:]
     return CompareResponse(width=w, height=h, original=_data_url(original, format), results=[
-        CompareResult(model=n, norm=worker.stylizers[n].info.norm, style=worker.stylizers[n].info.style_name,
-                      elapsed_ms=r.elapsed_s * 1e3, image=_data_url(data, format))
-        for n, r, data in zip(names, results, encoded)])
+        CompareResult(model=o.name, norm=o.norm, style=o.style, elapsed_ms=o.elapsed_s * 1e3,
+                      image=_data_url(data, format))
+        for o, data in zip(outputs, encoded)])
