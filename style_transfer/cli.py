@@ -285,6 +285,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                    help="photos in the batch-dependence test, as square centre crops (default: %(default)s)")
     p.add_argument("--no-fast-timing", dest="time_fast", action="store_false",
                    help="do not time the default fast inference path (only the plain fp32 network)")
+    p.add_argument("--timing-repeats", type=_positive_int, default=3,
+                   help="each time is the fastest of this many runs (default: %(default)s)")
     p.add_argument("--title", help="report title")
     p.add_argument("--device", default="cpu", help=f"one of {', '.join(DEVICES)} (default: %(default)s)")
     p.set_defaults(func=_cmd_compare)
@@ -318,7 +320,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if not style.is_file():
         raise FileNotFoundError(f"style image not found: {style}")
     settings = EvalSettings(size=args.size, grid_rows=args.grid_rows, cell=args.cell, device=args.device,
-                            time_fast=args.time_fast, batch_images=max(1, args.batch_images))
+                            time_fast=args.time_fast, batch_images=max(1, args.batch_images),
+                            timing_repeats=args.timing_repeats)
     images = pick_images(args.content, args.max_images)
     evaluation = evaluate(arms, images, style, settings, training_images=content_images_of(study) if study else None,
                           study=study.record["settings"] if study else None)

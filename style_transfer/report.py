@@ -43,7 +43,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
         return "–"
     if value == 0:
         return "0"
-    if abs(value) >= 1000:
+    if abs(value) >= 10**digits:  # no exponent notation for large values: 1,234 and 160, not 1.6e+02
         return f"{value:,.0f}"
     return f"{value:.{digits}g}"
 
@@ -94,6 +94,7 @@ def plot_curves(evaluation: Evaluation, path: Path) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     record = evaluation.record
     labels = record["labels"]
@@ -101,6 +102,7 @@ def plot_curves(evaluation: Evaluation, path: Path) -> bool:
     if not arms:
         return False
     longest = max(len(evaluation.curves[a["name"]]) for a in arms)
+    last_step = max(evaluation.curves[a["name"]][-1]["step"] for a in arms)
     window = max(1, round(longest / 25))
     fig, axes = plt.subplots(2, len(TERMS), figsize=(4.2 * len(TERMS), 7.2), dpi=100, squeeze=False)
     for label in labels:
@@ -117,18 +119,24 @@ def plot_curves(evaluation: Evaluation, path: Path) -> bool:
             high = [max(v) for v in zip(*smoothed)]
             for row in (0, 1):
                 ax = axes[row][col]
-                start = 0 if row == 0 else n // 2
+                # Bottom row: the second half of the longest run, the same steps for every arm.
+                start = 0 if row == 0 else next((i for i, s in enumerate(steps) if s > last_step // 2), n)
                 ax.plot(steps[start:], mean[start:], color=colour, lw=1.6,
                         label=f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
                 if len(runs) > 1:
                     ax.fill_between(steps[start:], low[start:], high[start:], color=colour, alpha=0.18, lw=0)
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
     for col, term in enumerate(TERMS):
         top, bottom = axes[0][col], axes[1][col]
         top.set_yscale("log")
+        top.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        top.yaxis.set_major_formatter(plain)
+        top.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        bottom.set_xlim(last_step // 2, last_step)
         top.set_title(f"{term} loss", fontsize=11)
         bottom.set_title(f"{term} loss, second half", fontsize=11)
         for ax in (top, bottom):
-            ax.grid(True, alpha=0.3, which="both")
+            ax.grid(True, alpha=0.3, which="major")
             ax.set_xlabel("step", fontsize=9)
             ax.tick_params(labelsize=8)
     axes[0][0].legend(fontsize=8, frameon=False)
@@ -176,7 +184,7 @@ def plot_metrics(evaluation: Evaluation, path: Path) -> None:
             info = METRICS[metric]
             arrow = {"content": "lower: closer to the photo", "style": "lower: closer to the style",
                      "ssim": "higher: more photo structure", "colour": "lower: palette closer to the style"}[metric]
-            ax.set_title(f"{info['title']} ({arrow})", fontsize=10)
+            ax.set_title(f"{info['title']}: {arrow}", fontsize=10)
             if metric == "ssim":
                 low = min((m - s for m, s in zip(means, sds) if not math.isnan(m)), default=0)
                 ax.set_ylim(max(0.0, low - 0.05), 1.0)
@@ -195,11 +203,15 @@ def plot_metrics(evaluation: Evaluation, path: Path) -> None:
         pos = [i + (k - 1) * width for i in x]
         ax.bar(pos, values, width, color=colours, alpha=[1.0, 0.65, 0.35][k], edgecolor="black", lw=0.4,
                hatch=["", "//", ".."][k], label=name)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(facecolor="#999999", alpha=[1.0, 0.65, 0.35][k], hatch=["", "//", ".."][k],
+                             edgecolor="black", lw=0.4, label=name) for k, (_, name) in enumerate(tests)],
+              fontsize=7, frameon=False, loc="upper right")
     ax.set_yscale("log")
     ax.set_ylim(floor, 100.0)  # headroom above 1 (the largest possible |Δ|) for the legend
     ax.set_xticks(x, labels, fontsize=9)
     ax.set_title("output change, mean |Δ| (log; 1e-7 = none)", fontsize=10)
-    ax.legend(fontsize=7, frameon=False, loc="upper right")
     ax.grid(True, axis="y", alpha=0.3)
     ax.tick_params(axis="y", labelsize=8)
     n_images = len(record["images"])
