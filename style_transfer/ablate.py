@@ -24,13 +24,14 @@ change to a shared setting is refused with the list of differences (it would mak
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -356,6 +357,31 @@ def run_study(settings: StudySettings, jobs: int = 1, progress: bool = True) -> 
     """
     if jobs < 1:
         raise StudyError(f"jobs must be >= 1, got {jobs}")
+    settings.out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(settings.out):
+        return _run_study(settings, jobs, progress)
+
+
+@contextlib.contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    """Hold ``<root>/.lock`` while training: two processes on one study would train the same arm twice."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    with open(root / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise StudyError(f"{root}: another process is training this study (see --status)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _run_study(settings: StudySettings, jobs: int, progress: bool) -> list[ArmOutcome]:
     study = prepare_study(settings)
     _content_root(study.settings())  # create the links once, before any worker starts
     outcomes: dict[str, ArmOutcome] = {}

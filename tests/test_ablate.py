@@ -209,3 +209,13 @@ def test_parallel_jobs_give_the_same_arms(tmp_path, content_dir, small_style_pat
         a = load_file(tmp_path / "a" / name / "model.safetensors")
         b = load_file(tmp_path / "b" / name / "model.safetensors")
         assert all(torch.equal(a[key], b[key]) for key in a), name
+
+
+def test_one_process_per_study(tmp_path, content_dir, small_style_path):
+    import fcntl
+
+    (tmp_path / "study").mkdir()
+    with open(tmp_path / "study" / ".lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # as a running `ablate` holds it
+        with pytest.raises(StudyError, match="another process"):
+            run_study(tiny(tmp_path / "study", content_dir, small_style_path), progress=False)
