@@ -33,22 +33,12 @@ def _layers(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
+def _add_training_options(p: argparse.ArgumentParser, checkpoint_every: int) -> None:
+    """The options `train` and `ablate` share: crops, optimizer, network, loss, precision, device."""
     d, ld = TransformerConfig(), LossConfig()
-    p = sub.add_parser("train", help="train a network for one style",
-                       description="Train a feed-forward style network on a folder of content photos.")
-    p.add_argument("--content", required=True, type=Path, help="folder of content images (recursive; JPEG/PNG/WebP)")
-    p.add_argument("--style", required=True, type=Path, help="the style image")
-    p.add_argument("--norm", default=d.norm, choices=NORM_NAMES, help="normalization layer (default: %(default)s)")
-    p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
-    p.add_argument("--workdir", type=Path, help="resume state, log.jsonl and samples (default: <out>.run/)")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=_positive_int, help="total optimizer steps (default: 40000)")
-    length.add_argument("--epochs", type=float, help="passes over the content images, instead of --steps")
     p.add_argument("--image-size", type=_positive_int, default=256, help="training crop size (default: %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="per process (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed for init, data order and crops (default: %(default)s)")
     p.add_argument("--width", type=_positive_int, default=d.width, help="channels of the first layer (default: %(default)s)")
     p.add_argument("--residual-blocks", type=int, default=d.num_residual, help="(default: %(default)s)")
     p.add_argument("--groups", type=_positive_int, default=DEFAULT_GROUPS, help="groups of the group norm (default: %(default)s)")
@@ -60,10 +50,33 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated VGG19 layers (default: relu1_2,relu2_2,relu3_3,relu4_3)")
     p.add_argument("--style-size", type=_positive_int, default=ld.style_size, help="long side of the style image (default: %(default)s)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="autocast precision; auto = bf16 where the hardware has it, else fp32 (default: %(default)s)")
+                   help="autocast precision; auto = bf16 where the hardware has it, else fp32; resolved once "
+                        "and recorded (default: %(default)s)")
     p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default: %(default)s)")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=500, help="(default: %(default)s steps)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=checkpoint_every, help="(default: %(default)s steps)")
     p.add_argument("--sample-every", type=_positive_int, default=500, help="(default: %(default)s steps)")
+
+
+def _loss_config(args: argparse.Namespace) -> LossConfig:
+    return LossConfig(content_layers=args.content_layers, style_layers=args.style_layers,
+                      content_weight=args.content_weight, style_weight=args.style_weight,
+                      tv_weight=args.tv_weight, style_size=args.style_size)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    d = TransformerConfig()
+    p = sub.add_parser("train", help="train a network for one style",
+                       description="Train a feed-forward style network on a folder of content photos.")
+    p.add_argument("--content", required=True, type=Path, help="folder of content images (recursive; JPEG/PNG/WebP)")
+    p.add_argument("--style", required=True, type=Path, help="the style image")
+    p.add_argument("--norm", default=d.norm, choices=NORM_NAMES, help="normalization layer (default: %(default)s)")
+    p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
+    p.add_argument("--workdir", type=Path, help="resume state, log.jsonl and samples (default: <out>.run/)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive_int, help="total optimizer steps (default: 40000)")
+    length.add_argument("--epochs", type=float, help="passes over the content images, instead of --steps")
+    p.add_argument("--seed", type=int, default=0, help="seed for init, data order and crops (default: %(default)s)")
+    _add_training_options(p, checkpoint_every=500)
     p.add_argument("--workers", type=int, default=0, help="data loading processes (default: %(default)s)")
     p.add_argument("--sync-bn", action="store_true", help="synchronize batch norm statistics across processes")
     p.add_argument("--save-dtype", choices=("fp32", "fp16"), default="fp32", help="dtype of the served checkpoint")
@@ -78,9 +91,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         content_dir=args.content, style_image=args.style, out=args.out, workdir=args.workdir,
         network=TransformerConfig(norm=args.norm, width=args.width, num_residual=args.residual_blocks,
                                   groups=args.groups),
-        loss=LossConfig(content_layers=args.content_layers, style_layers=args.style_layers,
-                        content_weight=args.content_weight, style_weight=args.style_weight,
-                        tv_weight=args.tv_weight, style_size=args.style_size),
+        loss=_loss_config(args),
         steps=args.steps, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, precision=args.precision, device=args.device,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, num_workers=args.workers,
@@ -191,7 +202,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _add_ablate(sub: argparse._SubParsersAction) -> None:
-    d, ld = TransformerConfig(), LossConfig()
     p = sub.add_parser("ablate", help="train one arm per norm (and seed) for an A/B study",
                        description="Train one network per norm and seed, identical in everything else "
                                    "(init, data order, loss, steps), into one study folder. Running it again "
@@ -206,24 +216,7 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated norms, one arm each (default: %(default)s)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds, one arm per norm each (default: %(default)s)")
     p.add_argument("--steps", type=_positive_int, help="optimizer steps per arm (required for a new study)")
-    p.add_argument("--image-size", type=_positive_int, default=256, help="training crop size (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=4, help="(default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--width", type=_positive_int, default=d.width, help="channels of the first layer (default: %(default)s)")
-    p.add_argument("--residual-blocks", type=int, default=d.num_residual, help="(default: %(default)s)")
-    p.add_argument("--groups", type=_positive_int, default=DEFAULT_GROUPS, help="groups of the group norm (default: %(default)s)")
-    p.add_argument("--content-weight", type=float, default=ld.content_weight, help="(default: %(default)s)")
-    p.add_argument("--style-weight", type=float, default=ld.style_weight, help="(default: %(default)s)")
-    p.add_argument("--tv-weight", type=float, default=ld.tv_weight, help="(default: %(default)s)")
-    p.add_argument("--content-layers", type=_layers, default=ld.content_layers, help="comma-separated VGG19 layers (default: relu2_2)")
-    p.add_argument("--style-layers", type=_layers, default=ld.style_layers,
-                   help="comma-separated VGG19 layers (default: relu1_2,relu2_2,relu3_3,relu4_3)")
-    p.add_argument("--style-size", type=_positive_int, default=ld.style_size, help="long side of the style image (default: %(default)s)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="autocast precision of every arm; auto is resolved once and recorded (default: %(default)s)")
-    p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default: %(default)s)")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=100, help="(default: %(default)s steps)")
-    p.add_argument("--sample-every", type=_positive_int, default=500, help="(default: %(default)s steps)")
+    _add_training_options(p, checkpoint_every=100)
     p.add_argument("--jobs", type=_positive_int, default=1,
                    help="arms trained at once, in separate processes sharing the CPU threads (default: %(default)s)")
     p.add_argument("--status", action="store_true", help="only print the state of every arm of the study in --out")
@@ -252,9 +245,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
             norms=parse_norms(args.norms), seeds=parse_seeds(args.seeds), image_size=args.image_size,
             batch_size=args.batch_size, lr=args.lr, width=args.width, num_residual=args.residual_blocks,
             groups=args.groups,
-            loss=LossConfig(content_layers=args.content_layers, style_layers=args.style_layers,
-                            content_weight=args.content_weight, style_weight=args.style_weight,
-                            tv_weight=args.tv_weight, style_size=args.style_size),
+            loss=_loss_config(args),
             precision=args.precision, device=args.device, checkpoint_every=args.checkpoint_every,
             sample_every=args.sample_every,
         )
