@@ -340,7 +340,7 @@ def _setup_lines(record: dict[str, Any]) -> list[str]:
             f"Adam lr {study['lr']}, width {study['width']}, {study['num_residual']} residual blocks, "
             f"{study['precision']} autocast; loss weights content {loss['content_weight']}, style {loss['style_weight']}, "
             f"TV {loss['tv_weight']}, style image at {loss['style_size']} px; content: "
-            + ", ".join(Path(p).name for p in study["content_dirs"]) + ".")
+            + ", ".join("/".join(Path(p).parts[-2:]) for p in study["content_dirs"]) + ".")
     seeds = sorted({a["seed"] for a in record["arms"] if a["seed"] is not None})
     lines.append(f"Arms: {', '.join(record['labels'])}; seeds: {', '.join(map(str, seeds)) or '–'} "
                  f"({len(record['arms'])} checkpoints).")
