@@ -1,4 +1,4 @@
-"""The command line: `style-transfer train | stylize | models`. The only module that parses argv."""
+"""The command line: `style-transfer train | stylize | models | ablate | compare`. The only module that parses argv."""
 
 from __future__ import annotations
 
