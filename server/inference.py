@@ -232,6 +232,13 @@ class InferenceWorker:
             raise APIError(503, "not_ready", self.failed or "models are still loading; retry shortly",
                            {"Retry-After": "5"})
 
+    def check_capacity(self, jobs: int = 1) -> None:
+        """503 at once when the queue cannot take ``jobs`` more: checked before decoding an upload, so
+        refusing a request under load costs next to nothing (a later submit re-checks atomically)."""
+        if self._queue.qsize() + jobs > self.settings.queue_size:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise APIError(503, "busy", "the server is at capacity; retry shortly", {"Retry-After": "1"})
+
     async def submit(self, model: str, image: LoadedImage, options: StylizeOptions) -> Result:
         """Queue one job and wait for its result (503 when the queue is full, 504 past the deadline)."""
         self.check_ready()

@@ -152,7 +152,9 @@ def encode_image(rgb: torch.Tensor, fmt: str = "PNG", alpha: torch.Tensor | None
         rgb = rgb * alpha + (1 - alpha)
         alpha = None
     buf = io.BytesIO()
-    kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {"optimize": False}
+    # PNG at zlib level 1: measured 6x faster than Pillow's default (21 vs 123 ms at 512 px) for files
+    # ~12% larger -- encoding was a third of a request's time in the server.
+    kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {"compress_level": 1}
     to_pil(rgb, alpha).save(buf, format=fmt, **kwargs)
     return buf.getvalue()
 

@@ -422,3 +422,18 @@ def test_broken_checkpoint_is_reported_not_fatal(weights, client):
         wait_ready(c)
         body = c.get("/v1/models").json()
         assert "broken" in body["errors"] and {m["name"] for m in body["models"]} == {"tiny-instance", "tiny-batch"}
+
+
+def test_busy_server_refuses_before_decoding(weights, monkeypatch):
+    """Under load a refused request must not pay for decoding its upload."""
+    import server.routes.stylize as routes
+
+    decoded = []
+    real = routes.decode_image
+    monkeypatch.setattr(routes, "decode_image", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    with TestClient(create_app(Settings(weights=weights, device="cpu", warmup_size=16, queue_size=1))) as c:
+        wait_ready(c)
+        monkeypatch.setattr(c.app.state.worker._queue, "qsize", lambda: 1)  # the queue is full
+        r = c.post("/v1/stylize", files={"file": ("a.png", png_bytes())}, data={"model": "tiny-instance"})
+        assert r.status_code == 503 and r.headers["retry-after"] and error_code(r) == "busy"
+        assert decoded == []

@@ -121,6 +121,7 @@ async def stylize(settings: SettingsDep, worker: WorkerDep, file: Upload,
                   max_size: MaxSize = None, format: Format = "png") -> Response:
     worker.check_ready()
     worker.check_model(model)
+    worker.check_capacity()
     image = await _read_image(file, settings, worker, max_size)
     result = await worker.submit(model, image, _options(settings, image, strength, preserve_color))
     out = result.image
@@ -154,6 +155,7 @@ async def compare(settings: SettingsDep, worker: WorkerDep, file: Upload,
         raise APIError(422, "invalid_request", f"models: at most {settings.max_compare_models} per comparison")
     for name in names:
         worker.check_model(name)
+    worker.check_capacity(len(names))
     image = await _read_image(file, settings, worker, max_size)
     options = _options(settings, image, strength, preserve_color)
     # The shared comparison code (also behind `style-transfer compare`); the worker owns the device.
