@@ -245,3 +245,12 @@ def heldout_dir(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             img.thumbnail((48, 48), Image.Resampling.LANCZOS)
             img.save(folder / path.name, quality=90)
     return folder
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks run fastest on one thread, and a busy machine makes several threads much slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

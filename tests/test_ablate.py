@@ -20,13 +20,7 @@ from style_transfer.network import TransformerNet
 from style_transfer.norms import NORM_NAMES
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread, and a busy machine makes several threads much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(out: Path, content: Path | tuple, style: Path, **overrides) -> StudySettings:

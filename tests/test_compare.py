@@ -26,13 +26,7 @@ from style_transfer.report import write_report
 from style_transfer.stylize import Stylizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread, and a busy machine makes several threads much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def smooth_image(h: int = 48, w: int = 64, seed: int = 0) -> torch.Tensor:
