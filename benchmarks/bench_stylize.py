@@ -19,9 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import alternate, machine, psnr, summary  # noqa: E402
+from benchmarks.common import alternate, machine, summary  # noqa: E402
 from benchmarks.reference import ReferenceNet, bench_model, load_project_weights  # noqa: E402
 from style_transfer.device import resolve_device  # noqa: E402
+from style_transfer.metrics import psnr  # noqa: E402
 from style_transfer.norms import NORM_NAMES  # noqa: E402
 from style_transfer.stylize import Stylizer  # noqa: E402
 

@@ -34,11 +34,6 @@ def summary(samples: list[float]) -> str:
     return f"{statistics.median(samples) * 1e3:.0f} ({min(samples) * 1e3:.0f}-{max(samples) * 1e3:.0f})"
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = ((a.float().clamp(0, 1) - b.float().clamp(0, 1)) ** 2).mean().clamp(min=1e-12)
-    return float(10 * torch.log10(1 / mse))
-
-
 def machine() -> str:
     return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
             f"CUDA: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")

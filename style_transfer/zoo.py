@@ -101,6 +101,7 @@ def export_model(source: Path | str, weights_dir: Path | str, name: str, dtype: 
     more than EXPORT_MIN_PSNR dB on a test image.
     """
     from .checkpoint import load_model, save_model
+    from .metrics import psnr as image_psnr
     from .stylize import Stylizer
 
     if not is_valid_name(name):
@@ -115,7 +116,7 @@ def export_model(source: Path | str, weights_dir: Path | str, name: str, dtype: 
     probe = _probe_image()
     reference = Stylizer(model, fast=False).stylize(probe)
     check = Stylizer(exported, fast=False).stylize(probe)
-    psnr = float(10 * torch.log10(1 / ((reference - check) ** 2).mean().clamp(min=1e-12)))
+    psnr = image_psnr(check, reference)
     if psnr < EXPORT_MIN_PSNR:
         target.unlink()
         raise ValueError(f"{dtype} export changes the output too much ({psnr:.1f} dB < {EXPORT_MIN_PSNR} dB); "
