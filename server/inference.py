@@ -236,8 +236,11 @@ class InferenceWorker:
         """503 at once when the queue cannot take ``jobs`` more: checked before decoding an upload, so
         refusing a request under load costs next to nothing (a later submit re-checks atomically)."""
         if self._queue.qsize() + jobs > self.settings.queue_size:
-            self.metrics.rejected.labels("queue_full").inc()
-            raise APIError(503, "busy", "the server is at capacity; retry shortly", {"Retry-After": "1"})
+            raise self._busy()
+
+    def _busy(self) -> APIError:
+        self.metrics.rejected.labels("queue_full").inc()
+        return APIError(503, "busy", "the server is at capacity; retry shortly", {"Retry-After": "1"})
 
     async def submit(self, model: str, image: LoadedImage, options: StylizeOptions) -> Result:
         """Queue one job and wait for its result (503 when the queue is full, 504 past the deadline)."""
@@ -249,7 +252,6 @@ class InferenceWorker:
         try:
             self._queue.put_nowait(job)
         except queue.Full:
-            self.metrics.rejected.labels("queue_full").inc()
-            raise APIError(503, "busy", "the server is at capacity; retry shortly", {"Retry-After": "1"}) from None
+            raise self._busy() from None
         self.metrics.queue_depth.set(self._queue.qsize())
         return await job.future
