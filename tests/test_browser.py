@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -47,12 +46,6 @@ def _sync_playwright():
     except ImportError:
         pytest.skip("the 'playwright' Python package is not installed")
     return sync_playwright
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _write_models(folder: Path) -> None:
@@ -91,12 +84,12 @@ def playwright_factory():
 
 
 @pytest.fixture(scope="module")
-def server(playwright_factory, tmp_path_factory):
+def server(playwright_factory, tmp_path_factory, free_port):
     """Start ``python -m server`` on a free port; yield its base URL once /readyz answers 200."""
     root = tmp_path_factory.mktemp("browser_server")
     weights = root / "weights"
     _write_models(weights)
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, STYLE_TRANSFER_WEIGHTS=str(weights), STYLE_TRANSFER_DEVICE="cpu", PYTHONUNBUFFERED="1")
     log = root / "server.log"
     with open(log, "wb") as out:

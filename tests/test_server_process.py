@@ -6,7 +6,6 @@ import concurrent.futures
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,12 +19,6 @@ from PIL import Image
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def photo(w: int = 64, h: int = 48) -> bytes:
     arr = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
     buf = io.BytesIO()
@@ -34,7 +27,7 @@ def photo(w: int = 64, h: int = 48) -> bytes:
 
 
 @pytest.fixture
-def server(make_checkpoint, tmp_path):
+def server(make_checkpoint, tmp_path, free_port):
     weights = tmp_path / "weights"
     make_checkpoint("instance", path=weights / "tiny-instance.safetensors")
     port = free_port()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -128,12 +127,6 @@ def test_epochs_set_the_step_count(tmp_path, photos):
     assert result.steps == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _cli_train(args: list[str], out: Path, photos: Path, launcher: list[str]) -> None:
     cmd = launcher + ["-m", "style_transfer", "train", "--content", str(photos), "--style", str(STYLE),
                       "--out", str(out), "--steps", "3", "--image-size", "32", "--width", "8",
@@ -144,10 +137,10 @@ def _cli_train(args: list[str], out: Path, photos: Path, launcher: list[str]) ->
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_gloo_matches_one_process(tmp_path, photos):
+def test_torchrun_two_processes_gloo_matches_one_process(tmp_path, photos, free_port):
     """2 processes x batch 2 (DDP, gloo) see the same images as 1 process x batch 4 and learn the same."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+                "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
     _cli_train(["--batch-size", "2"], tmp_path / "ddp.safetensors", photos, torchrun)
     _cli_train(["--batch-size", "4"], tmp_path / "one.safetensors", photos, [sys.executable])
     ddp_log = [json.loads(l) for l in (tmp_path / "ddp.run" / "log.jsonl").read_text().splitlines()]
