@@ -11,7 +11,6 @@ Builds a 4096x4096 JPEG (a BSDS500 photo upscaled, or a synthetic one), runs
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import subprocess
 import sys

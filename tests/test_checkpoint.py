@@ -20,7 +20,6 @@ from style_transfer.checkpoint import (
     load_train_state,
     model_summary,
     read_model_info,
-    save_model,
     save_train_state,
 )
 from style_transfer.network import TransformerConfig, count_parameters
