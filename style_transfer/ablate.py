@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from .checkpoint import CheckpointError, file_sha256, read_model_info
+from .data import link_folders
 from .device import check_precision, resolve_device, resolve_precision
 from .imageio import atomic_write_bytes
 from .losses import LossConfig
@@ -240,27 +241,11 @@ def load_study(root: Path | str) -> Study:
 
 
 def _content_root(settings: StudySettings) -> Path:
-    """The one folder the arms train on: the given folder, or a folder of symlinks to several.
-
-    Symlinks rather than copies: the data may be large and read-only; ``find_images`` follows linked
-    folders, and its sorted order makes the image list (hence the data order) the same for every arm.
-    """
+    """The one folder the arms train on: the given folder, or a folder of symlinks to several."""
     for folder in settings.content_dirs:
         if not folder.is_dir():
             raise StudyError(f"content folder not found: {folder}")
-    if len(settings.content_dirs) == 1:
-        return settings.content_dirs[0]
-    links = settings.out / CONTENT_LINKS
-    links.mkdir(parents=True, exist_ok=True)
-    for i, folder in enumerate(settings.content_dirs):
-        link = links / f"{i:02d}-{folder.resolve().name}"
-        target = folder.resolve()
-        if link.is_symlink() and Path(os.readlink(link)) == target:
-            continue
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(target, target_is_directory=True)
-    return links
+    return link_folders(settings.content_dirs, settings.out / CONTENT_LINKS)
 
 
 def prepare_study(settings: StudySettings) -> Study:

@@ -1,4 +1,4 @@
-"""The command line: `style-transfer train | stylize | models | ablate | compare`. The only module that parses argv."""
+"""The command line: `style-transfer train | stylize | models | ablate | compare | zoo`. The only module that parses argv."""
 
 from __future__ import annotations
 
@@ -321,6 +321,54 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_zoo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("zoo", help="train, export and show the shipped models of a plan (weights/zoo.toml)",
+                       description="Build a model zoo from a plan file: every step resumes or skips finished work.")
+    p.add_argument("action", choices=("status", "train", "export", "gallery"),
+                   help="status: steps per run; train: train unfinished runs in plan order (resuming); "
+                        "export: ship finished runs into the weights folder; gallery: the README pictures")
+    p.add_argument("--plan", type=Path, default=Path("weights/zoo.toml"), help="(default: %(default)s)")
+    p.add_argument("--runs", type=Path, default=Path("runs/zoo"), help="training runs (default: %(default)s)")
+    p.add_argument("--weights", type=Path, help="weights folder (default: the plan's folder)")
+    p.add_argument("--only", action="append", metavar="NAME", help="just this model (repeatable)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=100, help="(default: %(default)s steps)")
+    p.add_argument("--photos", type=Path, nargs="+", help="gallery: photo files or one folder "
+                   "(default: 3 photos of the test split next to the plan's content folders)")
+    p.add_argument("--gallery-out", type=Path, default=Path("docs/gallery"), help="(default: %(default)s)")
+    p.set_defaults(func=_cmd_zoo)
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from .compare import pick_images
+    from .zoo_build import export_zoo, gallery, load_plan, select, status, train_zoo
+
+    models = select(load_plan(args.plan), args.only)
+    weights = args.weights or args.plan.parent
+    if args.action == "status":
+        print(f"{'name':<24} {'norm':<9} {'steps':>13} {'shipped':>8}")
+        for row in status(models, args.runs, weights):
+            shipped = row["shipped_steps"] if row["shipped_steps"] is not None else "-"
+            print(f"{row['name']:<24} {row['norm']:<9} {row['steps_done']:>6}/{row['steps']:<6} {shipped:>8}")
+    elif args.action == "train":
+        train_zoo(models, args.runs, checkpoint_every=args.checkpoint_every)
+    elif args.action == "export":
+        for entry in export_zoo(models, args.runs, weights):
+            print(f"exported {entry['name']}: {entry['bytes'] / 1e6:.1f} MB, {entry['export_psnr_db']} dB vs fp32")
+    else:
+        if args.photos and len(args.photos) == 1 and args.photos[0].is_dir():
+            photos = pick_images(args.photos[0], 3)
+        elif args.photos:
+            photos = args.photos
+        else:
+            test = models[0].content[0].parent / "test"
+            if not test.is_dir():
+                raise FileNotFoundError(f"no test folder at {test}; pass --photos")
+            photos = pick_images(test, 3)
+        for path in gallery(models, weights, photos, args.gallery_out):
+            print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
     parser = argparse.ArgumentParser(prog="style-transfer", description=__doc__)
@@ -332,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_ablate(sub)
     _add_compare(sub)
+    _add_zoo(sub)
     return parser
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -21,6 +22,28 @@ from torch.utils.data import Dataset, DistributedSampler
 from .imageio import decode_image, find_images
 
 log = logging.getLogger(__name__)
+
+
+def link_folders(folders: Sequence[Path], dest: Path) -> Path:
+    """One folder to train on: the only folder given, or ``dest`` holding a symlink to each of several.
+
+    Symlinks rather than copies: the data may be large and read-only; ``find_images`` follows linked
+    folders, and the numbered link names keep the image list (hence the data order) in the given
+    folder order, the same for every run that links the same folders.
+    """
+    folders = [Path(f) for f in folders]
+    if len(folders) == 1:
+        return folders[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    for i, folder in enumerate(folders):
+        link = dest / f"{i:02d}-{folder.resolve().name}"
+        target = folder.resolve()
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            continue
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target, target_is_directory=True)
+    return dest
 
 
 def _readable(path: Path) -> bool:

@@ -1,0 +1,252 @@
+"""Building the shipped model zoo from a plan file (issue 6): train, export, gallery.
+
+The plan (``weights/zoo.toml``) lists every shipped model with the settings it is trained with, so the
+zoo can be rebuilt by anyone and every setting is written down next to the weights it made. Training a
+zoo takes CPU-hours, so everything here is resumable and idempotent:
+
+* :func:`train_zoo` trains the models in plan order; an interrupted run resumes from its last
+  checkpoint (``train --resume``), a finished one is skipped. Kill it at any time and run it again.
+* :func:`export_zoo` copies every *finished* run into the weights folder (fp16, PSNR-checked, listed
+  in the manifest with its settings). Unfinished runs are never shipped.
+* :func:`gallery` renders the README's pictures from the shipped weights.
+
+Plan format (TOML; relative paths are relative to the plan file)::
+
+    [defaults]                      # any model key; each model may override it
+    content = ["photos/train", "photos/val"]
+    steps = 3000
+    [[models]]
+    name = "starry-night"           # the served model name
+    style = "styles/starry.jpg"
+    style_weight = 2e-4             # a LossConfig field, a TransformerConfig field or a training setting
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CheckpointError, read_model_info
+from .data import link_folders
+from .losses import LossConfig
+from .network import TransformerConfig
+from .norms import NORM_NAMES
+from .zoo import is_valid_name, read_manifest
+
+log = logging.getLogger(__name__)
+
+_LOSS_KEYS = {f.name for f in dataclasses.fields(LossConfig)}
+_NET_KEYS = {f.name for f in dataclasses.fields(TransformerConfig)}
+_TRAIN_KEYS = {"steps", "image_size", "batch_size", "lr", "seed", "precision"}
+_ENTRY_KEYS = {"name", "style", "content", "notes"} | _LOSS_KEYS | _NET_KEYS | _TRAIN_KEYS
+_PATH_KEYS = {"style", "content"}
+
+
+class PlanError(ValueError):
+    """The plan file is malformed; the message names the model and key."""
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """One model of the plan: its served name and everything its training run depends on."""
+
+    name: str
+    style: Path
+    content: tuple[Path, ...]
+    steps: int
+    network: TransformerConfig
+    loss: LossConfig
+    image_size: int = 256
+    batch_size: int = 4
+    lr: float = 1e-3
+    seed: int = 0
+    precision: str = "auto"
+    notes: str = ""
+
+    def checkpoint(self, runs_dir: Path) -> Path:
+        return runs_dir / f"{self.name}.safetensors"
+
+    def steps_done(self, runs_dir: Path) -> int:
+        """Steps in the run's last checkpoint (0 when it has none yet)."""
+        path = self.checkpoint(runs_dir)
+        try:
+            return read_model_info(path).steps if path.exists() else 0
+        except CheckpointError:
+            return 0
+
+    def train_settings(self, runs_dir: Path, checkpoint_every: int = 100, sample_every: int = 250) -> Any:
+        from .train import TrainSettings
+
+        return TrainSettings(
+            content_dir=link_folders(self.content, runs_dir / "data"), style_image=self.style,
+            out=self.checkpoint(runs_dir), network=self.network, loss=self.loss, steps=self.steps,
+            image_size=self.image_size, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+            precision=self.precision, checkpoint_every=checkpoint_every, sample_every=sample_every,
+        )
+
+
+def load_plan(path: Path | str) -> list[ZooModel]:
+    """The models of a plan file, in order, validated (unknown keys, bad names and norms are errors)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise PlanError(f"{path}: not valid TOML: {exc}") from exc
+    unknown_top = set(raw) - {"defaults", "models"}
+    if unknown_top:
+        raise PlanError(f"{path}: unknown section(s) {sorted(unknown_top)}")
+    defaults = raw.get("defaults", {})
+    models: list[ZooModel] = []
+    for i, given in enumerate(raw.get("models", [])):
+        entry = {**defaults, **given}
+        where = f"{path}: model {entry.get('name', i)!r}"
+        unknown = set(entry) - _ENTRY_KEYS
+        if unknown:
+            raise PlanError(f"{where}: unknown key(s) {sorted(unknown)}")
+        for key in ("name", "style", "content", "steps"):
+            if key not in entry:
+                raise PlanError(f"{where}: '{key}' is required")
+        if not is_valid_name(entry["name"]):
+            raise PlanError(f"{where}: invalid name (use letters, digits, '-', '_' and '.')")
+        if entry.get("norm", "instance") not in NORM_NAMES:
+            raise PlanError(f"{where}: norm must be one of {', '.join(NORM_NAMES)}")
+        content = entry["content"]
+        content = [content] if isinstance(content, str) else content
+        resolve = lambda p: (path.parent / p).resolve()  # noqa: E731 - relative to the plan file
+        loss = {k: (tuple(v) if isinstance(v, list) else v) for k, v in entry.items() if k in _LOSS_KEYS}
+        try:
+            model = ZooModel(
+                name=entry["name"], style=resolve(entry["style"]), content=tuple(resolve(c) for c in content),
+                network=TransformerConfig(**{k: v for k, v in entry.items() if k in _NET_KEYS}),
+                loss=LossConfig(**loss), notes=entry.get("notes", ""),
+                **{k: v for k, v in entry.items() if k in _TRAIN_KEYS},
+            )
+        except (TypeError, ValueError) as exc:
+            raise PlanError(f"{where}: {exc}") from exc
+        if not isinstance(model.steps, int) or model.steps < 1:
+            raise PlanError(f"{where}: steps must be a positive integer")
+        models.append(model)
+    names = [m.name for m in models]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise PlanError(f"{path}: duplicate model name(s) {duplicated}")
+    if not models:
+        raise PlanError(f"{path}: no [[models]]")
+    return models
+
+
+def select(models: Sequence[ZooModel], only: Sequence[str] | None) -> list[ZooModel]:
+    """The models named in ``only`` (all when empty), in plan order; an unknown name is an error."""
+    if not only:
+        return list(models)
+    missing = sorted(set(only) - {m.name for m in models})
+    if missing:
+        raise PlanError(f"not in the plan: {', '.join(missing)} (plan has {', '.join(m.name for m in models)})")
+    return [m for m in models if m.name in only]
+
+
+def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> list[dict[str, Any]]:
+    """Per model: steps trained, steps planned, and what the weights folder ships."""
+    shipped = {m["name"]: m for m in read_manifest(weights_dir)["models"]}
+    rows = []
+    for m in models:
+        done = m.steps_done(runs_dir)
+        rows.append({"name": m.name, "norm": m.network.norm, "style": m.style.stem, "steps_done": done,
+                     "steps": m.steps, "finished": done >= m.steps,
+                     "shipped_steps": shipped.get(m.name, {}).get("steps")})
+    return rows
+
+
+def train_zoo(models: Sequence[ZooModel], runs_dir: Path, checkpoint_every: int = 100) -> list[str]:
+    """Train every unfinished model in order, resuming interrupted runs; returns the names trained."""
+    from .train import train
+
+    trained = []
+    for m in models:
+        settings = m.train_settings(runs_dir, checkpoint_every=checkpoint_every)
+        done = m.steps_done(runs_dir)
+        if done >= m.steps:
+            log.info("%s: finished (%d steps); skipped", m.name, done)
+            continue
+        resume = (settings.workdir / "train_state.pt").exists()
+        log.info("%s: %s at step %d of %d", m.name, "resuming" if resume else "starting", done, m.steps)
+        train(settings, resume=resume)
+        trained.append(m.name)
+    return trained
+
+
+def export_zoo(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> list[dict[str, Any]]:
+    """Export every finished run not yet shipped at its step count; returns the new manifest entries."""
+    from .zoo import export_model
+
+    shipped = {m["name"]: m for m in read_manifest(weights_dir)["models"]}
+    exported = []
+    for m in models:
+        done = m.steps_done(runs_dir)
+        if done < m.steps:
+            log.info("%s: not finished (%d of %d steps); not exported", m.name, done, m.steps)
+            continue
+        if shipped.get(m.name, {}).get("steps") == done:
+            log.info("%s: already shipped at %d steps", m.name, done)
+            continue
+        entry = export_model(m.checkpoint(runs_dir), weights_dir, m.name)
+        exported.append(entry)
+        log.info("%s: exported (%d bytes, %.1f dB vs fp32)", m.name, entry["bytes"], entry["export_psnr_db"])
+    return exported
+
+
+def gallery(models: Sequence[ZooModel], weights_dir: Path, photos: Sequence[Path], out_dir: Path,
+            cell: int = 256) -> list[Path]:
+    """The README pictures, from the *shipped* weights (what users get, fast path included).
+
+    ``styles.jpg``: one row per photo, one column per instance-norm model, the style images on top.
+    ``ab-<style>.jpg``: for every style shipped with several norms, those models side by side.
+    """
+    import torch
+
+    from .compare import image_grid
+    from .imageio import load_rgb
+    from .stylize import Stylizer
+    from .zoo import list_models
+
+    if not photos:
+        raise ValueError("the gallery needs at least one photo")
+    shipped = list_models(weights_dir)
+    present = [m for m in models if m.name in shipped]
+    if not present:
+        raise FileNotFoundError(f"none of the plan's models is in {weights_dir}; run `style-transfer zoo export`")
+    images = [load_rgb(p, max_size=cell * 2) for p in photos]
+    outputs: dict[str, list[torch.Tensor]] = {}
+    for m in present:
+        stylizer = Stylizer.from_checkpoint(shipped[m.name], device="cpu")
+        outputs[m.name] = [stylizer.stylize(img) for img in images]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(grid_rows: list[list[torch.Tensor]], labels: list[str], name: str) -> None:
+        path = out_dir / name
+        # JPEG keeps the repository lean; quality 88 shows no visible blocking at this cell size.
+        image_grid(grid_rows, labels, cell=cell).save(path, quality=88, optimize=True)
+        written.append(path)
+
+    instance = [m for m in present if m.network.norm == "instance"]
+    if instance:
+        blank = torch.ones(1, 3, 8, 8)
+        header = [blank] + [load_rgb(m.style, max_size=cell) for m in instance]
+        rows = [header] + [[img] + [outputs[m.name][i] for m in instance] for i, img in enumerate(images)]
+        save(rows, ["photo"] + [m.name for m in instance], "styles.jpg")
+    by_style: dict[Path, list[ZooModel]] = {}
+    for m in present:
+        by_style.setdefault(m.style, []).append(m)
+    for style, arms in by_style.items():
+        if len({m.network.norm for m in arms}) < 2:
+            continue
+        rows = [[img] + [outputs[m.name][i] for m in arms] for i, img in enumerate(images)]
+        lead = next((m.name for m in arms if m.network.norm == "instance"), arms[0].name)
+        save(rows, ["photo"] + [f"{m.network.norm} norm" for m in arms], f"ab-{lead}.jpg")
+    return written

@@ -1,0 +1,164 @@
+"""The zoo plan: parsing and validation, resumable training, exporting only finished runs, the gallery."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from style_transfer.checkpoint import read_model_info
+from style_transfer.cli import main
+from style_transfer.zoo import read_manifest, verify_manifest
+from style_transfer.zoo_build import PlanError, export_zoo, gallery, load_plan, select, status, train_zoo
+
+REPO_PLAN = Path(__file__).resolve().parents[1] / "weights" / "zoo.toml"
+
+
+def _write_plan(folder: Path, body: str) -> Path:
+    path = folder / "zoo.toml"
+    path.write_text(body)
+    return path
+
+
+TINY = """
+[defaults]
+content = ["{content}"]
+steps = {steps}
+image_size = 32
+batch_size = 2
+width = 8
+num_residual = 1
+style_size = 64
+"""
+
+
+def _tiny_plan(folder: Path, content: Path, style: Path, steps: int = 2) -> Path:
+    body = TINY.format(content=content, steps=steps)
+    body += f"""
+[[models]]
+name = "a"
+style = "{style}"
+
+[[models]]
+name = "a-batch"
+style = "{style}"
+norm = "batch"
+"""
+    return _write_plan(folder, body)
+
+
+def test_defaults_apply_and_models_override_them(tmp_path):
+    (tmp_path / "photos").mkdir()
+    plan = _write_plan(tmp_path, """
+[defaults]
+content = ["photos"]
+steps = 10
+style_weight = 3e-4
+[[models]]
+name = "one"
+style = "s.jpg"
+[[models]]
+name = "two"
+style = "s.jpg"
+steps = 20
+norm = "group"
+style_weight = 1e-4
+style_layers = ["relu1_2", "relu2_2"]
+""")
+    one, two = load_plan(plan)
+    assert (one.steps, one.loss.style_weight, one.network.norm) == (10, 3e-4, "instance")
+    assert (two.steps, two.loss.style_weight, two.network.norm) == (20, 1e-4, "group")
+    assert two.loss.style_layers == ("relu1_2", "relu2_2")
+    # Relative paths are relative to the plan file, not to the working directory.
+    assert one.style == (tmp_path / "s.jpg").resolve() and one.content == ((tmp_path / "photos").resolve(),)
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[[models]]\nname = "x"\nstyle = "s.jpg"\ncontent = "c"\nsteps = 5\nstyle_wieght = 1.0\n', "unknown key"),
+    ('[[models]]\nname = "../x"\nstyle = "s.jpg"\ncontent = "c"\nsteps = 5\n', "invalid name"),
+    ('[[models]]\nname = "x"\nstyle = "s.jpg"\ncontent = "c"\nsteps = 5\nnorm = "weight"\n', "norm must be"),
+    ('[[models]]\nname = "x"\ncontent = "c"\nsteps = 5\n', "'style' is required"),
+    ('[[models]]\nname = "x"\nstyle = "s.jpg"\ncontent = "c"\nsteps = 0\n', "positive integer"),
+    ('[[models]]\nname = "x"\nstyle = "s.jpg"\ncontent = "c"\nsteps = 5\n' * 2, "duplicate"),
+    ('[defaults]\nsteps = 5\n', "no [[models]]"),
+    ('[model]\nname = "x"\n', "unknown section"),
+    ('[[models]\n', "not valid TOML"),
+])
+def test_bad_plans_are_refused_with_the_reason(tmp_path, body, message):
+    with pytest.raises(PlanError, match=message.replace("[", r"\[")):
+        load_plan(_write_plan(tmp_path, body))
+
+
+def test_select_keeps_plan_order_and_refuses_unknown_names(tmp_path):
+    plan = _write_plan(tmp_path, "".join(
+        f'[[models]]\nname = "{n}"\nstyle = "s.jpg"\ncontent = "c"\nsteps = 1\n' for n in ("a", "b", "c")))
+    models = load_plan(plan)
+    assert [m.name for m in select(models, ["c", "a"])] == ["a", "c"]
+    assert select(models, None) == models
+    with pytest.raises(PlanError, match="not in the plan: zz"):
+        select(models, ["zz"])
+
+
+def test_shipped_plan_is_valid_and_its_ab_arms_differ_only_in_the_norm():
+    models = load_plan(REPO_PLAN)
+    instance = {m.style: m for m in models if m.network.norm == "instance"}
+    assert len(instance) >= 4
+    arms = [m for m in models if m.network.norm != "instance"]
+    assert {m.network.norm for m in arms} >= {"batch", "group", "layer"}
+    for arm in arms:
+        lead = instance[arm.style]
+        same = dataclasses.replace(arm, name=lead.name, notes=lead.notes,
+                                   network=dataclasses.replace(arm.network, norm="instance"))
+        assert same == lead, f"{arm.name} differs from {lead.name} in more than the norm"
+    assert all(m.steps >= 3000 and m.batch_size == 4 and m.image_size == 256 for m in models)
+
+
+def test_train_resumes_skips_finished_runs_and_export_ships_only_finished(tmp_path, content_dir, small_style_path):
+    runs, weights = tmp_path / "runs", tmp_path / "weights"
+    weights.mkdir()
+    plan = _tiny_plan(tmp_path, content_dir, small_style_path, steps=2)
+    models = load_plan(plan)
+    assert [r["steps_done"] for r in status(models, runs, weights)] == [0, 0]
+
+    assert train_zoo(select(models, ["a"]), runs, checkpoint_every=1) == ["a"]
+    # Only finished runs are shipped.
+    assert [e["name"] for e in export_zoo(models, runs, weights)] == ["a"]
+    assert verify_manifest(weights) == []
+    assert train_zoo(models, runs, checkpoint_every=1) == ["a-batch"]  # "a" is finished: skipped
+    assert train_zoo(models, runs, checkpoint_every=1) == []
+
+    # A longer budget resumes the runs from their last checkpoint rather than starting over.
+    models = load_plan(_tiny_plan(tmp_path, content_dir, small_style_path, steps=3))
+    log_a = (runs / "a.run" / "log.jsonl").read_text().splitlines()
+    assert train_zoo(select(models, ["a"]), runs, checkpoint_every=1) == ["a"]
+    assert (runs / "a.run" / "log.jsonl").read_text().splitlines()[:2] == log_a
+    assert read_model_info(runs / "a.safetensors").steps == 3
+
+    exported = export_zoo(models, runs, weights)  # "a" re-shipped at 3 steps; "a-batch" (2 of 3) is not
+    assert [e["name"] for e in exported] == ["a"]
+    assert {m["name"]: m["steps"] for m in read_manifest(weights)["models"]} == {"a": 3}
+    assert export_zoo(models, runs, weights) == []  # nothing new
+    rows = {r["name"]: r for r in status(models, runs, weights)}
+    assert rows["a"]["finished"] and rows["a"]["shipped_steps"] == 3
+    assert not rows["a-batch"]["finished"] and rows["a-batch"]["shipped_steps"] is None
+
+    # Gallery: the style grid has the style row plus one row per photo; an A/B grid needs two norms.
+    train_zoo(models, runs, checkpoint_every=1)
+    export_zoo(models, runs, weights)
+    photos = sorted(content_dir.glob("*.jpg"))[:2]
+    written = gallery(models, weights, photos, tmp_path / "gallery", cell=64)
+    assert sorted(p.name for p in written) == ["ab-a.jpg", "styles.jpg"]
+    with Image.open(tmp_path / "gallery" / "ab-a.jpg") as ab, Image.open(tmp_path / "gallery" / "styles.jpg") as st:
+        assert ab.width > st.width  # photo + 2 norms vs photo + 1 style
+        assert st.height > ab.height  # the extra style row
+
+
+def test_cli_status_and_errors(tmp_path, content_dir, small_style_path, capsys):
+    plan = _tiny_plan(tmp_path, content_dir, small_style_path)
+    assert main(["zoo", "status", "--plan", str(plan), "--runs", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "a-batch" in out and "0/2" in out
+    assert main(["zoo", "status", "--plan", str(plan), "--only", "nope"]) == 2
+    assert main(["zoo", "gallery", "--plan", str(plan), "--weights", str(tmp_path)]) == 2  # nothing shipped
