@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 WEIGHTS ?= weights
 
-.PHONY: venv serve test lint clean
+.PHONY: venv serve test lint clean zoo zoo-background
 
 # The stamp is rebuilt when pyproject.toml changes, so a stale venv is refreshed automatically.
 $(BIN)/.installed: pyproject.toml
@@ -23,6 +23,15 @@ serve: venv
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The shipped models (weights/zoo.toml): train unfinished runs in order (resuming), shipping each when done.
+zoo: venv
+	$(BIN)/style-transfer zoo train --export
+
+# The same, detached from the terminal, so closing it loses nothing; progress: runs/zoo/train.log.
+zoo-background: venv
+	mkdir -p runs/zoo
+	setsid nohup $(MAKE) zoo > runs/zoo/train.log 2>&1 < /dev/null & echo "training in the background; log: runs/zoo/train.log"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -332,6 +332,7 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", type=Path, help="weights folder (default: the plan's folder)")
     p.add_argument("--only", action="append", metavar="NAME", help="just this model (repeatable)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=100, help="(default: %(default)s steps)")
+    p.add_argument("--export", action="store_true", help="train: export each model as soon as it finishes")
     p.add_argument("--photos", type=Path, nargs="+", help="gallery: photo files or one folder "
                    "(default: 3 photos of the test split next to the plan's content folders)")
     p.add_argument("--gallery-out", type=Path, default=Path("docs/gallery"), help="(default: %(default)s)")
@@ -350,7 +351,8 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
             shipped = row["shipped_steps"] if row["shipped_steps"] is not None else "-"
             print(f"{row['name']:<24} {row['norm']:<9} {row['steps_done']:>6}/{row['steps']:<6} {shipped:>8}")
     elif args.action == "train":
-        train_zoo(models, args.runs, checkpoint_every=args.checkpoint_every)
+        train_zoo(models, args.runs, checkpoint_every=args.checkpoint_every,
+                  export_to=weights if args.export else None)
     elif args.action == "export":
         for entry in export_zoo(models, args.runs, weights):
             print(f"exported {entry['name']}: {entry['bytes'] / 1e6:.1f} MB, {entry['export_psnr_db']} dB vs fp32")

@@ -162,8 +162,13 @@ def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> lis
     return rows
 
 
-def train_zoo(models: Sequence[ZooModel], runs_dir: Path, checkpoint_every: int = 100) -> list[str]:
-    """Train every unfinished model in order, resuming interrupted runs; returns the names trained."""
+def train_zoo(models: Sequence[ZooModel], runs_dir: Path, checkpoint_every: int = 100,
+              export_to: Path | None = None) -> list[str]:
+    """Train every unfinished model in order, resuming interrupted runs; returns the names trained.
+
+    With ``export_to``, each model is exported there as soon as its run finishes, so a long zoo build
+    ships its first models hours before its last.
+    """
     from .train import train
 
     trained = []
@@ -177,6 +182,8 @@ def train_zoo(models: Sequence[ZooModel], runs_dir: Path, checkpoint_every: int 
         log.info("%s: %s at step %d of %d", m.name, "resuming" if resume else "starting", done, m.steps)
         train(settings, resume=resume)
         trained.append(m.name)
+        if export_to is not None:
+            export_zoo([m], runs_dir, export_to)
     return trained
 
 

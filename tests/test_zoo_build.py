@@ -126,7 +126,8 @@ def test_train_resumes_skips_finished_runs_and_export_ships_only_finished(tmp_pa
     # Only finished runs are shipped.
     assert [e["name"] for e in export_zoo(models, runs, weights)] == ["a"]
     assert verify_manifest(weights) == []
-    assert train_zoo(models, runs, checkpoint_every=1) == ["a-batch"]  # "a" is finished: skipped
+    assert train_zoo(models, runs, checkpoint_every=1, export_to=weights) == ["a-batch"]  # "a" is finished
+    assert {m["name"]: m["steps"] for m in read_manifest(weights)["models"]} == {"a": 2, "a-batch": 2}
     assert train_zoo(models, runs, checkpoint_every=1) == []
 
     # A longer budget resumes the runs from their last checkpoint rather than starting over.
@@ -138,11 +139,11 @@ def test_train_resumes_skips_finished_runs_and_export_ships_only_finished(tmp_pa
 
     exported = export_zoo(models, runs, weights)  # "a" re-shipped at 3 steps; "a-batch" (2 of 3) is not
     assert [e["name"] for e in exported] == ["a"]
-    assert {m["name"]: m["steps"] for m in read_manifest(weights)["models"]} == {"a": 3}
+    assert {m["name"]: m["steps"] for m in read_manifest(weights)["models"]} == {"a": 3, "a-batch": 2}
     assert export_zoo(models, runs, weights) == []  # nothing new
     rows = {r["name"]: r for r in status(models, runs, weights)}
     assert rows["a"]["finished"] and rows["a"]["shipped_steps"] == 3
-    assert not rows["a-batch"]["finished"] and rows["a-batch"]["shipped_steps"] is None
+    assert not rows["a-batch"]["finished"] and rows["a-batch"]["shipped_steps"] == 2
 
     # Gallery: the style grid has the style row plus one row per photo; an A/B grid needs two norms.
     train_zoo(models, runs, checkpoint_every=1)
