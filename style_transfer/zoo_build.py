@@ -18,7 +18,7 @@ Plan format (TOML; relative paths are relative to the plan file)::
     [[models]]
     name = "starry-night"           # the served model name
     style = "styles/starry.jpg"
-    style_weight = 2e-4             # a LossConfig field, a TransformerConfig field or a training setting
+    style_weight = 2e-5             # a LossConfig field, a TransformerConfig field or a training setting
 """
 
 from __future__ import annotations
