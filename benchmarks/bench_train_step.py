@@ -25,15 +25,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import alternate, machine, summary  # noqa: E402
 from benchmarks.reference import ReferenceNet, bench_model, load_project_weights  # noqa: E402
 from style_transfer.device import resolve_device, resolve_precision  # noqa: E402
-from style_transfer.losses import LossConfig, PerceptualLoss, gram_matrix, total_variation  # noqa: E402
+from style_transfer.losses import LossConfig, PerceptualLoss, total_variation  # noqa: E402
 from style_transfer.train import loss_terms, optimizer_step  # noqa: E402
+
+
+def reference_gram(features: torch.Tensor) -> torch.Tensor:
+    """The example's Gram: a plain fp32 bmm, autograd's own backward."""
+    b, c, h, w = features.shape
+    flat = features.reshape(b, c, h * w)
+    return flat.bmm(flat.transpose(1, 2)) / (c * h * w)
 
 
 def reference_step(net, vgg, style_grams, cfg: LossConfig, opt, batch):
     out = net(batch)
     fy, fx = vgg(out), vgg(batch)  # content features at full depth, as the example does
     content = sum(F.mse_loss(fy[n], fx[n]) for n in cfg.content_layers)
-    style = sum(F.mse_loss(gram_matrix(fy[n]), g.expand(batch.shape[0], -1, -1))
+    style = sum(F.mse_loss(reference_gram(fy[n]), g.expand(batch.shape[0], -1, -1))
                 for n, g in zip(cfg.style_layers, style_grams))
     total = cfg.content_weight * content + cfg.style_weight * style + cfg.tv_weight * total_variation(out)
     opt.zero_grad()

@@ -55,6 +55,28 @@ def test_gram_is_fp32_inside_bf16_autocast():
     assert torch.allclose(g.double(), reference, rtol=1e-5, atol=0)
 
 
+def test_gram_gradient_is_exact_in_fp64():
+    # The Gram has a hand-written backward (dF = (dG + dG^T) F): check it against finite differences.
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 4, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gram_matrix, (x,))
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_gram_gradient_for_bf16_features_is_within_bf16_rounding(autocast):
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.rand(2, 8, 16, 16, generator=gen) * 20).to(torch.bfloat16).requires_grad_(True)
+    x64 = x.detach().double().requires_grad_(True)
+    weight = torch.randn(2, 8, 8, generator=gen, dtype=torch.float64)  # not symmetric: dG^T matters
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        g = gram_matrix(x)
+    (g * weight.float()).sum().backward()
+    (gram_matrix(x64) * weight).sum().backward()
+    assert x.grad.dtype == torch.bfloat16  # the features' own precision, as autograd would give
+    error = (x.grad.double() - x64.grad).abs().max() / x64.grad.abs().max()
+    assert error < 1e-2, error  # bf16 keeps 8 bits: ~4e-3 relative
+
+
 def test_gram_is_invariant_to_image_size_for_tiled_pattern():
     gen = torch.Generator().manual_seed(3)
     pattern = torch.randn(1, 4, 8, 8, generator=gen)
