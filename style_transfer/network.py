@@ -9,6 +9,8 @@ Layout (Johnson et al. 2016, supplementary Table 1, with the changes noted inlin
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import json
 from dataclasses import dataclass
 
@@ -79,19 +81,104 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+# The two rewrites below are exact (they change only floating-point rounding) and are what the
+# network runs, in training and inference alike: together they took ~350 ms off a 2.7 s training
+# step on the 2-core CPU (issue 5), and the weights keep the plain layers' shapes and names.
+
+
+def _subpixel_weight(k: torch.Tensor) -> torch.Tensor:
+    """(out, in, 3, 3) kernel of conv3x3-after-nearest-x2 -> (4*out, in, 2, 2), one block per phase.
+
+    Output phase a=0 of a row pair sees input rows (i-1, i) with kernel rows (k0, k1+k2); a=1 sees
+    (i, i+1) with (k0+k1, k2); the same holds for columns. Built from the live kernel, so it is
+    differentiable and training updates the plain 3x3 weights.
+    """
+    rows = [torch.stack([k[:, :, 0], k[:, :, 1] + k[:, :, 2]], 2),
+            torch.stack([k[:, :, 0] + k[:, :, 1], k[:, :, 2]], 2)]  # each (out, in, 2, 3)
+    phases = []
+    for r in rows:
+        phases += [torch.stack([r[..., 0], r[..., 1] + r[..., 2]], 3),
+                   torch.stack([r[..., 0] + r[..., 1], r[..., 2]], 3)]
+    return torch.cat(phases, 0)  # phases in order (a, b) = (0,0), (0,1), (1,0), (1,1)
+
+
 class UpsampleConv(nn.Module):
     """Nearest-neighbour upsampling to an exact size, then conv.
 
     Upsample + conv instead of a transposed conv: no checkerboard artifacts (Odena et al. 2016).
     The exact target size (rather than a fixed x2) lets odd input sizes come back at their own size.
+
+    For an exact x2 it is computed on the small image: each of the 4 output phases of a nearest x2
+    followed by a 3x3 conv sees only a 2x2 neighbourhood of the input, so the pair is one 2x2 conv
+    with 4x the output channels: 16 instead of 36 multiply-adds per output, and no full-size
+    upsampled copy. Reflection padding by 1 of the upsampled image equals replicate padding by 1 of
+    the small one. ``subpixel = False`` runs the plain formulation (tests compare the two).
     """
+
+    subpixel = True
 
     def __init__(self, cin: int, cout: int, norm_layer: NormLayer) -> None:
         super().__init__()
         self.conv = ConvNormAct(cin, cout, 3, norm_layer=norm_layer)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return self.conv(F.interpolate(x, size=size, mode="nearest"))
+        h, w = x.shape[-2:]
+        if not self.subpixel or tuple(size) != (2 * h, 2 * w):
+            return self.conv(F.interpolate(x, size=size, mode="nearest"))
+        conv: nn.Conv2d = self.conv[1]
+        bias = None if conv.bias is None else conv.bias.repeat(4)
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), _subpixel_weight(conv.weight), bias)
+        c = conv.out_channels
+        phases = [y[:, p * c : (p + 1) * c, a : a + h, b : b + w]
+                  for p, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1)))]
+        out = F.pixel_shuffle(torch.stack(phases, 2).flatten(1, 2), 2)  # channel c*4 + 2a + b -> (c, 2i+a, 2j+b)
+        for layer in list(self.conv)[2:]:  # norm and activation
+            out = layer(out)
+        return out
+
+
+@functools.lru_cache(maxsize=8)
+def _space_to_depth_index(k: int) -> torch.Tensor:
+    """For a KxK kernel: index into its K*K taps (K*K = a zero) of the 2x2-phase kernel, shape
+    (a, b, p, q, di, dj): output phase (a, b), input phase (p, q), tap (di, dj) at half resolution."""
+    kk = (k + 2) // 2
+    index = torch.full((2, 2, 2, 2, kk, kk), k * k, dtype=torch.long)
+    for a, b, p, q, di, dj in itertools.product(range(2), range(2), range(2), range(2), range(kk), range(kk)):
+        u, v = 2 * di + p - a, 2 * dj + q - b
+        if 0 <= u < k and 0 <= v < k:
+            index[a, b, p, q, di, dj] = u * k + v
+    return index
+
+
+class OutputConv(ConvNormAct):
+    """The last layer: reflection pad + KxK conv to a few channels (RGB), no norm, no activation.
+
+    A conv with 3 outputs wastes most of a matrix unit's width. Folding each 2x2 block of pixels into
+    channels (pixel unshuffle) makes it a ceil((K+1)/2)-sized conv with 4x the input and output
+    channels at half resolution, and a pixel shuffle puts the 4 phases back: the same result, run
+    ~2x faster forward and backward here. ``space_to_depth = False`` runs the plain conv.
+    """
+
+    space_to_depth = True
+
+    def __init__(self, cin: int, cout: int, kernel: int) -> None:
+        super().__init__(cin, cout, kernel, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad, conv = self[0], self[1]
+        x = pad(x)
+        h, w = x.shape[-2:]
+        if not self.space_to_depth or h % 2 or w % 2:
+            return conv(x)
+        out_c, in_c, k, _ = conv.weight.shape
+        kk = (k + 2) // 2
+        taps = torch.cat([conv.weight.reshape(out_c, in_c, k * k), conv.weight.new_zeros(out_c, in_c, 1)], 2)
+        big = taps[:, :, _space_to_depth_index(k).to(taps.device)]  # (o, c, a, b, p, q, di, dj)
+        # pixel_unshuffle orders input channels (c, p, q); pixel_shuffle expects outputs (o, a, b).
+        big = big.permute(0, 2, 3, 1, 4, 5, 6, 7).reshape(out_c * 4, in_c * 4, kk, kk)
+        bias = None if conv.bias is None else conv.bias.repeat_interleave(4)
+        y = F.pixel_shuffle(F.conv2d(F.pixel_unshuffle(x, 2), big, bias), 2)
+        return y[..., : h - k + 1, : w - k + 1]
 
 
 class TransformerNet(nn.Module):
@@ -114,7 +201,7 @@ class TransformerNet(nn.Module):
         self.up1 = UpsampleConv(4 * w, 2 * w, norm)
         self.up2 = UpsampleConv(2 * w, w, norm)
         # No norm and no activation on the last layer: the output is an image, not a feature map.
-        self.tail = ConvNormAct(w, 3, 9, act=False)
+        self.tail = OutputConv(w, 3, 9)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

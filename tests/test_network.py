@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from style_transfer.network import TransformerConfig, TransformerNet, count_parameters
+from style_transfer.network import OutputConv, TransformerConfig, TransformerNet, UpsampleConv, count_parameters
 from style_transfer.norms import NORM_NAMES
 
 
@@ -151,3 +151,26 @@ def test_last_layer_has_no_norm_and_no_activation():
 
 def test_config_norm_name_is_case_insensitive():
     assert TransformerConfig(norm=" Instance ").norm == "instance"
+
+
+@pytest.mark.parametrize("norm", NORM_NAMES)
+@pytest.mark.parametrize("size", [(24, 32), (20, 36), (17, 26)])  # odd sizes fall back to the plain layers
+def test_rewritten_layers_match_the_plain_formulation_with_gradients(norm, size, monkeypatch):
+    """Sub-pixel upsampling convs and the space-to-depth output conv: same outputs and same weight
+    gradients as nearest-upsample + 3x3 conv and a plain 9x9 conv (fp64, so only rounding differs)."""
+    model = _net(norm, num_residual=2).double().train()
+    x = torch.rand(2, 3, *size, dtype=torch.float64)
+
+    def run():
+        model.zero_grad()
+        y = model(x)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        return y.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fast_y, fast_grads = run()
+    monkeypatch.setattr(UpsampleConv, "subpixel", False)
+    monkeypatch.setattr(OutputConv, "space_to_depth", False)
+    plain_y, plain_grads = run()
+    torch.testing.assert_close(fast_y, plain_y, rtol=0, atol=1e-10)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, rtol=1e-9, atol=1e-10, msg=name)
