@@ -7,6 +7,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,43 @@ from .network import TransformerConfig, TransformerNet
 log = logging.getLogger(__name__)
 
 TERMS = ("content", "style", "tv", "total")
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM during training: finish the current step, checkpoint it, then stop.
+
+    Without it a Ctrl-C (or the ``kill`` that ends a background run) loses every step since the last
+    periodic checkpoint, and an interrupt inside ``optimizer.step()`` could leave half-updated weights.
+    The first signal only sets a flag read between steps; a second one interrupts at once. Only for a
+    single process in the main thread: DDP ranks could see the signal at different steps and then
+    disagree at the checkpoint barrier, so torchrun runs keep the default behaviour.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received: int | None = None
+        self.forced = False  # a second signal: stop at once, possibly mid-step, so save nothing
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            self.forced = True
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning("%s: stopping after this step and saving a checkpoint (again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def __enter__(self) -> "_StopRequest":
+        if self.enabled:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 class TrainingError(RuntimeError):
@@ -305,7 +344,9 @@ def _train(s: TrainSettings, resume: bool, env: _Distributed) -> TrainResult:
     step = start_step
     data = iter(loader)
     log_file = open(log_path, "a", encoding="utf-8") if env.main else None
-    try:
+
+    def run_steps() -> None:
+        nonlocal step
         while step < total_steps:
             t0 = time.perf_counter()
             batch = next(data).to(device, non_blocking=True)
@@ -334,10 +375,29 @@ def _train(s: TrainSettings, resume: bool, env: _Distributed) -> TrainResult:
                 if log_file:
                     os.fsync(log_file.fileno())
                 write_checkpoint(step)
+            if stop.received is not None:
+                return
+
+    stop = _StopRequest(enabled=not env.active)
+    try:
+        with stop:
+            run_steps()
+    except BaseException:
+        # A signal can also surface as an error (e.g. DataLoader workers killed by the same SIGTERM)
+        # while fetching a batch, before the step: the weights then still match ``step``.
+        if stop.received is None or stop.forced:
+            raise
     finally:
         bar.close()
         if log_file:
             log_file.close()
+    if stop.received is not None:
+        if step > start_step:
+            write_checkpoint(step)
+        log.warning("stopped at step %d of %d; checkpoint saved in %s: continue with --resume",
+                    step, total_steps, s.workdir)
+        raise KeyboardInterrupt
     if start_step >= total_steps and env.main:
         log.info("nothing to do: the run already has %d of %d steps", start_step, total_steps)
     return TrainResult(step, recent_losses(), s.out, len(dataset.skipped), history)
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,33 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path, photos, m
     model, info = load_model(out)
     assert info.steps == 2
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_finishes_the_step_checkpoints_it_and_resume_matches(tmp_path, photos, monkeypatch, signum):
+    straight = train(settings(tmp_path / "a", photos, steps=6, checkpoint_every=100))
+    real_forward = PerceptualLoss.forward
+    calls = {"n": 0}
+
+    def signalled(self, output, content):
+        calls["n"] += 1
+        if calls["n"] == 3:  # arrives in the middle of step 3, long before any periodic checkpoint
+            os.kill(os.getpid(), signum)
+        return real_forward(self, output, content)
+
+    monkeypatch.setattr(PerceptualLoss, "forward", signalled)
+    before = signal.getsignal(signum)
+    with pytest.raises(KeyboardInterrupt):
+        train(settings(tmp_path / "b", photos, steps=6, checkpoint_every=100))
+    assert signal.getsignal(signum) is before  # handlers restored
+    assert load_train_state(tmp_path / "b" / "model.run" / "train_state.pt")["step"] == 3
+    assert load_model(tmp_path / "b" / "model.safetensors")[1].steps == 3
+    monkeypatch.setattr(PerceptualLoss, "forward", real_forward)
+    resumed = train(settings(tmp_path / "b", photos, steps=6, checkpoint_every=100), resume=True)
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [e["total"] for e in resumed.history] == [e["total"] for e in straight.history]
 
 
 def test_unreadable_content_images_are_skipped_and_counted(tmp_path, photos, caplog):
