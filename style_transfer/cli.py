@@ -334,14 +334,14 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=_positive_int, default=100, help="(default: %(default)s steps)")
     p.add_argument("--export", action="store_true", help="train: export each model as soon as it finishes")
     p.add_argument("--photos", type=Path, nargs="+", help="gallery: photo files or one folder "
-                   "(default: 3 photos of the test split next to the plan's content folders)")
+                   "(default: the plan's [gallery] photos, else 3 of the test split next to its content folders)")
     p.add_argument("--gallery-out", type=Path, default=Path("docs/gallery"), help="(default: %(default)s)")
     p.set_defaults(func=_cmd_zoo)
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
     from .compare import pick_images
-    from .zoo_build import export_zoo, gallery, load_plan, select, status, train_zoo
+    from .zoo_build import export_zoo, gallery, gallery_photos, load_plan, select, status, train_zoo
 
     models = select(load_plan(args.plan), args.only)
     weights = args.weights or args.plan.parent
@@ -361,6 +361,8 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
             photos = pick_images(args.photos[0], 3)
         elif args.photos:
             photos = args.photos
+        elif gallery_photos(args.plan):
+            photos = gallery_photos(args.plan)
         else:
             test = models[0].content[0].parent / "test"
             if not test.is_dir():

@@ -97,7 +97,7 @@ def load_plan(path: Path | str) -> list[ZooModel]:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise PlanError(f"{path}: not valid TOML: {exc}") from exc
-    unknown_top = set(raw) - {"defaults", "models"}
+    unknown_top = set(raw) - {"defaults", "models", "gallery"}
     if unknown_top:
         raise PlanError(f"{path}: unknown section(s) {sorted(unknown_top)}")
     defaults = raw.get("defaults", {})
@@ -138,6 +138,23 @@ def load_plan(path: Path | str) -> list[ZooModel]:
     if not models:
         raise PlanError(f"{path}: no [[models]]")
     return models
+
+
+def gallery_photos(path: Path | str) -> list[Path]:
+    """The photos named in the plan's ``[gallery]`` section (relative to the plan file); [] if none."""
+    path = Path(path)
+    section = tomllib.loads(path.read_text()).get("gallery", {})
+    unknown = set(section) - {"photos"}
+    if unknown:
+        raise PlanError(f"{path}: [gallery]: unknown key(s) {sorted(unknown)}")
+    photos = section.get("photos", [])
+    if not isinstance(photos, list) or not all(isinstance(p, str) for p in photos):
+        raise PlanError(f"{path}: [gallery]: photos must be a list of paths")
+    resolved = [(path.parent / p).resolve() for p in photos]
+    missing = [str(p) for p in resolved if not p.is_file()]
+    if missing:
+        raise PlanError(f"{path}: [gallery]: no such photo(s): {', '.join(missing)}")
+    return resolved
 
 
 def select(models: Sequence[ZooModel], only: Sequence[str] | None) -> list[ZooModel]:

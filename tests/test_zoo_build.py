@@ -11,7 +11,8 @@ from PIL import Image
 from style_transfer.checkpoint import read_model_info
 from style_transfer.cli import main
 from style_transfer.zoo import read_manifest, verify_manifest
-from style_transfer.zoo_build import PlanError, export_zoo, gallery, load_plan, select, status, train_zoo
+from style_transfer.zoo_build import (PlanError, export_zoo, gallery, gallery_photos, load_plan, select, status,
+                                      train_zoo)
 
 REPO_PLAN = Path(__file__).resolve().parents[1] / "weights" / "zoo.toml"
 
@@ -113,6 +114,31 @@ def test_shipped_plan_is_valid_and_its_ab_arms_differ_only_in_the_norm():
                                    network=dataclasses.replace(arm.network, norm="instance"))
         assert same == lead, f"{arm.name} differs from {lead.name} in more than the norm"
     assert all(m.steps >= 3000 and m.batch_size == 4 and m.image_size == 256 for m in models)
+
+
+def test_gallery_photos_resolve_against_the_plan_and_are_checked(tmp_path):
+    (tmp_path / "p.jpg").write_bytes(b"x")
+    body = 'gallery.photos = ["p.jpg"]\n[[models]]\nname = "a"\nstyle = "s.jpg"\ncontent = "c"\nsteps = 1\n'
+    plan = _write_plan(tmp_path, body)
+    assert len(load_plan(plan)) == 1  # the section is allowed next to the models
+    assert gallery_photos(plan) == [(tmp_path / "p.jpg").resolve()]
+    _write_plan(tmp_path, body.replace("p.jpg", "gone.jpg"))
+    with pytest.raises(PlanError, match="no such photo"):
+        gallery_photos(plan)
+    _write_plan(tmp_path, body.replace("gallery.photos", "gallery.photo"))
+    with pytest.raises(PlanError, match="unknown key"):
+        gallery_photos(plan)
+    _write_plan(tmp_path, body.replace('gallery.photos = ["p.jpg"]\n', ""))
+    assert gallery_photos(plan) == []
+
+
+@pytest.mark.skipif(not (REPO_PLAN.parents[2] / "shared" / "data").is_dir(), reason="../shared/data not available")
+def test_shipped_plan_gallery_uses_held_out_photos():
+    photos = gallery_photos(REPO_PLAN)
+    assert len(photos) >= 3
+    assert all(p.parent.name == "test" for p in photos)  # never the train/val photos the models saw
+    trained_on = {c.resolve() for m in load_plan(REPO_PLAN) for c in m.content}
+    assert not {p.parent for p in photos} & trained_on
 
 
 def test_train_resumes_skips_finished_runs_and_export_ships_only_finished(tmp_path, content_dir, small_style_path):
