@@ -29,3 +29,12 @@ def test_shipped_checkpoint_loads_and_stylizes(entry):
     out = Stylizer(model).stylize(image)
     assert out.shape == image.shape and torch.isfinite(out).all()
     assert (out - image).abs().mean() > 0.02  # it changes the image
+
+
+def test_readme_lists_every_shipped_model():
+    readme = (WEIGHTS.parent / "README.md").read_text()
+    section = readme.split("## Shipped models", 1)[1].split("\n## ", 1)[0]
+    for entry in ENTRIES:
+        row = next((line for line in section.splitlines() if line.startswith(f"| `{entry['name']}` |")), None)
+        assert row is not None, f"README 'Shipped models' table lacks {entry['name']}"
+        assert f"| {entry['norm']} | {entry['steps']} |" in row, f"README row of {entry['name']} is stale: {row}"
