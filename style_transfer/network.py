@@ -9,7 +9,6 @@ Layout (Johnson et al. 2016, supplementary Table 1, with the changes noted inlin
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import json
 from dataclasses import dataclass
@@ -137,7 +136,6 @@ class UpsampleConv(nn.Module):
         return out
 
 
-@functools.lru_cache(maxsize=8)
 def _space_to_depth_index(k: int) -> torch.Tensor:
     """For a KxK kernel: index into its K*K taps (K*K = a zero) of the 2x2-phase kernel, shape
     (a, b, p, q, di, dj): output phase (a, b), input phase (p, q), tap (di, dj) at half resolution."""
@@ -163,6 +161,9 @@ class OutputConv(ConvNormAct):
 
     def __init__(self, cin: int, cout: int, kernel: int) -> None:
         super().__init__(cin, cout, kernel, act=False)
+        # A buffer, so it follows the module to its device (no per-call host-to-device copy, which
+        # CUDA graphs would not allow); not persistent, so checkpoints hold only the plain weights.
+        self.register_buffer("tap_index", _space_to_depth_index(kernel), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad, conv = self[0], self[1]
@@ -173,7 +174,7 @@ class OutputConv(ConvNormAct):
         out_c, in_c, k, _ = conv.weight.shape
         kk = (k + 2) // 2
         taps = torch.cat([conv.weight.reshape(out_c, in_c, k * k), conv.weight.new_zeros(out_c, in_c, 1)], 2)
-        big = taps[:, :, _space_to_depth_index(k).to(taps.device)]  # (o, c, a, b, p, q, di, dj)
+        big = taps[:, :, self.tap_index]  # (o, c, a, b, p, q, di, dj)
         # pixel_unshuffle orders input channels (c, p, q); pixel_shuffle expects outputs (o, a, b).
         big = big.permute(0, 2, 3, 1, 4, 5, 6, 7).reshape(out_c * 4, in_c * 4, kk, kk)
         bias = None if conv.bias is None else conv.bias.repeat_interleave(4)
