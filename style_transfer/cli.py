@@ -346,10 +346,17 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     models = select(load_plan(args.plan), args.only)
     weights = args.weights or args.plan.parent
     if args.action == "status":
-        print(f"{'name':<24} {'norm':<9} {'steps':>13} {'shipped':>8}")
-        for row in status(models, args.runs, weights):
+        rows = status(models, args.runs, weights)
+        hours = lambda s: "?" if s is None else f"{s / 3600:.1f} h"  # noqa: E731
+        print(f"{'name':<24} {'norm':<9} {'steps':>13} {'shipped':>8} {'s/step':>7} {'left':>7}")
+        for row in rows:
             shipped = row["shipped_steps"] if row["shipped_steps"] is not None else "-"
-            print(f"{row['name']:<24} {row['norm']:<9} {row['steps_done']:>6}/{row['steps']:<6} {shipped:>8}")
+            rate = f"{row['seconds_per_step']:.2f}" if row["seconds_per_step"] else "-"
+            print(f"{row['name']:<24} {row['norm']:<9} {row['steps_done']:>6}/{row['steps']:<6} {shipped:>8} "
+                  f"{rate:>7} {hours(row['remaining_s']):>7}")
+        left = [r["remaining_s"] for r in rows]
+        print(f"training left: {hours(None if None in left else sum(left))} "
+              "(at each run's recent rate; runs not started yet at the median rate)")
     elif args.action == "train":
         train_zoo(models, args.runs, checkpoint_every=args.checkpoint_every,
                   export_to=weights if args.export else None)

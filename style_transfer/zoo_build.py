@@ -24,7 +24,9 @@ Plan format (TOML; relative paths are relative to the plan file)::
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import statistics
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -167,15 +169,41 @@ def select(models: Sequence[ZooModel], only: Sequence[str] | None) -> list[ZooMo
     return [m for m in models if m.name in only]
 
 
+def seconds_per_step(log_path: Path, recent: int = 100) -> float | None:
+    """Median time of the last ``recent`` steps in a run's log.jsonl; None without a readable log."""
+    try:
+        lines = log_path.read_text().splitlines()[-recent:]
+    except OSError:
+        return None
+    seconds = []
+    for line in lines:
+        try:
+            seconds.append(float(json.loads(line)["seconds"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill
+    return statistics.median(seconds) if seconds else None
+
+
 def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> list[dict[str, Any]]:
-    """Per model: steps trained, steps planned, and what the weights folder ships."""
+    """Per model: steps trained, steps planned, what the weights folder ships, and the time left.
+
+    ``seconds_per_step`` is the run's own recent median; ``remaining_s`` uses it, or for a run not yet
+    started the median rate of the runs that have one (same machine), and is None with no rate at all.
+    """
     shipped = {m["name"]: m for m in read_manifest(weights_dir)["models"]}
     rows = []
     for m in models:
         done = m.steps_done(runs_dir)
         rows.append({"name": m.name, "norm": m.network.norm, "style": m.style.stem, "steps_done": done,
                      "steps": m.steps, "finished": done >= m.steps,
-                     "shipped_steps": shipped.get(m.name, {}).get("steps")})
+                     "shipped_steps": shipped.get(m.name, {}).get("steps"),
+                     "seconds_per_step": seconds_per_step(runs_dir / f"{m.name}.run" / "log.jsonl")})
+    known = [r["seconds_per_step"] for r in rows if r["seconds_per_step"]]
+    typical = statistics.median(known) if known else None
+    for r in rows:
+        rate = r["seconds_per_step"] or typical
+        left = max(0, r["steps"] - r["steps_done"])
+        r["remaining_s"] = 0.0 if not left else (left * rate if rate else None)
     return rows
 
 

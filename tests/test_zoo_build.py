@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,8 @@ from PIL import Image
 from style_transfer.checkpoint import read_model_info
 from style_transfer.cli import main
 from style_transfer.zoo import read_manifest, verify_manifest
-from style_transfer.zoo_build import (PlanError, export_zoo, gallery, gallery_photos, load_plan, select, status,
-                                      train_zoo)
+from style_transfer.zoo_build import (PlanError, export_zoo, gallery, gallery_photos, load_plan, seconds_per_step,
+                                      select, status, train_zoo)
 
 REPO_PLAN = Path(__file__).resolve().parents[1] / "weights" / "zoo.toml"
 
@@ -170,6 +171,10 @@ def test_train_resumes_skips_finished_runs_and_export_ships_only_finished(tmp_pa
     rows = {r["name"]: r for r in status(models, runs, weights)}
     assert rows["a"]["finished"] and rows["a"]["shipped_steps"] == 3
     assert not rows["a-batch"]["finished"] and rows["a-batch"]["shipped_steps"] == 2
+    # Time left: from each run's own step times (the log), 0 when finished.
+    assert rows["a"]["remaining_s"] == 0 and rows["a"]["seconds_per_step"] > 0
+    rate = rows["a-batch"]["seconds_per_step"]
+    assert rate > 0 and rows["a-batch"]["remaining_s"] == pytest.approx(rate)  # 1 step of 3 left
 
     # Gallery: the style grid has the style row plus one row per photo; an A/B grid needs two norms.
     train_zoo(models, runs, checkpoint_every=1)
@@ -182,10 +187,20 @@ def test_train_resumes_skips_finished_runs_and_export_ships_only_finished(tmp_pa
         assert st.height > ab.height  # the extra style row
 
 
+def test_seconds_per_step_is_the_recent_median_and_survives_a_cut_line(tmp_path):
+    log_path = tmp_path / "log.jsonl"
+    assert seconds_per_step(log_path) is None
+    lines = [json.dumps({"step": i, "seconds": 9.0 if i < 5 else 2.0}) for i in range(1, 21)]
+    log_path.write_text("\n".join(lines) + '\n{"step": 21, "seco')
+    assert seconds_per_step(log_path, recent=10) == 2.0
+    assert seconds_per_step(log_path) == 2.0  # 4 slow of 20
+
+
 def test_cli_status_and_errors(tmp_path, content_dir, small_style_path, capsys):
     plan = _tiny_plan(tmp_path, content_dir, small_style_path)
     assert main(["zoo", "status", "--plan", str(plan), "--runs", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert "a-batch" in out and "0/2" in out
+    assert "training left: ?" in out  # no run has a step time yet
     assert main(["zoo", "status", "--plan", str(plan), "--only", "nope"]) == 2
     assert main(["zoo", "gallery", "--plan", str(plan), "--weights", str(tmp_path)]) == 2  # nothing shipped
