@@ -394,8 +394,10 @@ def _train(s: TrainSettings, resume: bool, env: _Distributed) -> TrainResult:
     if stop.received is not None:
         if step > start_step:
             write_checkpoint(step)
-        log.warning("stopped at step %d of %d; checkpoint saved in %s: continue with --resume",
-                    step, total_steps, s.workdir)
+            log.warning("stopped at step %d of %d; checkpoint saved in %s: continue with --resume",
+                        step, total_steps, s.workdir)
+        else:
+            log.warning("stopped before the first step; nothing to save")
         raise KeyboardInterrupt
     if start_step >= total_steps and env.main:
         log.info("nothing to do: the run already has %d of %d steps", start_step, total_steps)

@@ -153,6 +153,11 @@ def test_train_resumes_skips_finished_runs_and_export_ships_only_finished(tmp_pa
     # Only finished runs are shipped.
     assert [e["name"] for e in export_zoo(models, runs, weights)] == ["a"]
     assert verify_manifest(weights) == []
+    # 'train --export' also ships a run that finished earlier without being exported.
+    (weights / "manifest.json").unlink()
+    (weights / "a.safetensors").unlink()
+    assert train_zoo(select(models, ["a"]), runs, export_to=weights) == []
+    assert [m["name"] for m in read_manifest(weights)["models"]] == ["a"]
     assert train_zoo(models, runs, checkpoint_every=1, export_to=weights) == ["a-batch"]  # "a" is finished
     assert {m["name"]: m["steps"] for m in read_manifest(weights)["models"]} == {"a": 2, "a-batch": 2}
     assert train_zoo(models, runs, checkpoint_every=1) == []
