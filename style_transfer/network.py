@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .norms import DEFAULT_GROUPS, NORM_NAMES, NormLayer, get_norm_layer
+from .norms import DEFAULT_GROUPS, NORM_NAMES, NormLayer, get_norm_layer, is_channels_last
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,25 @@ class ResidualBlock(nn.Module):
 # step on the 2-core CPU (issue 5), and the weights keep the plain layers' shapes and names.
 
 
+_PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))  # (row, column) offsets of the 4 pixels of a 2x2 block
+
+
+def _interleave(phases: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """Four (B, C, H, W) phase images, in ``_PHASES`` order -> the (B, C, 2H, 2W) image they tile,
+    laid out in memory like ``like`` (the layer's input).
+
+    What pixel_shuffle does, but pixel_shuffle returns NCHW, and in the channels_last fast path that
+    cost a copy there, one in the next norm and one in the next conv (issue 5 profile). Pure data
+    movement, so bit-identical, with gradients.
+    """
+    b, c, h, w = phases[0].shape
+    layout = torch.channels_last if is_channels_last(like) else torch.contiguous_format
+    out = torch.empty((b, c, 2 * h, 2 * w), dtype=phases[0].dtype, device=phases[0].device, memory_format=layout)
+    for (a, col), phase in zip(_PHASES, phases, strict=True):
+        out[:, :, a::2, col::2] = phase
+    return out
+
+
 def _subpixel_weight(k: torch.Tensor) -> torch.Tensor:
     """(out, in, 3, 3) kernel of conv3x3-after-nearest-x2 -> (4*out, in, 2, 2), one block per phase.
 
@@ -128,9 +147,7 @@ class UpsampleConv(nn.Module):
         bias = None if conv.bias is None else conv.bias.repeat(4)
         y = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), _subpixel_weight(conv.weight), bias)
         c = conv.out_channels
-        phases = [y[:, p * c : (p + 1) * c, a : a + h, b : b + w]
-                  for p, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1)))]
-        out = F.pixel_shuffle(torch.stack(phases, 2).flatten(1, 2), 2)  # channel c*4 + 2a + b -> (c, 2i+a, 2j+b)
+        out = _interleave([y[:, p * c : (p + 1) * c, a : a + h, b : b + w] for p, (a, b) in enumerate(_PHASES)], x)
         for layer in list(self.conv)[2:]:  # norm and activation
             out = layer(out)
         return out
@@ -175,10 +192,12 @@ class OutputConv(ConvNormAct):
         kk = (k + 2) // 2
         taps = torch.cat([conv.weight.reshape(out_c, in_c, k * k), conv.weight.new_zeros(out_c, in_c, 1)], 2)
         big = taps[:, :, self.tap_index]  # (o, c, a, b, p, q, di, dj)
-        # pixel_unshuffle orders input channels (c, p, q); pixel_shuffle expects outputs (o, a, b).
-        big = big.permute(0, 2, 3, 1, 4, 5, 6, 7).reshape(out_c * 4, in_c * 4, kk, kk)
-        bias = None if conv.bias is None else conv.bias.repeat_interleave(4)
-        y = F.pixel_shuffle(F.conv2d(F.pixel_unshuffle(x, 2), big, bias), 2)
+        # Input channels are ordered (p, q, c) and outputs (a, b, o): phase-major, so that splitting
+        # into and assembling from phases moves whole channel vectors in either memory layout.
+        big = big.permute(2, 3, 0, 4, 5, 1, 6, 7).reshape(out_c * 4, in_c * 4, kk, kk)
+        bias = None if conv.bias is None else conv.bias.repeat(4)
+        y = F.conv2d(torch.cat([x[:, :, p::2, q::2] for p, q in _PHASES], 1), big, bias)
+        y = _interleave(list(y.split(out_c, 1)), x)
         return y[..., : h - k + 1, : w - k + 1]
 
 

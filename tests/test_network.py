@@ -155,11 +155,13 @@ def test_config_norm_name_is_case_insensitive():
 
 @pytest.mark.parametrize("norm", NORM_NAMES)
 @pytest.mark.parametrize("size", [(24, 32), (20, 36), (17, 26)])  # odd sizes fall back to the plain layers
-def test_rewritten_layers_match_the_plain_formulation_with_gradients(norm, size, monkeypatch):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_rewritten_layers_match_the_plain_formulation_with_gradients(norm, size, layout, monkeypatch):
     """Sub-pixel upsampling convs and the space-to-depth output conv: same outputs and same weight
-    gradients as nearest-upsample + 3x3 conv and a plain 9x9 conv (fp64, so only rounding differs)."""
-    model = _net(norm, num_residual=2).double().train()
-    x = torch.rand(2, 3, *size, dtype=torch.float64)
+    gradients as nearest-upsample + 3x3 conv and a plain 9x9 conv (fp64, so only rounding differs),
+    in both memory layouts (the fast path runs channels_last)."""
+    model = _net(norm, num_residual=2).double().train().to(memory_format=layout)
+    x = torch.rand(2, 3, *size, dtype=torch.float64).contiguous(memory_format=layout)
 
     def run():
         model.zero_grad()
@@ -174,3 +176,28 @@ def test_rewritten_layers_match_the_plain_formulation_with_gradients(norm, size,
     torch.testing.assert_close(fast_y, plain_y, rtol=0, atol=1e-10)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(fast_grads[name], grad, rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("norm", NORM_NAMES)
+def test_channels_last_stays_channels_last_through_every_layer(norm):
+    """The fast path's speed rests on no layer converting a channels_last activation back to NCHW
+    (each conversion costs a copy there and another in the next conv; issue 5 profile)."""
+    model = _net(norm, num_residual=1).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, 32, 40).contiguous(memory_format=torch.channels_last)
+    layouts = {}
+
+    def record(name):
+        def hook(module, args, output):
+            if output.shape[1] > 1 and output.shape[-2:].numel() > 1:  # otherwise both layouts coincide
+                layouts[name] = output.is_contiguous(memory_format=torch.channels_last)
+        return hook
+
+    for name, module in model.named_modules():
+        if name and not list(module.children()):
+            module.register_forward_hook(record(name))
+    for name in ("up1", "up2", "tail"):
+        getattr(model, name).register_forward_hook(record(name))
+    with torch.no_grad():
+        model(x)
+    assert {"up1", "up2", "tail", "up1.conv.2", "residuals.0.body.0.2"} <= set(layouts)
+    assert [name for name, cl in layouts.items() if not cl] == []

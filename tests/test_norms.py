@@ -57,6 +57,31 @@ def test_every_norm_accepts_any_spatial_size(name):
         assert module(x).shape == (2, C, h, w)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_instance_norm_on_channels_last_matches_pytorch_and_keeps_the_layout(batch):
+    """The channels_last branch (group norm with one channel per group) gives PyTorch's instance norm,
+    forward and backward, without converting the layout."""
+    torch.manual_seed(0)
+    ours = get_norm_layer("instance")(C).double()
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 2)
+        ours.bias.uniform_(-1, 1)
+    plain = nn.InstanceNorm2d(C, affine=True).double()
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(batch, C, 9, 11, dtype=torch.float64) * 3 + 1
+    grad_out = torch.randn_like(x)
+    results = []
+    for module, layout in ((ours, torch.channels_last), (plain, torch.contiguous_format)):
+        xi = x.contiguous(memory_format=layout).requires_grad_()
+        y = module(xi)
+        y.backward(grad_out)
+        results.append((y, xi.grad, module.weight.grad, module.bias.grad))
+    y = results[0][0]
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    for a, b in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_instance_normalizes_each_sample_and_channel():
     module = get_norm_layer("instance")(C)
     assert isinstance(module, nn.InstanceNorm2d)
