@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -28,12 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import alternate, machine, summary
-
-
-def psnr(out: torch.Tensor, ref: torch.Tensor) -> float:
-    peak = float(ref.max() - ref.min())
-    mse = float(((out.float() - ref) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(peak**2 / mse)).item()
+from style_transfer.metrics import psnr
 
 
 def main() -> None:
@@ -89,14 +85,14 @@ def main() -> None:
     with torch.no_grad():
         times = alternate(contenders, args.repeats, warmup=2)
     gflop = 2 * c * c * 9 * s * s / 1e9
-    base = sorted(times["fp32 NCHW"])[len(times["fp32 NCHW"]) // 2]
+    base = statistics.median(times["fp32 NCHW"])
     print(f"# {machine()}")
     print(f"# conv {c}->{c} 3x3 at {s}x{s}: {gflop:.2f} GFLOP; median of {args.repeats} (min-max)\n")
     print("| kernel | ms | GFLOP/s | speed-up vs fp32 | PSNR vs fp32 (dB) |")
     print("|---|---|---|---|---|")
     for name, samples in times.items():
-        med = sorted(samples)[len(samples) // 2]
-        err = f"{psnr(outputs[name], ref):.1f}" if name in outputs else "-"
+        med = statistics.median(samples)
+        err = f"{psnr(outputs[name].float(), ref, data_range=float(ref.max() - ref.min())):.1f}" if name in outputs else "-"
         print(f"| {name} | {summary(samples)} | {gflop / med:.0f} | {base / med:.2f}x | {err} |")
 
 

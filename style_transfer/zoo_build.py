@@ -222,13 +222,13 @@ def train_zoo(models: Sequence[ZooModel], runs_dir: Path, checkpoint_every: int 
         done = m.steps_done(runs_dir)
         if done >= m.steps:
             log.info("%s: finished (%d steps); skipped", m.name, done)
-            if export_to is not None:  # finished earlier but not shipped (e.g. stopped during its export)
-                export_zoo([m], runs_dir, export_to)
-            continue
-        resume = (settings.workdir / "train_state.pt").exists()
-        log.info("%s: %s at step %d of %d", m.name, "resuming" if resume else "starting", done, m.steps)
-        train(settings, resume=resume)
-        trained.append(m.name)
+        else:
+            resume = (settings.workdir / "train_state.pt").exists()
+            log.info("%s: %s at step %d of %d", m.name, "resuming" if resume else "starting", done, m.steps)
+            train(settings, resume=resume)
+            trained.append(m.name)
+        # Also ships a run that finished earlier without being exported (e.g. stopped during its
+        # export); export_zoo skips what is already shipped at its step count.
         if export_to is not None:
             export_zoo([m], runs_dir, export_to)
     return trained
