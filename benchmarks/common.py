@@ -30,8 +30,10 @@ def alternate(contenders: dict[str, Callable[[], object]], repeats: int, warmup:
 
 
 def summary(samples: list[float]) -> str:
-    """'median (min-max)' in ms."""
-    return f"{statistics.median(samples) * 1e3:.0f} ({min(samples) * 1e3:.0f}-{max(samples) * 1e3:.0f})"
+    """'median (min-max)' in ms; two decimals below 10 ms (GPU times), where whole ms would hide them."""
+    ms = [t * 1e3 for t in samples]
+    fmt = "{:.0f}" if statistics.median(ms) >= 10 else "{:.2f}"
+    return f"{fmt.format(statistics.median(ms))} ({fmt.format(min(ms))}-{fmt.format(max(ms))})"
 
 
 def machine() -> str:

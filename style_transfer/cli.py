@@ -333,6 +333,8 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", action="append", metavar="NAME", help="just this model (repeatable)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=100, help="(default: %(default)s steps)")
     p.add_argument("--export", action="store_true", help="train: export each model as soon as it finishes")
+    p.add_argument("--workers", type=int, default=0,
+                   help="train: data loading processes; a GPU needs a few (default: %(default)s)")
     p.add_argument("--photos", type=Path, nargs="+", help="gallery: photo files or one folder "
                    "(default: the plan's [gallery] photos, else 3 of the test split next to its content folders)")
     p.add_argument("--gallery-out", type=Path, default=Path("docs/gallery"), help="(default: %(default)s)")
@@ -359,7 +361,7 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
               "(at each run's recent rate; runs not started yet at the median rate)")
     elif args.action == "train":
         train_zoo(models, args.runs, checkpoint_every=args.checkpoint_every,
-                  export_to=weights if args.export else None)
+                  export_to=weights if args.export else None, workers=args.workers)
     elif args.action == "export":
         for entry in export_zoo(models, args.runs, weights):
             print(f"exported {entry['name']}: {entry['bytes'] / 1e6:.1f} MB, {entry['export_psnr_db']} dB vs fp32")

@@ -153,7 +153,9 @@ class _Distributed:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = resolve_device(device_name)
-        if self.device.type == "cuda" and self.device.index is None and self.world > 1:
+        # Always an indexed device: torch.cuda.set_device (and the CUDA RNG state calls) reject a bare
+        # "cuda", which is what --device auto/cuda resolves to in a single-process run.
+        if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", self.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)

@@ -81,7 +81,10 @@ class ZooModel:
         except CheckpointError:
             return 0
 
-    def train_settings(self, runs_dir: Path, checkpoint_every: int = 100, sample_every: int = 250) -> Any:
+    def train_settings(self, runs_dir: Path, checkpoint_every: int = 100, sample_every: int = 250,
+                       workers: int = 0) -> Any:
+        """``workers`` (data loading processes) only changes speed: each crop is a pure function of the
+        seed and its position in the stream (data.py), so it is not part of the plan."""
         from .train import TrainSettings
 
         return TrainSettings(
@@ -89,6 +92,7 @@ class ZooModel:
             out=self.checkpoint(runs_dir), network=self.network, loss=self.loss, steps=self.steps,
             image_size=self.image_size, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
             precision=self.precision, checkpoint_every=checkpoint_every, sample_every=sample_every,
+            num_workers=workers,
         )
 
 
@@ -208,7 +212,7 @@ def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> lis
 
 
 def train_zoo(models: Sequence[ZooModel], runs_dir: Path, checkpoint_every: int = 100,
-              export_to: Path | None = None) -> list[str]:
+              export_to: Path | None = None, workers: int = 0) -> list[str]:
     """Train every unfinished model in order, resuming interrupted runs; returns the names trained.
 
     With ``export_to``, each model is exported there as soon as its run finishes, so a long zoo build
@@ -218,7 +222,7 @@ def train_zoo(models: Sequence[ZooModel], runs_dir: Path, checkpoint_every: int 
 
     trained = []
     for m in models:
-        settings = m.train_settings(runs_dir, checkpoint_every=checkpoint_every)
+        settings = m.train_settings(runs_dir, checkpoint_every=checkpoint_every, workers=workers)
         done = m.steps_done(runs_dir)
         if done >= m.steps:
             log.info("%s: finished (%d steps); skipped", m.name, done)

@@ -171,3 +171,24 @@ def test_fast_path_tiles_without_seams():
 def test_fast_path_is_the_default():
     stylizer = Stylizer(full_size_model("instance"))
     assert stylizer.fast and stylizer.net is not stylizer.model
+
+
+def test_conv_autotune_is_on_only_inside_and_only_on_cuda():
+    from style_transfer.device import conv_autotune
+
+    before = torch.backends.cudnn.benchmark
+    with conv_autotune(torch.device("cuda")):  # only sets a flag: runs without a GPU
+        assert torch.backends.cudnn.benchmark
+    assert torch.backends.cudnn.benchmark == before
+    with conv_autotune(torch.device("cpu")):
+        assert torch.backends.cudnn.benchmark == before
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_only_the_fast_path_autotunes_its_convs(fast, monkeypatch):
+    seen = []
+    monkeypatch.setattr(stylize_module, "conv_autotune", lambda device: seen.append(device) or contextlib.nullcontext())
+    stylizer = Stylizer(full_size_model("instance"), fast=fast)
+    stylizer.run(photo_like(32, 32))
+    stylizer.run_tiled(photo_like(160, 160), tile=128)
+    assert seen == ([torch.device("cpu")] * 2 if fast else [])

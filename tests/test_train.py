@@ -187,3 +187,19 @@ def test_sync_bn_on_cpu_is_refused_clearly(tmp_path, photos, monkeypatch):
     net = TransformerConfig(norm="batch", width=8, num_residual=1)
     with pytest.raises(ValueError, match="SyncBatchNorm"):
         train(settings(tmp_path, photos, network=net, sync_bn=True))
+
+
+@pytest.mark.parametrize("local_rank", ["0", "1"])
+def test_a_bare_cuda_device_is_given_this_process_gpu_index(monkeypatch, local_rank):
+    # CI has no GPU, so the CUDA calls are stood in for; torch's own index check (which rejected a
+    # bare "cuda" on the first real GPU run) is kept.
+    import style_transfer.train as train_module
+    from torch.cuda._utils import _get_device_index
+
+    chosen = []
+    monkeypatch.setattr(train_module, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(_get_device_index(d)))
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    env = train_module._Distributed("auto")
+    assert env.device == torch.device("cuda", int(local_rank))
+    assert chosen == [int(local_rank)]

@@ -209,3 +209,23 @@ def test_cli_status_and_errors(tmp_path, content_dir, small_style_path, capsys):
     assert "training left: ?" in out  # no run has a step time yet
     assert main(["zoo", "status", "--plan", str(plan), "--only", "nope"]) == 2
     assert main(["zoo", "gallery", "--plan", str(plan), "--weights", str(tmp_path)]) == 2  # nothing shipped
+
+
+def test_data_loading_workers_change_speed_only_not_the_trained_weights(tmp_path, content_dir, small_style_path,
+                                                                        monkeypatch):
+    from safetensors.torch import load_file
+
+    import style_transfer.train as train_module
+
+    plan = _tiny_plan(tmp_path, content_dir, small_style_path, steps=2)
+    train_zoo(select(load_plan(plan), ["a"]), tmp_path / "serial", checkpoint_every=1)
+    loaders = []
+    real_loader = train_module.DataLoader
+    monkeypatch.setattr(train_module, "DataLoader", lambda *a, **kw: loaders.append(kw) or real_loader(*a, **kw))
+    assert main(["zoo", "train", "--plan", str(plan), "--only", "a", "--runs", str(tmp_path / "parallel"),
+                 "--workers", "2"]) == 0
+    assert [kw["num_workers"] for kw in loaders] == [2]
+    serial = load_file(tmp_path / "serial" / "a.safetensors")
+    parallel = load_file(tmp_path / "parallel" / "a.safetensors")
+    assert serial.keys() == parallel.keys()
+    assert all((serial[k] == parallel[k]).all() for k in serial)
