@@ -134,7 +134,7 @@ class Stylizer:
         if fast:
             self.precision = resolve_precision(precision, self.device)
             self.net = optimize(self.model, self.device, dtype_of(self.precision, self.device))
-            self.runner = compiled(self.net) if compile else self.net
+            self.runner = compiled(self.net, self.device) if compile else self.net
         else:
             self.precision = "fp32" if precision == "auto" else resolve_precision(precision, self.device)
             self.net = self.model

@@ -192,3 +192,14 @@ def test_only_the_fast_path_autotunes_its_convs(fast, monkeypatch):
     stylizer.run(photo_like(32, 32))
     stylizer.run_tiled(photo_like(160, 160), tile=128)
     assert seen == ([torch.device("cpu")] * 2 if fast else [])
+
+
+@pytest.mark.parametrize("device, dynamic", [("cpu", True), ("cuda", False)])
+def test_compile_specializes_shapes_on_gpus_only(device, dynamic, monkeypatch):
+    import style_transfer.fast as fast_module
+
+    calls = []
+    monkeypatch.setattr(fast_module.torch, "compile", lambda module, **kw: calls.append(kw) or module)
+    net = torch.nn.Identity()
+    assert fast_module.compiled(net, torch.device(device)) is net
+    assert calls == [{"dynamic": dynamic}]
