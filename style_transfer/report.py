@@ -476,7 +476,7 @@ def _html(record: dict[str, Any], title: str, tables: dict[str, tuple], has_curv
               "left in training mode, or trained and served differently, does. The server runs models in eval "
               "mode.</p>",
               "<h2>Files</h2><p>metrics.json (everything), metrics.csv (per arm and photo), summary.csv, paired.csv, "
-              "batch.csv, curves.csv.</p></body></html>"]
+              f"batch.csv{', curves.csv' if has_curves else ''}.</p></body></html>"]
     return "\n".join(parts)
 
 
@@ -502,6 +502,6 @@ def _markdown(record: dict[str, Any], title: str, tables: dict[str, tuple], has_
               "normalizes with the statistics of the batch at hand (batch norm). The server runs models in eval mode.",
               "", "## Files", "",
               "[metrics.json](metrics.json) (everything), [metrics.csv](metrics.csv) (per arm and photo), "
-              "[summary.csv](summary.csv), [paired.csv](paired.csv), [batch.csv](batch.csv), [curves.csv](curves.csv), "
-              "[report.html](report.html).", ""]
+              "[summary.csv](summary.csv), [paired.csv](paired.csv), [batch.csv](batch.csv), "
+              + ("[curves.csv](curves.csv), " if has_curves else "") + "[report.html](report.html).", ""]
     return "\n".join(parts)

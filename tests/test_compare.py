@@ -279,3 +279,8 @@ def test_evaluation_warns_about_training_images_and_other_styles(tiny_study, sma
     assert evaluation.record["per_image"][0]["time_ms"] is None  # not measured
     write_report(evaluation, tmp_path / "report")  # unmeasured values are left blank, not NaN
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["per_image"][0]["time_ms"] is None
+    # Without training logs there is no curves.csv, and the report does not point to one.
+    readme = (tmp_path / "report" / "README.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", readme)
+    assert links and all((tmp_path / "report" / link).is_file() for link in links)
+    assert "curves.csv" not in (tmp_path / "report" / "report.html").read_text()
