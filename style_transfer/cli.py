@@ -77,6 +77,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     length.add_argument("--epochs", type=float, help="passes over the content images, instead of --steps")
     p.add_argument("--seed", type=int, default=0, help="seed for init, data order and crops (default: %(default)s)")
     _add_training_options(p, checkpoint_every=500)
+    p.add_argument("--clip-grad-norm", type=float, metavar="MAX",
+                   help="clip the gradient's global L2 norm to MAX (default: no clipping; the log records the "
+                        "norm of every step either way)")
     p.add_argument("--workers", type=int, default=0, help="data loading processes (default: %(default)s)")
     p.add_argument("--sync-bn", action="store_true", help="synchronize batch norm statistics across processes")
     p.add_argument("--save-dtype", choices=("fp32", "fp16"), default="fp32", help="dtype of the served checkpoint")
@@ -93,8 +96,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                   groups=args.groups),
         loss=_loss_config(args),
         steps=args.steps, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
-        lr=args.lr, seed=args.seed, precision=args.precision, device=args.device,
-        checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, num_workers=args.workers,
+        lr=args.lr, clip_grad_norm=args.clip_grad_norm, seed=args.seed, precision=args.precision,
+        device=args.device, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
+        num_workers=args.workers,
         sync_bn=args.sync_bn, save_dtype=args.save_dtype,
     )
     result = train(settings, resume=args.resume)

@@ -87,6 +87,9 @@ class TrainSettings:
     image_size: int = 256  # random crops, as in Johnson et al. 2016
     batch_size: int = 4  # per process
     lr: float = 1e-3  # Adam, as in Johnson et al. 2016
+    # Clip the gradient's global L2 norm to this (None: no clipping, as in Johnson et al.). The group-norm
+    # arm of the shipped Starry Night A/B set diverged twice without it (weights/zoo.toml).
+    clip_grad_norm: float | None = None
     seed: int = 0
     precision: str = "auto"  # autocast; auto = bf16 where the hardware has it (resolved at start)
     device: str = "auto"
@@ -116,6 +119,8 @@ class TrainSettings:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ValueError(f"clip_grad_norm must be > 0, got {self.clip_grad_norm}")
         if self.save_dtype not in ("fp32", "fp16"):
             raise ValueError(f"save_dtype must be fp32 or fp16, got {self.save_dtype!r}")
         if not self.style_image.is_file():
@@ -123,7 +128,7 @@ class TrainSettings:
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that must not change across a resume (everything that shapes the result)."""
-        return {
+        fingerprint = {
             "network": dataclasses.asdict(self.network),
             "loss": dataclasses.asdict(self.loss),
             "image_size": self.image_size,
@@ -132,6 +137,10 @@ class TrainSettings:
             "seed": self.seed,
             "precision": self.precision,
         }
+        # Only when set, so that runs from before the option existed still resume.
+        if self.clip_grad_norm is not None:
+            fingerprint["clip_grad_norm"] = self.clip_grad_norm
+        return fingerprint
 
 
 @dataclass
@@ -219,11 +228,16 @@ def loss_terms(net: torch.nn.Module, criterion: PerceptualLoss, batch: torch.Ten
         return criterion(output, batch)
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, total: torch.Tensor) -> None:
-    """Backward pass and parameter update of one training step."""
+def optimizer_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, clip: float | None = None) -> float:
+    """Backward pass and parameter update of one training step; returns the gradient's global L2 norm
+    (before clipping to ``clip``, when given), which the training log records: a divergence shows
+    there first."""
     optimizer.zero_grad(set_to_none=True)
     total.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
     optimizer.step()
+    return float(norm)
 
 
 def train(settings: TrainSettings, resume: bool = False) -> TrainResult:
@@ -361,10 +375,10 @@ def _train(s: TrainSettings, resume: bool, env: _Distributed) -> TrainResult:
                     + f"); training stopped. The last good checkpoint ({state_path}, "
                     "if any) was kept. Try a lower --lr, --precision fp32, or smaller loss weights."
                 )
-            optimizer_step(optimizer, terms["total"])
+            grad_norm = optimizer_step(optimizer, terms["total"], s.clip_grad_norm)
             step += 1
             entry = {"step": step, **{t: float(v) for t, v in zip(TERMS, values.tolist())},
-                     "seconds": time.perf_counter() - t0}
+                     "grad_norm": grad_norm, "seconds": time.perf_counter() - t0}
             history.append(entry)
             if log_file:
                 log_file.write(json.dumps(entry) + "\n")

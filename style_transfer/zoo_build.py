@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 _LOSS_KEYS = {f.name for f in dataclasses.fields(LossConfig)}
 _NET_KEYS = {f.name for f in dataclasses.fields(TransformerConfig)}
-_TRAIN_KEYS = {"steps", "image_size", "batch_size", "lr", "seed", "precision"}
+_TRAIN_KEYS = {"steps", "image_size", "batch_size", "lr", "clip_grad_norm", "seed", "precision"}
 _ENTRY_KEYS = {"name", "style", "content", "notes"} | _LOSS_KEYS | _NET_KEYS | _TRAIN_KEYS
 _PATH_KEYS = {"style", "content"}
 
@@ -66,6 +66,7 @@ class ZooModel:
     image_size: int = 256
     batch_size: int = 4
     lr: float = 1e-3
+    clip_grad_norm: float | None = None
     seed: int = 0
     precision: str = "auto"
     notes: str = ""
@@ -90,7 +91,8 @@ class ZooModel:
         return TrainSettings(
             content_dir=link_folders(self.content, runs_dir / "data"), style_image=self.style,
             out=self.checkpoint(runs_dir), network=self.network, loss=self.loss, steps=self.steps,
-            image_size=self.image_size, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+            image_size=self.image_size, batch_size=self.batch_size, lr=self.lr,
+            clip_grad_norm=self.clip_grad_norm, seed=self.seed,
             precision=self.precision, checkpoint_every=checkpoint_every, sample_every=sample_every,
             num_workers=workers,
         )

@@ -203,3 +203,27 @@ def test_a_bare_cuda_device_is_given_this_process_gpu_index(monkeypatch, local_r
     env = train_module._Distributed("auto")
     assert env.device == torch.device("cuda", int(local_rank))
     assert chosen == [int(local_rank)]
+
+
+def test_gradient_clipping_bounds_every_update_and_the_log_records_the_norm(tmp_path, photos):
+    from style_transfer.train import optimizer_step
+
+    # The helper: returns the norm before clipping, and leaves the gradient clipped to the bound.
+    weight = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    norm = optimizer_step(optimizer, (weight * torch.tensor([3.0, 4.0, 0.0])).sum(), clip=1.0)
+    assert norm == pytest.approx(5.0)
+    assert torch.allclose(weight.detach(), -torch.tensor([0.6, 0.8, 0.0]))  # one SGD step on the clipped gradient
+
+    # In a run: every step logs its gradient norm; the bound is part of the settings a resume must match.
+    result = train(settings(tmp_path, photos, steps=2, clip_grad_norm=1e-3))
+    assert all(e["grad_norm"] > 1e-3 for e in result.history)  # the bound is tight enough to act
+    assert settings(tmp_path, photos).fingerprint().keys() < result_fingerprint(tmp_path).keys()
+    with pytest.raises(TrainingError, match="clip_grad_norm"):
+        train(settings(tmp_path, photos, steps=4, clip_grad_norm=2e-3), resume=True)
+    with pytest.raises(ValueError, match="clip_grad_norm"):
+        settings(tmp_path, photos, clip_grad_norm=0)
+
+
+def result_fingerprint(tmp: Path) -> dict:
+    return load_train_state(tmp / "model.run" / "train_state.pt")["settings"]
