@@ -147,15 +147,15 @@ class Stylizer:
         model, info = load_model(path, dev)
         return cls(model, info, dev, precision, fast, compile)
 
-    def _autocast(self):
+    def _kernels(self):
         # The fast path casts its own weights and autotunes its convs on CUDA; only the plain network
-        # uses autocast, and it keeps cuDNN's defaults (it is the reference the benchmarks compare to).
+        # uses autocast, and it keeps cuDNN's default algorithm choice.
         return conv_autotune(self.device) if self.fast else autocast(self.device, self.precision)
 
     @torch.no_grad()
     def run(self, images: torch.Tensor) -> torch.Tensor:
         """The network on a batch: (B, 3, H, W) -> (B, 3, H, W) in [0, 1], on the input's device."""
-        with self._autocast():
+        with self._kernels():
             out = self.runner(images.to(self.device))
         return out.float().clamp(0, 1).to(images.device)
 
@@ -179,7 +179,7 @@ class Stylizer:
         reference = resize_max(image, TILE_REFERENCE_SIZE).to(self.device)
         out = torch.zeros(1, 3, h, w)
         # Hooks go on the uncompiled network (compiled graphs would not see them).
-        with self._autocast(), frozen_statistics(self.net, reference):
+        with self._kernels(), frozen_statistics(self.net, reference):
             for (top, bottom), wr in zip(rows, row_w):
                 for (left, right), wc in zip(cols, col_w):
                     patch = image[..., top:bottom, left:right].to(self.device)

@@ -234,7 +234,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, clip: 
     there first."""
     optimizer.zero_grad(set_to_none=True)
     total.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # parameters without a grad are skipped
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
     optimizer.step()
     return float(norm)
