@@ -124,7 +124,7 @@ def _add_stylize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=_positive_int, help="stylize in tiles of this many px (for very large images)")
     p.add_argument("--tile-overlap", type=int, help="overlap between tiles in px (default: min(128, tile/4))")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto = bf16 where the hardware has it (fp16 on older GPUs), else fp32 (default: %(default)s)")
+                   help="auto = fp16 on a GPU, bf16 on a CPU that has it, else fp32 (default: %(default)s)")
     p.add_argument("--no-fast", dest="fast", action="store_false",
                    help="run the plain fp32 network instead of the fast path (rewritten, reduced precision)")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast path (helps on GPUs)")
@@ -360,6 +360,10 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
             rate = f"{row['seconds_per_step']:.2f}" if row["seconds_per_step"] else "-"
             print(f"{row['name']:<24} {row['norm']:<9} {row['steps_done']:>6}/{row['steps']:<6} {shipped:>8} "
                   f"{rate:>7} {hours(row['remaining_s']):>7}")
+            if row["stale"]:
+                print(f"  run differs from the plan in: {', '.join(row['stale'])} (move it away to retrain)")
+            if row["shipped_stale"]:
+                print(f"  shipped model differs from the plan in: {', '.join(row['shipped_stale'])}")
         left = [r["remaining_s"] for r in rows]
         print(f"training left: {hours(None if None in left else sum(left))} "
               "(at each run's recent rate; runs not started yet at the median rate)")

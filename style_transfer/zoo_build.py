@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointError, read_model_info
+from .checkpoint import CheckpointError, file_sha256, read_model_info
 from .data import link_folders
 from .losses import LossConfig
 from .network import TransformerConfig
@@ -81,6 +81,40 @@ class ZooModel:
             return read_model_info(path).steps if path.exists() else 0
         except CheckpointError:
             return 0
+
+    def differences(self, training: dict[str, Any], style_sha256: str = "") -> list[str]:
+        """The plan keys whose value differs from a run's recorded training settings (its checkpoint's
+        ``training`` metadata, or a manifest entry's ``settings``); [] when the run is the plan's.
+
+        Why: a plan edited after its run finished (e.g. clip_grad_norm added to the A/B set, issue 6)
+        would otherwise count the old run as done and keep shipping it under the plan's settings. The
+        step budget is left out on purpose (a larger one continues the run), and so are the resolved
+        precision when the plan says 'auto' and the data folders (recorded only by their link name).
+        """
+        plan: dict[str, Any] = {
+            "network": dataclasses.asdict(self.network), "loss": dataclasses.asdict(self.loss),
+            "image_size": self.image_size, "batch_size": self.batch_size, "lr": self.lr,
+            "clip_grad_norm": self.clip_grad_norm, "seed": self.seed,
+        }
+        if self.precision != "auto":
+            plan["precision"] = self.precision
+        recorded = {key: training.get(key) for key in plan}
+        plan, recorded = json.loads(json.dumps(plan)), json.loads(json.dumps(recorded))  # tuples == lists
+        keys = [key for key in plan if not isinstance(plan[key], dict) and plan[key] != recorded[key]]
+        for group in ("network", "loss"):
+            keys += [f"{group}.{k}" for k, v in plan[group].items() if v != (recorded[group] or {}).get(k)]
+        if style_sha256 and self.style.is_file() and file_sha256(self.style) != style_sha256:
+            keys.append("style")
+        return keys
+
+    def stale(self, runs_dir: Path) -> list[str]:
+        """:meth:`differences` of the run's last checkpoint ([] when there is none yet)."""
+        path = self.checkpoint(runs_dir)
+        try:
+            info = read_model_info(path) if path.exists() else None
+        except CheckpointError:
+            return []
+        return self.differences(info.training, info.style_sha256) if info else []
 
     def train_settings(self, runs_dir: Path, checkpoint_every: int = 100, sample_every: int = 250,
                        workers: int = 0) -> Any:
@@ -193,6 +227,9 @@ def seconds_per_step(log_path: Path, recent: int = 100) -> float | None:
 def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> list[dict[str, Any]]:
     """Per model: steps trained, steps planned, what the weights folder ships, and the time left.
 
+    ``stale`` / ``shipped_stale``: the plan keys the run / the shipped model differ in (see
+    :meth:`ZooModel.differences`).
+
     ``seconds_per_step`` is the run's own recent median; ``remaining_s`` uses it, or for a run not yet
     started the median rate of the runs that have one (same machine), and is None with no rate at all.
     """
@@ -203,6 +240,10 @@ def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> lis
         rows.append({"name": m.name, "norm": m.network.norm, "style": m.style.stem, "steps_done": done,
                      "steps": m.steps, "finished": done >= m.steps,
                      "shipped_steps": shipped.get(m.name, {}).get("steps"),
+                     "stale": m.stale(runs_dir),
+                     "shipped_stale": (m.differences(shipped[m.name].get("settings", {}),
+                                                     shipped[m.name].get("style_sha256", ""))
+                                       if m.name in shipped else []),
                      "seconds_per_step": seconds_per_step(runs_dir / f"{m.name}.run" / "log.jsonl")})
     known = [r["seconds_per_step"] for r in rows if r["seconds_per_step"]]
     typical = statistics.median(known) if known else None
@@ -222,6 +263,14 @@ def train_zoo(models: Sequence[ZooModel], runs_dir: Path, checkpoint_every: int 
     """
     from .train import train
 
+    stale = {m.name: m.stale(runs_dir) for m in models}
+    if any(stale.values()):
+        # Refused before anything trains: resuming would fail on the changed settings, and a finished
+        # run would be skipped as done. Moving it is the user's call (nothing is deleted here).
+        raise PlanError("; ".join(
+            f"{name}: the run in {runs_dir} was trained with other settings than the plan's ({', '.join(keys)}); "
+            f"move {name}.safetensors and {name}.run/ out of {runs_dir} to retrain it"
+            for name, keys in stale.items() if keys))
     trained = []
     for m in models:
         settings = m.train_settings(runs_dir, checkpoint_every=checkpoint_every, workers=workers)
@@ -251,7 +300,12 @@ def export_zoo(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) ->
         if done < m.steps:
             log.info("%s: not finished (%d of %d steps); not exported", m.name, done, m.steps)
             continue
-        if shipped.get(m.name, {}).get("steps") == done:
+        stale = m.stale(runs_dir)
+        if stale:
+            log.warning("%s: the run differs from the plan in %s; not exported (retrain it)", m.name, ", ".join(stale))
+            continue
+        entry = shipped.get(m.name, {})
+        if entry.get("steps") == done and entry.get("settings") == read_model_info(m.checkpoint(runs_dir)).training:
             log.info("%s: already shipped at %d steps", m.name, done)
             continue
         entry = export_model(m.checkpoint(runs_dir), weights_dir, m.name)

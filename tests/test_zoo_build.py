@@ -229,3 +229,53 @@ def test_data_loading_workers_change_speed_only_not_the_trained_weights(tmp_path
     parallel = load_file(tmp_path / "parallel" / "a.safetensors")
     assert serial.keys() == parallel.keys()
     assert all((serial[k] == parallel[k]).all() for k in serial)
+
+
+def test_a_run_trained_with_other_settings_than_the_plan_is_neither_skipped_nor_shipped(tmp_path, content_dir,
+                                                                                        small_style_path):
+    runs, weights = tmp_path / "runs", tmp_path / "weights"
+    weights.mkdir()
+    plan = _tiny_plan(tmp_path, content_dir, small_style_path, steps=2)
+    models = select(load_plan(plan), ["a"])
+    train_zoo(models, runs, checkpoint_every=1, export_to=weights)
+    assert status(models, runs, weights)[0]["stale"] == [] and status(models, runs, weights)[0]["shipped_stale"] == []
+
+    # The plan is edited after the run finished: the run and the shipped model no longer match it.
+    edited = plan.read_text().replace('name = "a"\n', 'name = "a"\nclip_grad_norm = 5\nstyle_weight = 3.0\n')
+    models = select(load_plan(_write_plan(tmp_path, edited)), ["a"])
+    row = status(models, runs, weights)[0]
+    assert row["finished"] and row["stale"] == ["clip_grad_norm", "loss.style_weight"]
+    assert row["shipped_stale"] == ["clip_grad_norm", "loss.style_weight"]
+    with pytest.raises(PlanError, match=r"a: the run .* \(clip_grad_norm, loss.style_weight\); move a.safetensors"):
+        train_zoo(models, runs)
+    assert export_zoo(models, runs, weights) == []  # not shipped under the plan's settings
+    assert main(["zoo", "status", "--plan", str(plan), "--runs", str(runs), "--weights", str(weights)]) == 0
+
+    # Moved away, the run is retrained from the new plan and re-shipped at the same step count.
+    (runs / "a.safetensors").rename(tmp_path / "old.safetensors")
+    (runs / "a.run").rename(tmp_path / "old.run")
+    assert train_zoo(models, runs, checkpoint_every=1) == ["a"]
+    assert [e["name"] for e in export_zoo(models, runs, weights)] == ["a"]
+    entry = read_manifest(weights)["models"][0]
+    assert entry["steps"] == 2 and entry["settings"]["clip_grad_norm"] == 5
+    assert status(models, runs, weights)[0]["shipped_stale"] == [] and export_zoo(models, runs, weights) == []
+
+
+def test_plan_differences_name_each_changed_key_and_a_changed_style_image(tmp_path, content_dir, small_style_path):
+    import shutil
+
+    style = tmp_path / "style.png"
+    shutil.copy(small_style_path, style)
+    model = load_plan(_tiny_plan(tmp_path, content_dir, style))[0]
+    train_zoo([model], tmp_path / "runs", checkpoint_every=1)
+    info = read_model_info(tmp_path / "runs" / "a.safetensors")
+    assert model.differences(info.training, info.style_sha256) == []
+    assert dataclasses.replace(model, lr=2e-3, seed=1).differences(info.training) == ["lr", "seed"]
+    assert dataclasses.replace(model, network=dataclasses.replace(model.network, width=16)).differences(
+        info.training) == ["network.width"]
+    other = "bf16" if info.training["precision"] == "fp32" else "fp32"  # 'auto' resolves by machine
+    assert dataclasses.replace(model, precision=other).differences(info.training) == ["precision"]
+    with Image.open(style) as img:
+        img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(style)
+    assert model.differences(info.training, info.style_sha256) == ["style"]
+    assert model.stale(tmp_path / "runs") == ["style"]
