@@ -60,7 +60,7 @@ def main() -> int:
     if args.quick:
         args.repeats = 3
     device = resolve_device(args.device)
-    precision = resolve_precision("auto", device)
+    precision = resolve_precision("auto", device, training=True)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     gen = torch.Generator().manual_seed(0)
     style = torch.rand(1, 3, 256, 256, generator=gen).to(device)

@@ -17,7 +17,7 @@ class Settings(BaseSettings):
     port: int = 8000
     weights: Path = Path("weights")
     device: str = "auto"  # auto: the GPU when there is one, else the CPU
-    precision: str = "auto"  # auto: bf16 where the hardware has it (fp16 on older GPUs), else fp32
+    precision: str = "auto"  # auto: fp16 on a GPU, bf16 on a CPU that has it, else fp32 (device.py)
     fast: bool = True  # the fast path (exact rewrites + reduced precision + channels_last); False: plain fp32
     compile: bool = False  # torch.compile on top (GPUs; on the CPU it measured slower)
 

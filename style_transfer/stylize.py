@@ -155,8 +155,15 @@ class Stylizer:
     @torch.no_grad()
     def run(self, images: torch.Tensor) -> torch.Tensor:
         """The network on a batch: (B, 3, H, W) -> (B, 3, H, W) in [0, 1], on the input's device."""
+        x = images.to(self.device)
         with self._kernels():
-            out = self.runner(images.to(self.device))
+            out = self.runner(x)
+        if self.precision == "fp16" and not torch.isfinite(out).all():
+            # fp16 (the GPU default) tops out at 65504; a network whose activations go past it gives
+            # inf/NaN, i.e. a black or blank image. Such a batch is recomputed in fp32 instead.
+            log.warning("fp16 overflowed in %s; this image is recomputed in fp32 (use --precision bf16 or "
+                        "fp32 for this model to skip the retry)", self.info.style_name if self.info else "the model")
+            out = self.model(x.float())
         return out.float().clamp(0, 1).to(images.device)
 
     @torch.no_grad()

@@ -258,7 +258,7 @@ def train(settings: TrainSettings, resume: bool = False) -> TrainResult:
 def _train(s: TrainSettings, resume: bool, env: _Distributed) -> TrainResult:
     device = env.device
     # Resolve "auto" once, so the checkpoint records (and a resume compares) the precision actually used.
-    s = dataclasses.replace(s, precision=resolve_precision(s.precision, device))
+    s = dataclasses.replace(s, precision=resolve_precision(s.precision, device, training=True))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if s.sync_bn and s.network.norm != "batch":

@@ -203,3 +203,39 @@ def test_compile_specializes_shapes_on_gpus_only(device, dynamic, monkeypatch):
     net = torch.nn.Identity()
     assert fast_module.compiled(net, torch.device(device)) is net
     assert calls == [{"dynamic": dynamic}]
+
+
+@pytest.mark.parametrize("norm", NORM_NAMES)
+def test_fp16_fast_path_matches_fp32_within_psnr_bound(norm):
+    """fp16 is what a GPU gets by default (device.resolve_precision); the CPU runs the same arithmetic."""
+    model = full_size_model(norm)
+    image = photo_like(64, 64)
+    fp16 = Stylizer(model, precision="fp16")
+    assert fp16.precision == "fp16"
+    assert psnr(fp16.stylize(image), Stylizer(model, fast=False).stylize(image)) >= 35
+
+
+def test_auto_precision_is_fp16_for_gpu_inference_and_bf16_for_gpu_training(monkeypatch):
+    from style_transfer.device import resolve_precision
+
+    cuda = torch.device("cuda")  # resolution only reads capability flags: runs without a GPU
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **kw: True)
+    assert resolve_precision("auto", cuda) == "fp16"
+    assert resolve_precision("auto", cuda, training=True) == "bf16"
+    assert resolve_precision("fp32", cuda) == "fp32" and resolve_precision("bf16", cuda) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **kw: False)
+    assert resolve_precision("auto", cuda, training=True) == "fp16"
+
+
+def test_an_fp16_overflow_is_recomputed_in_fp32_not_returned_blank(caplog):
+    model = TransformerNet(TransformerConfig(norm="none", width=8, num_residual=1)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(30)  # activations past fp16's 65504
+    image = photo_like(32, 32)
+    fp16 = Stylizer(model, precision="fp16")
+    with torch.no_grad():
+        assert not torch.isfinite(fp16.runner(image)).all()  # the premise: the raw fp16 network overflows
+    out = fp16.run(image)
+    torch.testing.assert_close(out, Stylizer(model, fast=False).run(image))
+    assert "recomputed in fp32" in caplog.text
