@@ -314,12 +314,25 @@ def export_zoo(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) ->
     return exported
 
 
+def ab_sets(models: Sequence[ZooModel]) -> list[list[ZooModel]]:
+    """The plan's norm A/B sets: groups of models that differ in nothing but the norm (and their names
+    and notes), with at least two norms, in plan order. A style can also have models outside its set
+    (e.g. a flagship trained with another recipe); grouping by style alone would mix them in."""
+    groups: dict[str, list[ZooModel]] = {}
+    for m in models:
+        recipe = dataclasses.replace(m, name="", notes="", network=dataclasses.replace(m.network, norm="instance"))
+        groups.setdefault(repr(recipe), []).append(m)
+    return [arms for arms in groups.values() if len({m.network.norm for m in arms}) >= 2]
+
+
 def gallery(models: Sequence[ZooModel], weights_dir: Path, photos: Sequence[Path], out_dir: Path,
             cell: int = 256) -> list[Path]:
     """The README pictures, from the *shipped* weights (what users get, fast path included).
 
-    ``styles.jpg``: one row per photo, one column per instance-norm model, the style images on top.
-    ``ab-<style>.jpg``: for every style shipped with several norms, those models side by side.
+    ``styles.jpg``: one row per photo, one column per style (its first instance-norm model), the style
+    images on top.
+    ``ab-<lead>.jpg``: for every shipped norm A/B set (:func:`ab_sets`), its arms side by side, named
+    after its instance arm.
     """
     import torch
 
@@ -348,18 +361,16 @@ def gallery(models: Sequence[ZooModel], weights_dir: Path, photos: Sequence[Path
         image_grid(grid_rows, labels, cell=cell).save(path, quality=88, optimize=True)
         written.append(path)
 
-    instance = [m for m in present if m.network.norm == "instance"]
+    instance: list[ZooModel] = []  # one column per style: its first instance-norm model in plan order
+    for m in present:
+        if m.network.norm == "instance" and all(m.style != other.style for other in instance):
+            instance.append(m)
     if instance:
         blank = torch.ones(1, 3, 8, 8)
         header = [blank] + [load_rgb(m.style, max_size=cell) for m in instance]
         rows = [header] + [[img] + [outputs[m.name][i] for m in instance] for i, img in enumerate(images)]
         save(rows, ["photo"] + [m.name for m in instance], "styles.jpg")
-    by_style: dict[Path, list[ZooModel]] = {}
-    for m in present:
-        by_style.setdefault(m.style, []).append(m)
-    for style, arms in by_style.items():
-        if len({m.network.norm for m in arms}) < 2:
-            continue
+    for arms in ab_sets(present):
         rows = [[img] + [outputs[m.name][i] for m in arms] for i, img in enumerate(images)]
         lead = next((m.name for m in arms if m.network.norm == "instance"), arms[0].name)
         save(rows, ["photo"] + [f"{m.network.norm} norm" for m in arms], f"ab-{lead}.jpg")

@@ -12,8 +12,8 @@ from PIL import Image
 from style_transfer.checkpoint import read_model_info
 from style_transfer.cli import main
 from style_transfer.zoo import read_manifest, verify_manifest
-from style_transfer.zoo_build import (PlanError, export_zoo, gallery, gallery_photos, load_plan, seconds_per_step,
-                                      select, status, train_zoo)
+from style_transfer.zoo_build import (PlanError, ab_sets, export_zoo, gallery, gallery_photos, load_plan,
+                                      seconds_per_step, select, status, train_zoo)
 
 REPO_PLAN = Path(__file__).resolve().parents[1] / "weights" / "zoo.toml"
 
@@ -103,18 +103,24 @@ def test_select_keeps_plan_order_and_refuses_unknown_names(tmp_path):
         select(models, ["zz"])
 
 
-def test_shipped_plan_is_valid_and_its_ab_arms_differ_only_in_the_norm():
+def test_shipped_plan_is_valid_and_has_a_full_norm_ab_set():
     models = load_plan(REPO_PLAN)
-    instance = {m.style: m for m in models if m.network.norm == "instance"}
-    assert len(instance) >= 4
-    arms = [m for m in models if m.network.norm != "instance"]
-    assert {m.network.norm for m in arms} >= {"batch", "group", "layer"}
-    for arm in arms:
-        lead = instance[arm.style]
-        same = dataclasses.replace(arm, name=lead.name, notes=lead.notes,
-                                   network=dataclasses.replace(arm.network, norm="instance"))
-        assert same == lead, f"{arm.name} differs from {lead.name} in more than the norm"
+    assert len({m.style for m in models if m.network.norm == "instance"}) >= 4
+    sets = ab_sets(models)
+    assert any({m.network.norm for m in arms} >= {"instance", "batch", "group", "layer"} for arms in sets)
+    # Every arm of another norm belongs to a set with an instance-norm arm to compare against.
+    in_sets = {m.name for arms in sets if any(m.network.norm == "instance" for m in arms) for m in arms}
+    assert {m.name for m in models if m.network.norm != "instance"} <= in_sets
     assert all(m.steps >= 3000 and m.batch_size == 4 and m.image_size == 256 for m in models)
+
+
+def test_ab_sets_group_models_that_differ_only_in_the_norm(tmp_path, content_dir, small_style_path):
+    body = TINY.format(content=content_dir, steps=2) + "".join(
+        f'\n[[models]]\nname = "{name}"\nstyle = "{small_style_path}"\n{extra}\n'
+        for name, extra in [("flagship", ""), ("set-instance", "lr = 2e-3"), ("set-group", 'lr = 2e-3\nnorm = "group"'),
+                            ("lone-batch", 'lr = 3e-3\nnorm = "batch"'), ("set-layer", 'lr = 2e-3\nnorm = "layer"')])
+    models = load_plan(_write_plan(tmp_path, body))
+    assert [[m.name for m in arms] for arms in ab_sets(models)] == [["set-instance", "set-group", "set-layer"]]
 
 
 def test_gallery_photos_resolve_against_the_plan_and_are_checked(tmp_path):
