@@ -285,3 +285,19 @@ def test_plan_differences_name_each_changed_key_and_a_changed_style_image(tmp_pa
         img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(style)
     assert model.differences(info.training, info.style_sha256) == ["style"]
     assert model.stale(tmp_path / "runs") == ["style"]
+
+
+def test_gallery_style_grid_shows_one_model_per_style(tmp_path, content_dir, small_style_path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    body = TINY.format(content=content_dir, steps=1) + "".join(
+        f'\n[[models]]\nname = "{name}"\nstyle = "{small_style_path}"\n{extra}\n'
+        for name, extra in [("flagship", ""), ("other-recipe", "lr = 2e-3")])
+    models = load_plan(_write_plan(tmp_path, body))
+    train_zoo(models, tmp_path / "runs", export_to=weights)
+    photos = sorted(content_dir.glob("*.jpg"))[:1]
+    (path,) = gallery(models, weights, photos, tmp_path / "gallery", cell=64)  # no A/B set: one norm only
+    with Image.open(path) as both:
+        (one,) = gallery(models[:1], weights, photos, tmp_path / "one", cell=64)
+        with Image.open(one) as single:
+            assert both.size == single.size  # the second instance model of the style is not a column
