@@ -258,7 +258,8 @@ def prepare_study(settings: StudySettings) -> Study:
     existing = load_study(root) if (root / STUDY_FILE).exists() else None
     if settings.precision == "auto":
         # Resolved once: the recorded value, else this machine's. Every arm then uses the same precision.
-        precision = existing.record["settings"]["precision"] if existing else resolve_precision("auto", device, training=True)
+        precision = (existing.record["settings"]["precision"] if existing
+                     else resolve_precision("auto", device, training=True))
         settings = dataclasses.replace(settings, precision=precision)
     if not settings.style_image.is_file():
         raise StudyError(f"style image not found: {settings.style_image}")
