@@ -385,14 +385,51 @@
     updateRun();
   }
 
-  function selectNormsOf(style) {
-    // One model per norm (the longest-trained one), everything else off.
+  function stableJSON(value) {
+    if (Array.isArray(value)) return `[${value.map(stableJSON).join(',')}]`;
+    if (value && typeof value === 'object') {
+      return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${stableJSON(value[k])}`).join(',')}}`;
+    }
+    return JSON.stringify(value);
+  }
+
+  function recipeOf(m) {
+    // Everything a model was trained with except its norm: models with equal recipes form an A/B set.
+    const training = JSON.parse(JSON.stringify(m.training || {}));
+    if (training.network) delete training.network.norm;
+    return stableJSON(training);
+  }
+
+  function abArms(models) {
+    // A style can hold models trained with different recipes (the shipped Starry Night has an unclipped
+    // flagship beside a clipped A/B set, weights/zoo.toml); comparing norms across recipes would not be
+    // fair. So: the models of the recipe that covers the most norms (then the most steps), one per norm
+    // (the longest-trained). If no recipe has two norms, one model per norm over the whole style.
+    const byRecipe = new Map();
+    for (const m of models) {
+      const key = recipeOf(m);
+      if (!byRecipe.has(key)) byRecipe.set(key, []);
+      byRecipe.get(key).push(m);
+    }
+    const normCount = (arms) => new Set(arms.map((m) => m.norm)).size;
+    const steps = (arms) => Math.max(0, ...arms.map((m) => m.steps || 0));
+    let chosen = [];
+    for (const arms of byRecipe.values()) {
+      const n = normCount(arms);
+      const c = normCount(chosen);
+      if (n > c || (n === c && steps(arms) > steps(chosen))) chosen = arms;
+    }
+    if (normCount(chosen) < 2) chosen = models;
     const best = new Map();
-    for (const m of state.models.filter((x) => (x.style || '') === style)) {
+    for (const m of chosen) {
       const cur = best.get(m.norm);
       if (!cur || (m.steps || 0) > (cur.steps || 0)) best.set(m.norm, m);
     }
-    const names = new Set(Array.from(best.values()).map((m) => m.name));
+    return Array.from(best.values());
+  }
+
+  function selectNormsOf(style) {
+    const names = new Set(abArms(state.models.filter((x) => (x.style || '') === style)).map((m) => m.name));
     setSelection((input) => names.has(input.value));
   }
 
