@@ -158,13 +158,18 @@ class Stylizer:
         x = images.to(self.device)
         with self._kernels():
             out = self.runner(x)
-        if self.precision == "fp16" and not torch.isfinite(out).all():
-            # fp16 (the GPU default) tops out at 65504; a network whose activations go past it gives
-            # inf/NaN, i.e. a black or blank image. Such a batch is recomputed in fp32 instead.
-            log.warning("fp16 overflowed in %s; this image is recomputed in fp32 (use --precision bf16 or "
-                        "fp32 for this model to skip the retry)", self.info.style_name if self.info else "the model")
+        if self._overflowed(out):
             out = self.model(x.float())
         return out.float().clamp(0, 1).to(images.device)
+
+    def _overflowed(self, out: torch.Tensor) -> bool:
+        """fp16 (the GPU default) tops out at 65504; a network whose activations go past it gives inf/NaN,
+        i.e. a black or blank image. The callers then recompute the image in fp32."""
+        if self.precision != "fp16" or torch.isfinite(out).all():
+            return False
+        log.warning("fp16 overflowed in %s; this image is recomputed in fp32 (use --precision bf16 or fp32 "
+                    "for this model to skip the retry)", self.info.style_name if self.info else "the model")
+        return True
 
     @torch.no_grad()
     def run_tiled(self, image: torch.Tensor, tile: int, overlap: int | None = None) -> torch.Tensor:
@@ -190,7 +195,11 @@ class Stylizer:
             for (top, bottom), wr in zip(rows, row_w):
                 for (left, right), wc in zip(cols, col_w):
                     patch = image[..., top:bottom, left:right].to(self.device)
-                    styled = self.net(patch).float().clamp(0, 1).cpu()
+                    styled = self.net(patch)
+                    if self._overflowed(styled):
+                        plain = Stylizer(self.model, self.info, self.device, precision="fp32", fast=False)
+                        return plain.run_tiled(image, tile, overlap)
+                    styled = styled.float().clamp(0, 1).cpu()
                     out[..., top:bottom, left:right] += styled * (wr[:, None] * wc[None, :])
         return out.to(image.dtype)
 

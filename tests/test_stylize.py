@@ -237,5 +237,8 @@ def test_an_fp16_overflow_is_recomputed_in_fp32_not_returned_blank(caplog):
     with torch.no_grad():
         assert not torch.isfinite(fp16.runner(image)).all()  # the premise: the raw fp16 network overflows
     out = fp16.run(image)
-    torch.testing.assert_close(out, Stylizer(model, fast=False).run(image))
+    plain = Stylizer(model, fast=False)
+    torch.testing.assert_close(out, plain.run(image))
     assert "recomputed in fp32" in caplog.text
+    big = photo_like(96, 80)
+    torch.testing.assert_close(fp16.run_tiled(big, tile=64), plain.run_tiled(big, tile=64))
