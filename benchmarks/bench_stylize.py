@@ -7,6 +7,7 @@ over the reference's) and the PSNR of our output against the reference's fp32 ou
     python benchmarks/bench_stylize.py --sizes 256,512,1024 --norms instance,batch,group,layer,none
     python benchmarks/bench_stylize.py --device cuda --sizes 256,512,1024,2048 --compile
     python benchmarks/bench_stylize.py --device cuda --sizes 256,512,1024,2048 --compile --batch 1,8
+    python benchmarks/bench_stylize.py --device cuda --sizes 1024 --compile --precision bf16   # vs the fp16 default
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import alternate, machine, summary  # noqa: E402
 from benchmarks.reference import ReferenceNet, bench_model, load_project_weights  # noqa: E402
-from style_transfer.device import resolve_device  # noqa: E402
+from style_transfer.device import PRECISIONS, resolve_device  # noqa: E402
 from style_transfer.metrics import psnr  # noqa: E402
 from style_transfer.norms import NORM_NAMES  # noqa: E402
 from style_transfer.stylize import Stylizer  # noqa: E402
@@ -36,6 +37,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the fast path")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="our path's precision (default: %(default)s, what the CLI and server use)")
     parser.add_argument("--batch", default="1",
                         help="images per call, comma-separated; times are per image, so a batch > 1 measures "
                              "throughput rather than latency (default: %(default)s)")
@@ -51,7 +54,7 @@ def main() -> int:
     for norm in args.norms.split(","):
         model = bench_model(norm)
         reference = load_project_weights(ReferenceNet(norm), model).to(device)
-        ours = Stylizer(model, device=device, compile=args.compile)
+        ours = Stylizer(model, device=device, precision=args.precision, compile=args.compile)
         for size, batch in itertools.product(map(int, args.sizes.split(",")), map(int, args.batch.split(","))):
             x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(size)).to(device)
             try:
