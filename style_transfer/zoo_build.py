@@ -74,13 +74,18 @@ class ZooModel:
     def checkpoint(self, runs_dir: Path) -> Path:
         return runs_dir / f"{self.name}.safetensors"
 
-    def steps_done(self, runs_dir: Path) -> int:
-        """Steps in the run's last checkpoint (0 when it has none yet)."""
+    def run_info(self, runs_dir: Path) -> Any:
+        """The run's last checkpoint's metadata (a ModelInfo), or None when it has no readable one yet."""
         path = self.checkpoint(runs_dir)
         try:
-            return read_model_info(path).steps if path.exists() else 0
+            return read_model_info(path) if path.exists() else None
         except CheckpointError:
-            return 0
+            return None
+
+    def steps_done(self, runs_dir: Path) -> int:
+        """Steps in the run's last checkpoint (0 when it has none yet)."""
+        info = self.run_info(runs_dir)
+        return info.steps if info else 0
 
     def differences(self, training: dict[str, Any], style_sha256: str = "") -> list[str]:
         """The plan keys whose value differs from a run's recorded training settings (its checkpoint's
@@ -109,11 +114,7 @@ class ZooModel:
 
     def stale(self, runs_dir: Path) -> list[str]:
         """:meth:`differences` of the run's last checkpoint ([] when there is none yet)."""
-        path = self.checkpoint(runs_dir)
-        try:
-            info = read_model_info(path) if path.exists() else None
-        except CheckpointError:
-            return []
+        info = self.run_info(runs_dir)
         return self.differences(info.training, info.style_sha256) if info else []
 
     def train_settings(self, runs_dir: Path, checkpoint_every: int = 100, sample_every: int = 250,
@@ -296,16 +297,17 @@ def export_zoo(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) ->
     shipped = {m["name"]: m for m in read_manifest(weights_dir)["models"]}
     exported = []
     for m in models:
-        done = m.steps_done(runs_dir)
+        info = m.run_info(runs_dir)  # read once: steps, plan check and shipped check all come from it
+        done = info.steps if info else 0
         if done < m.steps:
             log.info("%s: not finished (%d of %d steps); not exported", m.name, done, m.steps)
             continue
-        stale = m.stale(runs_dir)
+        stale = m.differences(info.training, info.style_sha256)
         if stale:
             log.warning("%s: the run differs from the plan in %s; not exported (retrain it)", m.name, ", ".join(stale))
             continue
         entry = shipped.get(m.name, {})
-        if entry.get("steps") == done and entry.get("settings") == read_model_info(m.checkpoint(runs_dir)).training:
+        if entry.get("steps") == done and entry.get("settings") == info.training:
             log.info("%s: already shipped at %d steps", m.name, done)
             continue
         entry = export_model(m.checkpoint(runs_dir), weights_dir, m.name)
