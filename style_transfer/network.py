@@ -49,6 +49,45 @@ class TransformerConfig:
         return cls(**data)
 
 
+def pad2d(x: torch.Tensor, pad: int, mode: str) -> torch.Tensor:
+    """Reflection (``mode="reflect"``) or replicate padding by ``pad`` on every side, keeping the
+    input's memory layout.
+
+    For a channels_last input, PyTorch's reflection pad took 5.8 ms on a (1, 32, 512, 512) bf16 tensor
+    here, 12x a copy of it (issue 5 profile, the fast path at 512 px): so such inputs are padded by
+    writing the interior once and then the few border rows and columns. Pure data movement: the same
+    values as ``F.pad`` (tests compare them), with gradients. CPU only: on a GPU it would be 2 + 4 *
+    pad kernel launches instead of one, unmeasured there (compiled graphs fuse either form).
+    """
+    if mode not in ("reflect", "replicate"):
+        raise ValueError(f"pad2d: mode must be 'reflect' or 'replicate', got {mode!r}")
+    b, c, h, w = x.shape
+    reflect = mode == "reflect"
+    if x.device.type != "cpu" or not is_channels_last(x) or pad == 0 or (reflect and pad >= min(h, w)):
+        return F.pad(x, (pad, pad, pad, pad), mode=mode)  # also raises F.pad's errors
+    out = torch.empty((b, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last)
+    out[:, :, pad : pad + h, pad : pad + w] = x
+    for i in range(pad):  # columns from the input, then whole rows (corners included) from the output
+        out[:, :, pad : pad + h, pad - 1 - i] = x[:, :, :, i + 1 if reflect else 0]
+        out[:, :, pad : pad + h, pad + w + i] = x[:, :, :, w - 2 - i if reflect else w - 1]
+    for i in range(pad):
+        out[:, :, pad - 1 - i] = out[:, :, pad + 1 + i if reflect else pad]
+        out[:, :, pad + h + i] = out[:, :, pad + h - 2 - i if reflect else pad + h - 1]
+    return out
+
+
+class ReflectionPad2d(nn.ReflectionPad2d):
+    """``nn.ReflectionPad2d`` (same state, same output) that keeps channels_last inputs fast: see pad2d."""
+
+    def __init__(self, pad: int) -> None:
+        super().__init__(pad)
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pad2d(x, self.pad, "reflect")
+
+
 class ConvNormAct(nn.Sequential):
     """Reflection pad + conv (+ norm) (+ ReLU).
 
@@ -58,7 +97,7 @@ class ConvNormAct(nn.Sequential):
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1,
                  norm_layer: NormLayer | None = None, act: bool = True) -> None:
-        layers: list[nn.Module] = [nn.ReflectionPad2d(kernel // 2), nn.Conv2d(cin, cout, kernel, stride)]
+        layers: list[nn.Module] = [ReflectionPad2d(kernel // 2), nn.Conv2d(cin, cout, kernel, stride)]
         if norm_layer is not None:
             layers.append(norm_layer(cout))
         if act:
@@ -145,7 +184,7 @@ class UpsampleConv(nn.Module):
             return self.conv(F.interpolate(x, size=size, mode="nearest"))
         conv: nn.Conv2d = self.conv[1]
         bias = None if conv.bias is None else conv.bias.repeat(4)
-        y = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), _subpixel_weight(conv.weight), bias)
+        y = F.conv2d(pad2d(x, 1, "replicate"), _subpixel_weight(conv.weight), bias)
         c = conv.out_channels
         out = _interleave([y[:, p * c : (p + 1) * c, a : a + h, b : b + w] for p, (a, b) in enumerate(_PHASES)], x)
         for layer in list(self.conv)[2:]:  # norm and activation

@@ -8,7 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from style_transfer.network import OutputConv, TransformerConfig, TransformerNet, UpsampleConv, count_parameters
+import torch.nn.functional as F
+
+from style_transfer.network import (OutputConv, TransformerConfig, TransformerNet, UpsampleConv, count_parameters,
+                                    pad2d)
 from style_transfer.norms import NORM_NAMES
 
 
@@ -201,3 +204,34 @@ def test_channels_last_stays_channels_last_through_every_layer(norm):
         model(x)
     assert {"up1", "up2", "tail", "up1.conv.2", "residuals.0.body.0.2"} <= set(layouts)
     assert [name for name, cl in layouts.items() if not cl] == []
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+@pytest.mark.parametrize("pad", [1, 2, 4])
+@pytest.mark.parametrize("shape", [(1, 5, 9, 9), (2, 3, 6, 11), (1, 16, 5, 8)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_pad2d_equals_f_pad_and_keeps_channels_last(mode, pad, shape, dtype):
+    """The channels_last padding writes borders by hand (issue 5 profile); every value must be F.pad's,
+    corners included, and the gradient must flow back to the same input pixels."""
+    x = torch.randn(shape, dtype=torch.float64).to(dtype).contiguous(memory_format=torch.channels_last)
+    if mode == "reflect" and pad >= min(shape[-2:]):
+        pytest.skip("reflection needs pad < size")
+    ours = pad2d(x, pad, mode)
+    assert ours.is_contiguous(memory_format=torch.channels_last) and not ours.is_contiguous()
+    assert torch.equal(ours, F.pad(x, (pad,) * 4, mode=mode))
+    if dtype == torch.float64:
+        a = x.clone().requires_grad_()
+        b = x.clone().requires_grad_()
+        weights = torch.randn(ours.shape, dtype=dtype)
+        (pad2d(a, pad, mode) * weights).sum().backward()
+        (F.pad(b, (pad,) * 4, mode=mode) * weights).sum().backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_pad2d_passes_nchw_and_errors_through_to_f_pad():
+    x = torch.randn(1, 4, 3, 3)
+    assert torch.equal(pad2d(x, 1, "reflect"), F.pad(x, (1,) * 4, mode="reflect"))
+    with pytest.raises(RuntimeError):  # reflection wider than the image: F.pad's own error
+        pad2d(x.contiguous(memory_format=torch.channels_last), 3, "reflect")
+    with pytest.raises(ValueError, match="reflect"):
+        pad2d(torch.randn(1, 4, 6, 6), 1, "circular")
