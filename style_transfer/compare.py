@@ -150,6 +150,7 @@ METRICS: dict[str, dict[str, str]] = {
     "style": {"title": "style loss", "unit": "", "note": "Gram MSE to the style image (weighted as in training); lower = closer to the style"},
     "ssim": {"title": "SSIM (luminance)", "unit": "", "note": "structure of the photo kept: 1 = identical luminance structure"},
     "colour": {"title": "colour distance", "unit": "RGB", "note": "W2 between Gaussian fits of output and style-image RGB pixels; lower = palette closer to the style"},
+    "dark_spots": {"title": "dark spots", "unit": "%", "note": "pixels painted near-black (luma < 0.05) where the photo is lit (luma > 0.25): droplets and holes; lower = fewer"},
     "time_ms": {"title": "time, fast path", "unit": "ms", "note": "default inference path (what users run), per image, fastest of the repeats"},
     "time_plain_ms": {"title": "time, plain fp32", "unit": "ms", "note": "plain network in fp32, per image, fastest of the repeats"},
 }
@@ -315,7 +316,7 @@ def evaluate(arms: Sequence[EvalArm], images: Sequence[Path], style_image: Path,
     from .checkpoint import file_sha256, load_model
     from .device import resolve_device
     from .losses import LossConfig, PerceptualLoss
-    from .metrics import colour_distance, luminance_ssim
+    from .metrics import colour_distance, dark_spots, luminance_ssim
     from .network import count_parameters
     from .stylize import Stylizer
 
@@ -375,6 +376,7 @@ def evaluate(arms: Sequence[EvalArm], images: Sequence[Path], style_image: Path,
             row = {"label": arm.label, "arm": arm.name, "norm": arm.norm, "seed": arm.seed, "image": path.name,
                    "content": float(terms["content"]), "style": float(terms["style"]),
                    "ssim": float(luminance_ssim(out, content)[0]), "colour": colour_distance(out, style),
+                   "dark_spots": dark_spots(out, content),
                    "time_ms": t_fast * 1e3 if t_fast is not None else None, "time_plain_ms": t_plain * 1e3}
             per_image.append(row)
             outputs.append(out)

@@ -157,8 +157,8 @@ def plot_metrics(evaluation: Evaluation, path: Path) -> None:
 
     record = evaluation.record
     labels, summary = record["labels"], record["summary"]
-    panels = ["content", "style", "ssim", "colour", "time"]
-    fig, axes = plt.subplots(2, 3, figsize=(13.5, 7.4), dpi=100)
+    panels = ["content", "style", "ssim", "colour", "dark_spots", "time"]
+    fig, axes = plt.subplots(2, 4, figsize=(18, 7.4), dpi=100)
     axes = axes.ravel()
     x = list(range(len(labels)))
     colours = [_colour(lab, labels) for lab in labels]
@@ -183,8 +183,10 @@ def plot_metrics(evaluation: Evaluation, path: Path) -> None:
                     ax.scatter([i] * len(seeds), seeds, color="black", s=12, zorder=3)
             info = METRICS[metric]
             arrow = {"content": "lower: closer to the photo", "style": "lower: closer to the style",
-                     "ssim": "higher: more photo structure", "colour": "lower: palette closer to the style"}[metric]
-            ax.set_title(f"{info['title']}: {arrow}", fontsize=10)
+                     "ssim": "higher: more photo structure", "colour": "lower: palette closer to the style",
+                     "dark_spots": "lower: fewer droplets/holes"}[metric]
+            unit = f" ({info['unit']})" if info["unit"] else ""
+            ax.set_title(f"{info['title']}{unit}: {arrow}", fontsize=10)
             if metric == "ssim":
                 low = min((m - s for m, s in zip(means, sds) if not math.isnan(m)), default=0)
                 ax.set_ylim(max(0.0, low - 0.05), 1.0)
@@ -192,7 +194,8 @@ def plot_metrics(evaluation: Evaluation, path: Path) -> None:
         ax.grid(True, axis="y", alpha=0.3)
         ax.tick_params(axis="y", labelsize=8)
     # Batch behaviour: mean absolute difference, log scale (exact zeros drawn at the floor).
-    ax = axes[5]
+    axes[7].axis("off")
+    ax = axes[6]
     batch = record["batch"]
     tests = [("train_vs_eval", "train vs eval mode"), ("batch_vs_alone_train", "batch vs alone (train mode)"),
              ("batch_vs_alone_eval", "batch vs alone (eval mode)")]

@@ -20,8 +20,8 @@ from style_transfer.compare import (BATCH_TESTS, METRICS, EvalSettings, _batch_b
                                     pick_images, stylize_each, stylize_each_async, summarize)
 from style_transfer.cli import main
 from style_transfer.imageio import LoadedImage
-from style_transfer.metrics import (PSNR_CAP, colour_distance, diff_stats, luminance, luminance_ssim, psnr,
-                                    sign_test, ssim, wilcoxon_signed_rank)
+from style_transfer.metrics import (DARK_SPOT_CONTENT, DARK_SPOT_OUTPUT, PSNR_CAP, colour_distance, dark_spots,
+                                    diff_stats, luminance, luminance_ssim, psnr, sign_test, ssim, wilcoxon_signed_rank)
 from style_transfer.report import write_report
 from style_transfer.stylize import Stylizer
 
@@ -81,6 +81,22 @@ def test_colour_distance_known_answers():
     assert colour_distance(big, x) == pytest.approx(0.0, abs=1e-6)
     y = smooth_image(seed=3)
     assert colour_distance(x, y) == pytest.approx(colour_distance(y, x), rel=1e-6)
+
+
+def test_dark_spots_counts_near_black_output_only_where_the_photo_is_lit():
+    photo = torch.full((1, 3, 10, 20), 0.8)
+    photo[..., :, 10:] = 0.1  # right half: a dark part of the photo
+    out = torch.full_like(photo, 0.5)
+    assert dark_spots(out, photo) == 0.0
+    out[..., 2:4, 2:7] = 0.0  # a 2x5 hole where the photo is lit: 10 of 200 pixels
+    out[..., 5:9, 12:18] = 0.0  # black where the photo is dark too: a style may darken shadows
+    assert dark_spots(out, photo) == pytest.approx(5.0)
+    # The thresholds are on luma, strictly: a dark blue (luma above the cut) is not a spot.
+    out[..., 2:4, 2:7] = torch.tensor([0.0, 0.0, (DARK_SPOT_OUTPUT + 0.01) / 0.114]).view(1, 3, 1, 1)
+    assert dark_spots(out, photo) == 0.0
+    assert dark_spots(torch.zeros_like(photo), torch.full_like(photo, DARK_SPOT_CONTENT)) == 0.0
+    with pytest.raises(ValueError, match="size"):
+        dark_spots(out, photo[..., :5])
 
 
 def test_diff_stats_and_psnr():
@@ -228,6 +244,7 @@ def test_report_from_a_tiny_study(tiny_study, heldout_dir, tmp_path):
     assert len(record["per_image"]) == 4 * 4 and not record["warnings"]
     for row in record["per_image"]:
         assert row["content"] > 0 and row["style"] > 0 and -1 <= row["ssim"] <= 1 and row["colour"] >= 0
+        assert 0 <= row["dark_spots"] <= 100
         assert row["time_ms"] > 0 and row["time_plain_ms"] > 0
     assert record["summary"]["instance"]["style"]["seeds"] == [0, 1]
     assert {(p["a"], p["b"]) for p in record["paired"]} == {("instance", "batch")}
