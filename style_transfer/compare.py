@@ -105,6 +105,14 @@ class ModelOutput:
         return f"{self.name} ({self.norm}, {self.elapsed_s * 1e3:.0f} ms)"
 
 
+def photo_metrics(output: torch.Tensor, content: torch.Tensor) -> dict[str, float]:
+    """What an output kept of the photo and its defects, measurable without the style image or VGG (so
+    the server can report it for every comparison): luminance SSIM and dark spots (see METRICS)."""
+    from .metrics import dark_spots, luminance_ssim
+
+    return {"ssim": float(luminance_ssim(output, content)[0]), "dark_spots": dark_spots(output, content)}
+
+
 def stylize_each(image: LoadedImage, stylizers: Mapping[str, Any], options: Any = None) -> list[ModelOutput]:
     """Run every stylizer (name -> :class:`stylize.Stylizer`) on ``image``, in order, timing each."""
     from .stylize import StylizeOptions
@@ -316,7 +324,7 @@ def evaluate(arms: Sequence[EvalArm], images: Sequence[Path], style_image: Path,
     from .checkpoint import file_sha256, load_model
     from .device import resolve_device
     from .losses import LossConfig, PerceptualLoss
-    from .metrics import colour_distance, dark_spots, luminance_ssim
+    from .metrics import colour_distance
     from .network import count_parameters
     from .stylize import Stylizer
 
@@ -375,8 +383,7 @@ def evaluate(arms: Sequence[EvalArm], images: Sequence[Path], style_image: Path,
                 terms = criterion(out.to(device), content.to(device))
             row = {"label": arm.label, "arm": arm.name, "norm": arm.norm, "seed": arm.seed, "image": path.name,
                    "content": float(terms["content"]), "style": float(terms["style"]),
-                   "ssim": float(luminance_ssim(out, content)[0]), "colour": colour_distance(out, style),
-                   "dark_spots": dark_spots(out, content),
+                   **photo_metrics(out, content), "colour": colour_distance(out, style),
                    "time_ms": t_fast * 1e3 if t_fast is not None else None, "time_plain_ms": t_plain * 1e3}
             per_image.append(row)
             outputs.append(out)

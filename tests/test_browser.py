@@ -205,6 +205,8 @@ def test_compare_two_models_in_the_browser(page, tmp_path):
         card = page.locator(f'#results .result[data-model="{name}"]')
         assert re.search(r"\d.*ms", card.locator(".elapsed").inner_text()), card.locator(".elapsed").inner_text()
         assert norm in card.inner_text()
+        # A comparison shows what each output kept of the photo (from /v1/compare's metrics).
+        assert re.search(r"SSIM -?[01]\.\d\d · dark spots \d+\.\d\d%", card.locator(".result-info").inner_text())
         # The stylized output has the photo's size, and the original sits underneath it.
         size = card.locator("img.stylized").evaluate("img => [img.naturalWidth, img.naturalHeight]")
         assert size == [96, 64]
@@ -230,6 +232,7 @@ def test_single_model_and_before_after_slider(page, tmp_path):
 
     card = page.locator('#results .result[data-model="tiny-instance"]')
     assert re.search(r"\d.*ms", card.locator(".elapsed").inner_text())
+    assert "SSIM" not in card.locator(".result-info").inner_text()  # /v1/stylize measures nothing
     assert card.locator("a.download").get_attribute("href").startswith("blob:")
 
     overlay = card.locator(".compare-after")

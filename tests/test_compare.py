@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from style_transfer.compare import (BATCH_TESTS, METRICS, EvalSettings, _batch_behaviour, arms_from_checkpoints,
+from style_transfer.compare import (BATCH_TESTS, METRICS, EvalSettings, _batch_behaviour, arms_from_checkpoints, photo_metrics,
                                     arms_from_study, comparison_grid, evaluate, image_grid, paired_comparisons,
                                     pick_images, stylize_each, stylize_each_async, summarize)
 from style_transfer.cli import main
@@ -97,6 +97,16 @@ def test_dark_spots_counts_near_black_output_only_where_the_photo_is_lit():
     assert dark_spots(torch.zeros_like(photo), torch.full_like(photo, DARK_SPOT_CONTENT)) == 0.0
     with pytest.raises(ValueError, match="size"):
         dark_spots(out, photo[..., :5])
+
+
+def test_photo_metrics_of_the_photo_itself_and_of_a_hole():
+    photo = smooth_image()
+    assert photo_metrics(photo, photo) == pytest.approx({"ssim": 1.0, "dark_spots": 0.0})
+    holed = photo.clone()
+    holed[..., :8, :8] = 0.0
+    expected = 100.0 * float((luminance(photo[..., :8, :8]) > DARK_SPOT_CONTENT).float().sum()) / luminance(photo).numel()
+    got = photo_metrics(holed, photo)
+    assert expected > 0 and got["dark_spots"] == pytest.approx(expected) and got["ssim"] < 1.0
 
 
 def test_diff_stats_and_psnr():

@@ -190,6 +190,7 @@ def test_compare_json_and_grid(client):
     assert [x["model"] for x in body["results"]] == ["tiny-instance", "tiny-batch"]
     assert [x["norm"] for x in body["results"]] == ["instance", "batch"]
     assert all(x["elapsed_ms"] > 0 and x["image"].startswith("data:image/png;base64,") for x in body["results"])
+    assert all(-1 <= x["ssim"] <= 1 and 0 <= x["dark_spots"] <= 100 for x in body["results"])
     r = client.post("/v1/compare", files={"file": ("a.png", png_bytes(48, 32))},
                     data={"models": "tiny-instance,tiny-batch", "output": "image"})
     grid = Image.open(io.BytesIO(r.content))

@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from style_transfer.compare import comparison_grid, stylize_each_async
+from style_transfer.compare import comparison_grid, photo_metrics, stylize_each_async
 from style_transfer.imageio import (CorruptImage, ImageTooLarge, LoadedImage, UnsupportedImageFormat,
                                     decode_image, encode_image, resize_max)
 from style_transfer.stylize import StylizeOptions
@@ -62,6 +62,10 @@ class CompareResult(BaseModel):
     norm: str
     style: str
     elapsed_ms: float
+    ssim: float = Field(description="luminance SSIM of the output to the uploaded photo: how much of its "
+                                    "structure the model kept (1 = all)")
+    dark_spots: float = Field(description="percent of pixels painted near-black where the photo is lit: "
+                                          "droplets and holes (lower is better)")
     image: str = Field(description="data: URL of the stylized image")
 
 
@@ -169,8 +173,9 @@ async def compare(settings: SettingsDep, worker: WorkerDep, file: Upload,
     encoded = await asyncio.gather(*(run_in_threadpool(encode_image, o.image.rgb, format.upper(), o.image.alpha)
                                      for o in outputs))
     original = await run_in_threadpool(encode_image, image.rgb, format.upper(), image.alpha)
+    measured = await asyncio.gather(*(run_in_threadpool(photo_metrics, o.image.rgb, image.rgb) for o in outputs))
     h, w = image.rgb.shape[-2:]
     return CompareResponse(width=w, height=h, original=_data_url(original, format), results=[
         CompareResult(model=o.name, norm=o.norm, style=o.style, elapsed_ms=o.elapsed_s * 1e3,
-                      image=_data_url(data, format))
-        for o, data in zip(outputs, encoded)])
+                      image=_data_url(data, format), **metrics)
+        for o, data, metrics in zip(outputs, encoded, measured)])

@@ -702,6 +702,8 @@
           norm: r.norm,
           style: r.style,
           elapsedMs: Number(r.elapsed_ms),
+          ssim: Number(r.ssim),
+          darkSpots: Number(r.dark_spots),
           image: r.image,
           original: data.original,
           width: data.width,
@@ -792,7 +794,14 @@
 
       const ext = extOfMime(item.mime);
       const dims = item.width && item.height ? `${item.width}×${item.height}` : '';
-      $('.result-info', card).textContent = [dims, ext === 'jpg' ? 'JPEG' : 'PNG'].filter(Boolean).join(' · ');
+      const info = $('.result-info', card);
+      info.textContent = [dims, ext === 'jpg' ? 'JPEG' : 'PNG'].filter(Boolean).join(' · ');
+      // A comparison also reports what each output kept of the photo and its defects (server: photo_metrics).
+      if (Number.isFinite(item.ssim) && Number.isFinite(item.darkSpots)) {
+        info.textContent += ` · SSIM ${item.ssim.toFixed(2)} · dark spots ${item.darkSpots.toFixed(2)}%`;
+        info.title = 'SSIM: how much of the photo\'s structure the output kept (1 = all). Dark spots: share of the '
+          + 'image painted near-black where the photo is lit (droplets, holes); lower is better.';
+      }
       const dl = $('a.download', card);
       dl.href = item.image;
       dl.download = `${stem}_${item.model}.${ext}`;
