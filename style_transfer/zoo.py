@@ -131,6 +131,9 @@ def export_model(source: Path | str, weights_dir: Path | str, name: str, dtype: 
         "dtype": dtype,
         "bytes": target.stat().st_size,
         "sha256": file_sha256(target),
+        # The trained checkpoint it came from: a run retrained with the same settings and budget
+        # (e.g. on other hardware) is another model, and zoo export must see that (zoo_build.export_zoo).
+        "source_sha256": file_sha256(source),
         "export_psnr_db": round(psnr, 1),
         "settings": info.training,
         "losses": info.losses,

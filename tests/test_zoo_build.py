@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-from style_transfer.checkpoint import read_model_info
+from style_transfer.checkpoint import load_model, read_model_info, save_model
 from style_transfer.cli import main
 from style_transfer.zoo import read_manifest, verify_manifest
 from style_transfer.zoo_build import (PlanError, ab_sets, export_zoo, gallery, gallery_photos, load_plan,
@@ -179,6 +180,22 @@ def test_train_resumes_skips_finished_runs_and_export_ships_only_finished(tmp_pa
     assert [e["name"] for e in exported] == ["a"]
     assert {m["name"]: m["steps"] for m in read_manifest(weights)["models"]} == {"a": 3, "a-batch": 2}
     assert export_zoo(models, runs, weights) == []  # nothing new
+    # A run retrained with the same settings and budget (other hardware, another attempt) is another
+    # model: export ships it although steps and settings match what is shipped.
+    model, info = load_model(runs / "a.safetensors")
+    with torch.no_grad():
+        model.tail[1].bias.add_(0.01)
+    save_model(runs / "a.safetensors", model, info)
+    assert [e["name"] for e in export_zoo(models, runs, weights)] == ["a"]
+    assert export_zoo(models, runs, weights) == []
+    # Entries exported before the source hash was recorded fall back to the final losses.
+    manifest = read_manifest(weights)
+    for entry in manifest["models"]:
+        del entry["source_sha256"]
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+    assert export_zoo(models, runs, weights) == []
+    save_model(runs / "a.safetensors", model, dataclasses.replace(info, losses={**info.losses, "style": 1.0}))
+    assert [e["name"] for e in export_zoo(models, runs, weights)] == ["a"]
     rows = {r["name"]: r for r in status(models, runs, weights)}
     assert rows["a"]["finished"] and rows["a"]["shipped_steps"] == 3
     assert not rows["a-batch"]["finished"] and rows["a-batch"]["shipped_steps"] == 2
