@@ -176,7 +176,10 @@ def plot_metrics(evaluation: Evaluation, path: Path) -> None:
             stats = [summary[lab].get(metric, {}) for lab in labels]
             means = [s.get("mean", math.nan) for s in stats]
             sds = [s.get("sd_images", 0.0) for s in stats]
-            ax.bar(x, means, 0.65, yerr=sds, color=colours, capsize=4, alpha=0.85)
+            # Losses, distances and percentages cannot go below 0: clip the lower error bar there
+            # (a skewed metric such as dark spots has an sd larger than its mean).
+            low = sds if metric == "ssim" else [min(sd, m) if not math.isnan(m) else sd for sd, m in zip(sds, means)]
+            ax.bar(x, means, 0.65, yerr=[low, sds], color=colours, capsize=4, alpha=0.85)
             for i, s in enumerate(stats):
                 seeds = s.get("seed_means", [])
                 if len(seeds) > 1:
