@@ -80,12 +80,8 @@ def pad2d(x: torch.Tensor, pad: int, mode: str) -> torch.Tensor:
 class ReflectionPad2d(nn.ReflectionPad2d):
     """``nn.ReflectionPad2d`` (same state, same output) that keeps channels_last inputs fast: see pad2d."""
 
-    def __init__(self, pad: int) -> None:
-        super().__init__(pad)
-        self.pad = pad
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pad2d(x, self.pad, "reflect")
+        return pad2d(x, self.padding[0], "reflect")  # built with one int: the same on every side
 
 
 class ConvNormAct(nn.Sequential):
