@@ -308,10 +308,11 @@ def export_zoo(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) ->
             continue
         entry = shipped.get(m.name, {})
         # The same run: its checkpoint's hash when the entry records it; for entries exported before
-        # that was recorded, the final losses, which a retrained run does not reproduce.
-        same_run = (entry["source_sha256"] == file_sha256(m.checkpoint(runs_dir)) if "source_sha256" in entry
-                    else entry.get("losses") == info.losses)
-        if entry.get("steps") == done and entry.get("settings") == info.training and same_run:
+        # that was recorded, the final losses, which a retrained run does not reproduce. (Hashed only
+        # when steps and settings already match.)
+        if (entry.get("steps") == done and entry.get("settings") == info.training
+                and (entry["source_sha256"] == file_sha256(m.checkpoint(runs_dir)) if "source_sha256" in entry
+                     else entry.get("losses") == info.losses)):
             log.info("%s: already shipped at %d steps", m.name, done)
             continue
         entry = export_model(m.checkpoint(runs_dir), weights_dir, m.name)
