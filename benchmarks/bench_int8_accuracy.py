@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from style_transfer.checkpoint import load_model  # noqa: E402
+from style_transfer.compare import pick_images  # noqa: E402
 from style_transfer.imageio import load_rgb  # noqa: E402
 from style_transfer.metrics import psnr  # noqa: E402
 from style_transfer.network import ResidualBlock  # noqa: E402
@@ -64,11 +65,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.models, args.photos, args.size = "starry-night-instance,starry-night-batch", 2, 256
-    test = sorted((ROOT.parent / "shared" / "data" / "content" / "bsds500" / "test").glob("*.jpg"))
-    if not test:
-        sys.exit("needs ../shared/data/content/bsds500/test")
-    step = max(1, len(test) // args.photos)
-    photos = test[::step][: args.photos]
+    test = ROOT.parent / "shared" / "data" / "content" / "bsds500" / "test"
+    if not test.is_dir():
+        sys.exit(f"needs {test}")
+    photos = pick_images(test, args.photos)  # spread over the split, as `style-transfer compare` picks them
     print(f"# int8 residual convs (simulated) vs fp32, {len(photos)} photos, long side <= {args.size} px; PSNR of the output")
     print("| model | norm | median PSNR (dB) | min | max |")
     print("|---|---|---|---|---|")
