@@ -37,9 +37,9 @@ def resolve_precision(precision: str, device: torch.device, training: bool = Fal
 
     On a GPU, inference gets fp16 and training bf16 (fp16 on GPUs without bf16). fp16 has 3 more
     mantissa bits, and the stylize network's activations stay far inside its range: on an H100 the
-    compiled instance-norm network at 1024 px took 2.59 ms in fp16 against 3.10 ms in bf16, with
-    61.8 vs 43.1 dB PSNR against the fp32 reference (docs/benchmarks.md, GPU). A network that does
-    overflow is caught per image (Stylizer.run). Training keeps bf16: the VGG loss runs on 0..255
+    compiled network ran faster in fp16 than in bf16 and closer to the fp32 reference
+    (docs/benchmarks.md, "GPU: one NVIDIA H100": "Which compile option and precision"). A network that
+    does overflow is caught per image (Stylizer.run). Training keeps bf16: the VGG loss runs on 0..255
     Caffe-scale features whose Gram matrices would overflow fp16's 65504.
     """
     if check_precision(precision) != "auto":
@@ -58,7 +58,7 @@ def dtype_of(precision: str, device: torch.device) -> torch.dtype:
 def conv_autotune(device: torch.device) -> Iterator[None]:
     """cuDNN's benchmark mode on CUDA (times the conv algorithms once per input shape and keeps the
     fastest), restored afterwards; a no-op elsewhere. The fast inference path runs under it. On an H200
-    it took the eager fast path at 1024 px from 8.06 to 7.83 ms (docs/benchmarks.md, GPU), little but
+    it made the eager fast path a little faster (docs/benchmarks.md, "GPU": "Eager"), a gain that is
     free after the first image of each shape, and the compiled GPU figures were measured with it on.
     Training sets it for the whole run (train.py)."""
     if device.type != "cuda":

@@ -18,7 +18,7 @@ from .norms import fold_batch_norm
 
 def _rewrite(model: TransformerNet) -> TransformerNet:
     """A copy with batch norm folded into the convs. (The sub-pixel upsampling convs and the
-    space-to-depth output conv are part of the network itself: see network.py.)"""
+    space-to-depth output conv are part of the network itself: see network.py and kernels.py.)"""
     model = copy.deepcopy(model).eval()
     for module in model.modules():
         if isinstance(module, ConvNormAct):
@@ -51,15 +51,15 @@ def optimize(model: TransformerNet, device: torch.device, dtype: torch.dtype,
 def compiled(fast: nn.Module, device: torch.device) -> nn.Module:
     """``torch.compile`` of a fast model.
 
-    On a GPU, static shapes: on an H200 at 1024 px the compiled instance-norm network took 2.58 ms
-    against 8.57 ms with ``dynamic=True`` and 7.8 ms eager (docs/benchmarks.md, GPU): specialized
-    kernels fuse the padding, norms and activations that dominate there, the convolutions being ~20%
-    of the eager time. Each new input shape compiles once (10-20 s), and recompiles are bounded by
-    dynamo's recompile limit (8 graphs for all models together, since models of one norm share a
-    graph); shapes past it run the eager fast path. So a server that compiles should see few image
-    sizes (e.g. clients that send one size).
+    On a GPU, static shapes: specialized kernels fuse the padding, norms and activations that dominate
+    the eager time there (the convolutions are a small part of it), and on an H200 the compiled
+    network with static shapes was several times faster than with ``dynamic=True``, which was no
+    faster than eager (docs/benchmarks.md, "GPU": "Compiled"). Each new input shape compiles once
+    (seconds; same section), and recompiles are bounded by dynamo's recompile limit (8 graphs for all
+    models together, since models of one norm share a graph); shapes past it run the eager fast path.
+    So a server that compiles should see few image sizes (e.g. clients that send one size).
 
-    On the CPU compile measured slower than eager (docs/benchmarks.md), so nothing turns it on there by
-    default; if asked for, it is dynamic=True, one graph for every size.
+    On the CPU compile measured slower than eager (docs/benchmarks.md, "Stylize one image"), so nothing
+    turns it on there by default; if asked for, it is dynamic=True, one graph for every size.
     """
     return torch.compile(fast, dynamic=device.type != "cuda")

@@ -23,9 +23,10 @@ class _Gram(torch.autograd.Function):
     """Unnormalized batched Gram matrix (B, C, C) of (B, C, H, W) features, fp32 (or fp64) out.
 
     Autograd's own backward of ``bmm(F, F^T)`` with an fp32 upcast costs two transposed bmms plus
-    casts: ~340 ms of a 2.8 s bf16 training step on the 4 style layers (measured, issue 5). The
-    gradient of a Gram is one product, dF = (dG + dG^T) F; it is run in the features' own dtype
-    (bf16 under autocast, accumulating in fp32), which is the precision dF gets cast to anyway.
+    casts, which showed in the bf16 training step's profile on the 4 style layers (docs/benchmarks.md,
+    "One training step"; issue 5). The gradient of a Gram is one product, dF = (dG + dG^T) F; it is
+    run in the features' own dtype (bf16 under autocast, accumulating in fp32), which is the precision
+    dF gets cast to anyway.
     The forward stays fp32 (sums over H*W need it; products of bf16 values are exact in fp32).
     Channels-last features (the loss network runs channels_last) are used in place, without a copy.
     """
@@ -120,7 +121,8 @@ class PerceptualLoss(nn.Module):
     def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
         with torch.no_grad():
-            # Only the content layers: for relu2_2 this skips ~70% of the VGG work on the targets.
+            # Only up to the content layers: for relu2_2 most of the VGG work on the targets is
+            # skipped (docs/benchmarks.md, "One training step").
             target = self.vgg(content, cfg.content_layers)
         feats = self.vgg(output)
         content_loss = sum(F.mse_loss(feats[n].float(), target[n].float()) for n in cfg.content_layers)

@@ -39,14 +39,15 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     """``nn.InstanceNorm2d`` that keeps a channels_last input channels_last.
 
     PyTorch's instance norm views its input as (1, B*C, H, W), which for a channels_last tensor means
-    a copy to NCHW, and the next (channels_last) conv then copies it back: in the bf16 fast path at
-    512 px these copies were ~57 of ~64 ms spent in the network's 15 instance norms (issue 5 profile).
-    For one image, instance norm *is* batch norm with batch statistics (the same per-channel mean and
-    variance over H, W) -- the very kernel PyTorch's instance norm ends in -- and that kernel reads
-    channels_last natively, so such inputs go through it image by image: the same numbers (bit-identical
-    in the tests), no layout change. Group norm with one channel per group was ~30% faster still, but
-    its channels_last kernel accumulates the variance in single precision and drifted by 5e-5 in fp32.
-    NCHW inputs (training) take PyTorch's own path unchanged.
+    a copy to NCHW, and the next (channels_last) conv then copies it back: in the bf16 fast path these
+    copies were most of the time the network's instance norms took (docs/benchmarks.md, "Stylize one
+    image": Layout; issue 5 profile). For one image, instance norm *is* batch norm with batch statistics
+    (the same per-channel mean and variance over H, W) -- the very kernel PyTorch's instance norm ends
+    in -- and that kernel reads channels_last natively, so such inputs go through it image by image: the
+    same statistics and formula, so the same numbers up to rounding (the tests hold forward and backward
+    to 1e-10 in float64), and no layout change. Group norm with one channel per group was faster still,
+    but its channels_last kernel accumulates the variance in single precision and drifted from instance
+    norm in fp32 (same section). NCHW inputs (training) take PyTorch's own path unchanged.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,11 +96,22 @@ _FACTORIES: dict[str, Callable[..., nn.Module]] = {
 NORM_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 
-def get_norm_layer(name: str, *, groups: int = DEFAULT_GROUPS) -> NormLayer:
-    """Return a ``channels -> nn.Module`` factory for the norm called ``name``."""
-    key = name.strip().lower() if isinstance(name, str) else name
+def norm_name(text: str) -> str:
+    """A user's spelling of a norm -> its canonical name in NORM_NAMES (spaces stripped, any case).
+
+    The one check of norm names (TransformerConfig and get_norm_layer use it; so should any other code
+    that reads one from a person), so every entry point accepts the same spellings and refuses the
+    rest with the same list of valid names.
+    """
+    key = text.strip().lower() if isinstance(text, str) else None
     if key not in _FACTORIES:
-        raise ValueError(f"unknown norm {name!r}; valid names are: {', '.join(NORM_NAMES)}")
+        raise ValueError(f"unknown norm {text!r}; valid names are: {', '.join(NORM_NAMES)}")
+    return key
+
+
+def get_norm_layer(name: str, *, groups: int = DEFAULT_GROUPS) -> NormLayer:
+    """Return a ``channels -> nn.Module`` factory for the norm called ``name`` (see norm_name)."""
+    key = norm_name(name)
     if key == "group":
         if groups < 1:
             raise ValueError(f"group norm needs at least one group, got {groups}")

@@ -10,8 +10,8 @@ from torch import nn
 
 import torch.nn.functional as F
 
-from style_transfer.network import (OutputConv, TransformerConfig, TransformerNet, UpsampleConv, count_parameters,
-                                    pad2d)
+from style_transfer.kernels import pad2d
+from style_transfer.network import TransformerConfig, TransformerNet, count_parameters
 from style_transfer.norms import NORM_NAMES
 
 
@@ -119,8 +119,28 @@ def test_group_count_comes_from_the_config():
     model = TransformerNet(TransformerConfig(norm="group", width=8, num_residual=1, groups=4))
     groups = {m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)}
     assert groups == {4}
-    with pytest.raises(ValueError):  # 3 does not divide 8
-        TransformerNet(TransformerConfig(norm="group", width=8, num_residual=1, groups=3))
+
+
+@pytest.mark.parametrize("width, groups", [(12, 8), (8, 3), (16, 32)])
+def test_config_refuses_a_group_count_that_does_not_divide_the_width(width, groups):
+    """Refused when the config is built (before a training run scans data or loads VGG), naming both."""
+    with pytest.raises(ValueError) as excinfo:
+        TransformerConfig(norm="group", width=width, groups=groups)
+    message = str(excinfo.value)
+    assert f"width={width}" in message and f"groups={groups}" in message, message
+
+
+def test_config_refuses_group_norm_without_groups():
+    with pytest.raises(ValueError, match="at least one group"):
+        TransformerConfig(norm="group", groups=0)
+
+
+def test_group_count_is_checked_only_for_the_group_norm():
+    # other norms ignore groups, so an old checkpoint's groups=8 with width 12 stays loadable
+    assert TransformerConfig(norm="instance", width=12, groups=8).width == 12
+    # the widths whose every layer (w, 2w, 4w) group norm accepts are exactly the multiples of groups
+    for width in (8, 16, 24):
+        TransformerNet(TransformerConfig(norm="group", width=width, num_residual=0, groups=8))
 
 
 def _conv_weights(model: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -154,28 +174,59 @@ def test_last_layer_has_no_norm_and_no_activation():
 
 def test_config_norm_name_is_case_insensitive():
     assert TransformerConfig(norm=" Instance ").norm == "instance"
+    assert TransformerConfig(norm="GROUP").norm == "group"
+
+
+def _plain_twin(model: TransformerNet) -> TransformerNet:
+    """The same network and weights, built to run the plain layers instead of kernels.py's rewrites."""
+    plain = TransformerNet(model.config, rewrites=False)
+    plain.load_state_dict(model.state_dict())
+    return plain.to(next(model.parameters()).dtype).train(model.training)
+
+
+def test_rewrites_are_chosen_per_network_and_change_no_weight():
+    """The kernel choice belongs to one network (a construction argument, not a class-level switch): a
+    plain and a rewritten network coexist, with the same state_dict keys and shapes, and each runs its
+    own kernels. The plain one calls the upsampling and output convs as modules; the rewritten one, on
+    an even size, computes them from their weights instead."""
+    fast = _net("instance").eval()
+    plain = _plain_twin(fast).eval()
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in fast.state_dict().items()}
+    calls = {"fast": 0, "plain": 0}
+
+    def count(key):
+        def hook(module, args, output):
+            calls[key] += 1
+        return hook
+
+    for key, model in (("fast", fast), ("plain", plain)):
+        for conv in (model.up1.conv[1], model.up2.conv[1], model.tail[1]):
+            conv.register_forward_hook(count(key))
+    x = torch.rand(1, 3, 24, 32)
+    with torch.no_grad():
+        fast(x)
+        plain(x)
+    assert calls == {"fast": 0, "plain": 3}
 
 
 @pytest.mark.parametrize("norm", NORM_NAMES)
 @pytest.mark.parametrize("size", [(24, 32), (20, 36), (17, 26)])  # odd sizes fall back to the plain layers
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_rewritten_layers_match_the_plain_formulation_with_gradients(norm, size, layout, monkeypatch):
+def test_rewritten_layers_match_the_plain_formulation_with_gradients(norm, size, layout):
     """Sub-pixel upsampling convs and the space-to-depth output conv: same outputs and same weight
     gradients as nearest-upsample + 3x3 conv and a plain 9x9 conv (fp64, so only rounding differs),
     in both memory layouts (the fast path runs channels_last)."""
-    model = _net(norm, num_residual=2).double().train().to(memory_format=layout)
+    fast = _net(norm, num_residual=2).double().train().to(memory_format=layout)
+    plain = _plain_twin(fast).to(memory_format=layout)
     x = torch.rand(2, 3, *size, dtype=torch.float64).contiguous(memory_format=layout)
 
-    def run():
-        model.zero_grad()
+    def run(model):
         y = model(x)
         (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
-        return y.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+        return y.detach(), {n: p.grad for n, p in model.named_parameters()}
 
-    fast_y, fast_grads = run()
-    monkeypatch.setattr(UpsampleConv, "subpixel", False)
-    monkeypatch.setattr(OutputConv, "space_to_depth", False)
-    plain_y, plain_grads = run()
+    fast_y, fast_grads = run(fast)
+    plain_y, plain_grads = run(plain)
     torch.testing.assert_close(fast_y, plain_y, rtol=0, atol=1e-10)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(fast_grads[name], grad, rtol=1e-9, atol=1e-10, msg=name)

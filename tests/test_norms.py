@@ -1,4 +1,5 @@
-"""The norm factory: every name builds, each norm normalizes over the right axes, bad input is refused."""
+"""The norm module: every name builds, each norm normalizes over the right axes, names are read in any
+case and bad ones refused, instance norm keeps channels_last, and frozen statistics normalize tiles alike."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from style_transfer.norms import (
     frozen_statistics,
     get_norm_layer,
     has_batch_statistics,
+    norm_name,
 )
 
 C = 16
@@ -59,8 +61,8 @@ def test_every_norm_accepts_any_spatial_size(name):
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_instance_norm_on_channels_last_matches_pytorch_and_keeps_the_layout(batch):
-    """The channels_last branch (group norm with one channel per group) gives PyTorch's instance norm,
-    forward and backward, without converting the layout."""
+    """The channels_last branch (batch norm with batch statistics, image by image) gives PyTorch's
+    instance norm up to rounding, forward and backward, without converting the layout."""
     torch.manual_seed(0)
     ours = get_norm_layer("instance")(C).double()
     with torch.no_grad():
@@ -214,6 +216,22 @@ def test_group_count_below_one_is_refused():
 ])
 def test_names_are_case_insensitive(spelling, expected):
     assert isinstance(get_norm_layer(spelling)(C), expected)
+
+
+@pytest.mark.parametrize("text, expected", [(" Instance ", "instance"), ("BATCH", "batch"), ("group", "group"),
+                                            ("Layer\n", "layer"), ("None", "none")])
+def test_norm_name_gives_the_canonical_name(text, expected):
+    assert norm_name(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "instancenorm", "in", None, 3])
+def test_norm_name_refuses_the_rest_listing_valid_names(bad):
+    with pytest.raises(ValueError) as excinfo:
+        norm_name(bad)
+    message = str(excinfo.value)
+    assert repr(bad) in message
+    for name in NORM_NAMES:
+        assert name in message
 
 
 def test_none_case_insensitive_is_identity():
