@@ -1,8 +1,13 @@
-"""The command line: `style-transfer train | stylize | models | ablate | compare | zoo`. The only module that parses argv."""
+"""The command line: `style-transfer train | stylize | models | ablate | compare | zoo`.
+
+The package's only argv parser (benchmarks/ scripts have their own). Training options are generated
+from the run spec (spec.py), so `train` and `ablate` offer every setting a spec has.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -15,9 +20,9 @@ from . import __version__
 from .checkpoint import CheckpointError
 from .device import DEVICES, PRECISIONS
 from .imageio import IMAGE_SUFFIXES, OUTPUT_FORMATS, decode_image, find_images, save_image
-from .losses import LossConfig
-from .network import TransformerConfig
-from .norms import DEFAULT_GROUPS, NORM_NAMES
+from .norms import NORM_NAMES
+from .spec import DATA, RunSpec, settings
+
 
 log = logging.getLogger("style_transfer")
 
@@ -33,53 +38,53 @@ def _layers(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-def _add_training_options(p: argparse.ArgumentParser, checkpoint_every: int) -> None:
-    """The options `train` and `ablate` share: crops, optimizer, network, loss, precision, device."""
-    d, ld = TransformerConfig(), LossConfig()
-    p.add_argument("--image-size", type=_positive_int, default=256, help="training crop size (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=4, help="per process (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--width", type=_positive_int, default=d.width, help="channels of the first layer (default: %(default)s)")
-    p.add_argument("--residual-blocks", type=int, default=d.num_residual, help="(default: %(default)s)")
-    p.add_argument("--groups", type=_positive_int, default=DEFAULT_GROUPS, help="groups of the group norm (default: %(default)s)")
-    p.add_argument("--content-weight", type=float, default=ld.content_weight, help="(default: %(default)s)")
-    p.add_argument("--style-weight", type=float, default=ld.style_weight, help="(default: %(default)s)")
-    p.add_argument("--tv-weight", type=float, default=ld.tv_weight, help="(default: %(default)s)")
-    p.add_argument("--content-layers", type=_layers, default=ld.content_layers, help="comma-separated VGG19 layers (default: relu2_2)")
-    p.add_argument("--style-layers", type=_layers, default=ld.style_layers,
-                   help="comma-separated VGG19 layers (default: relu1_2,relu2_2,relu3_3,relu4_3)")
-    p.add_argument("--style-size", type=_positive_int, default=ld.style_size, help="long side of the style image (default: %(default)s)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="autocast precision; auto = bf16 where the hardware has it, else fp32; resolved once "
-                        "and recorded (default: %(default)s)")
-    p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default: %(default)s)")
+def _default_text(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _add_spec_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> None:
+    """Every setting of a run spec as an option, generated from the spec (spec.settings()): its
+    defaults and checks live there alone, so a setting added to the spec is an option of every command
+    that trains. Options left out stay None and the spec's default applies."""
+    parse = {"int": int, "float": float, "list": _layers, "path": Path, "paths": Path}
+    for s in settings():
+        if s.name in skip:
+            continue
+        text = s.help + (f" (default: {_default_text(s.default)})" if s.default is not None else "")
+        kwargs: dict = {"dest": s.name, "default": None, "help": text}
+        if s.kind in parse:
+            kwargs["type"] = parse[s.kind]
+        if s.kind == "paths":
+            kwargs["action"] = "append"
+        if s.name == "norm":
+            kwargs["metavar"] = "{" + ",".join(NORM_NAMES) + "}"  # checked by the spec, in any case
+        if s.name == "precision":
+            kwargs["choices"] = PRECISIONS
+        p.add_argument(*s.flags, required=s.name in required, **kwargs)
+
+
+def _spec_from_args(args: argparse.Namespace, **fixed: object) -> RunSpec:
+    """The RunSpec of a command's options (plus ``fixed`` settings); the one place the CLI builds one."""
+    values = {s.name: getattr(args, s.name) for s in settings() if getattr(args, s.name, None) is not None}
+    return RunSpec.from_flat({**values, **fixed})
+
+
+def _add_run_options(p: argparse.ArgumentParser, checkpoint_every: int) -> None:
+    """How a run executes (train.TrainOptions): nothing here changes the result."""
+    p.add_argument("--device", help=f"one of {', '.join(DEVICES)} (default: auto)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=checkpoint_every, help="(default: %(default)s steps)")
     p.add_argument("--sample-every", type=_positive_int, default=500, help="(default: %(default)s steps)")
 
 
-def _loss_config(args: argparse.Namespace) -> LossConfig:
-    return LossConfig(content_layers=args.content_layers, style_layers=args.style_layers,
-                      content_weight=args.content_weight, style_weight=args.style_weight,
-                      tv_weight=args.tv_weight, style_size=args.style_size)
-
-
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    d = TransformerConfig()
     p = sub.add_parser("train", help="train a network for one style",
-                       description="Train a feed-forward style network on a folder of content photos.")
-    p.add_argument("--content", required=True, type=Path, help="folder of content images (recursive; JPEG/PNG/WebP)")
-    p.add_argument("--style", required=True, type=Path, help="the style image")
-    p.add_argument("--norm", default=d.norm, choices=NORM_NAMES, help="normalization layer (default: %(default)s)")
+                       description="Train a feed-forward style network on folders of content photos.")
     p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
     p.add_argument("--workdir", type=Path, help="resume state, log.jsonl and samples (default: <out>.run/)")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=_positive_int, help="total optimizer steps (default: 40000)")
-    length.add_argument("--epochs", type=float, help="passes over the content images, instead of --steps")
-    p.add_argument("--seed", type=int, default=0, help="seed for init, data order and crops (default: %(default)s)")
-    _add_training_options(p, checkpoint_every=500)
-    p.add_argument("--clip-grad-norm", type=float, metavar="MAX",
-                   help="clip the gradient's global L2 norm to MAX (default: no clipping; the log records the "
-                        "norm of every step either way)")
+    _add_spec_options(p, required=DATA)
+    _add_run_options(p, checkpoint_every=500)
     p.add_argument("--workers", type=int, default=0, help="data loading processes (default: %(default)s)")
     p.add_argument("--sync-bn", action="store_true", help="synchronize batch norm statistics across processes")
     p.add_argument("--save-dtype", choices=("fp32", "fp16"), default="fp32", help="dtype of the served checkpoint")
@@ -88,20 +93,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainSettings, train
+    from .rundir import RunDir
+    from .train import TrainOptions, train
 
-    settings = TrainSettings(
-        content_dir=args.content, style_image=args.style, out=args.out, workdir=args.workdir,
-        network=TransformerConfig(norm=args.norm, width=args.width, num_residual=args.residual_blocks,
-                                  groups=args.groups),
-        loss=_loss_config(args),
-        steps=args.steps, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
-        lr=args.lr, clip_grad_norm=args.clip_grad_norm, seed=args.seed, precision=args.precision,
-        device=args.device, checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
-        num_workers=args.workers,
-        sync_bn=args.sync_bn, save_dtype=args.save_dtype,
-    )
-    result = train(settings, resume=args.resume)
+    options = TrainOptions(device=args.device or "auto", checkpoint_every=args.checkpoint_every,
+                           sample_every=args.sample_every, num_workers=args.workers, sync_bn=args.sync_bn,
+                           save_dtype=args.save_dtype)
+    result = train(_spec_from_args(args), RunDir.of(args.out, args.workdir), options, resume=args.resume)
     if result.steps and os.environ.get("RANK", "0") == "0":
         log.info("wrote %s after %d steps; final losses: %s", result.checkpoint, result.steps,
                  ", ".join(f"{k}={v:.4g}" for k, v in result.losses.items()))
@@ -213,14 +211,14 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="the study folder")
     p.add_argument("--resume", action="store_true",
                    help="continue the study in --out with its recorded settings (no other option needed)")
-    p.add_argument("--content", type=Path, action="append",
-                   help="folder of training images (recursive); repeat it to train on several folders")
-    p.add_argument("--style", type=Path, help="the style image")
     p.add_argument("--norms", default=",".join(NORM_NAMES),
                    help="comma-separated norms, one arm each (default: %(default)s)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds, one arm per norm each (default: %(default)s)")
-    p.add_argument("--steps", type=_positive_int, help="optimizer steps per arm (required for a new study)")
-    _add_training_options(p, checkpoint_every=100)
+    # Every other setting of a run spec; a new study needs --content, --style and --steps.
+    from .ablate import ARM_KEYS  # what a study varies: --norms and --seeds instead of --norm and --seed
+
+    _add_spec_options(p, skip=ARM_KEYS)
+    _add_run_options(p, checkpoint_every=100)
     p.add_argument("--jobs", type=_positive_int, default=1,
                    help="arms trained at once, in separate processes sharing the CPU threads (default: %(default)s)")
     p.add_argument("--status", action="store_true", help="only print the state of every arm of the study in --out")
@@ -229,6 +227,7 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from .ablate import StudySettings, describe, load_study, parse_norms, parse_seeds, run_study
+    from .train import TrainOptions
 
     if args.status:
         rows = describe(load_study(args.out))
@@ -238,20 +237,17 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         return 0
     if args.resume:
         settings = load_study(args.out).settings()
-        settings.device = args.device if args.device != "auto" else settings.device
+        if args.device:
+            settings.options = dataclasses.replace(settings.options, device=args.device)
     else:
         missing = [flag for flag, value in (("--content", args.content), ("--style", args.style),
                                             ("--steps", args.steps)) if not value]
         if missing:
             raise ValueError(f"a new study needs {', '.join(missing)} (or --resume to continue the one in {args.out})")
         settings = StudySettings(
-            out=args.out, content_dirs=tuple(args.content), style_image=args.style, steps=args.steps,
-            norms=parse_norms(args.norms), seeds=parse_seeds(args.seeds), image_size=args.image_size,
-            batch_size=args.batch_size, lr=args.lr, width=args.width, num_residual=args.residual_blocks,
-            groups=args.groups,
-            loss=_loss_config(args),
-            precision=args.precision, device=args.device, checkpoint_every=args.checkpoint_every,
-            sample_every=args.sample_every,
+            out=args.out, base=_spec_from_args(args), norms=parse_norms(args.norms), seeds=parse_seeds(args.seeds),
+            options=TrainOptions(device=args.device or "auto", checkpoint_every=args.checkpoint_every,
+                                 sample_every=args.sample_every),
         )
     outcomes = run_study(settings, jobs=args.jobs)
     failed = [o for o in outcomes if o.status == "failed"]
@@ -289,7 +285,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .ablate import STUDY_FILE, content_images_of, load_study
-    from .compare import EvalSettings, arms_from_checkpoints, arms_from_study, evaluate, pick_images
+    from .evaluation import EvalSettings, arms_from_checkpoints, arms_from_study, evaluate, pick_images
     from .report import write_report
     from .zoo import list_models
 
@@ -346,7 +342,7 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
-    from .compare import pick_images
+    from .evaluation import pick_images
     from .zoo_build import export_zoo, gallery, gallery_photos, load_plan, select, status, train_zoo
 
     models = select(load_plan(args.plan), args.only)
@@ -368,8 +364,10 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
         print(f"training left: {hours(None if None in left else sum(left))} "
               "(at each run's recent rate; runs not started yet at the median rate)")
     elif args.action == "train":
-        train_zoo(models, args.runs, checkpoint_every=args.checkpoint_every,
-                  export_to=weights if args.export else None, workers=args.workers)
+        from .train import TrainOptions
+
+        options = TrainOptions(checkpoint_every=args.checkpoint_every, sample_every=250, num_workers=args.workers)
+        train_zoo(models, args.runs, options, export_to=weights if args.export else None)
     elif args.action == "export":
         for entry in export_zoo(models, args.runs, weights):
             print(f"exported {entry['name']}: {entry['bytes'] / 1e6:.1f} MB, {entry['export_psnr_db']} dB vs fp32")
@@ -381,7 +379,7 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
         elif gallery_photos(args.plan):
             photos = gallery_photos(args.plan)
         else:
-            test = models[0].content[0].parent / "test"
+            test = models[0].spec.content[0].parent / "test"
             if not test.is_dir():
                 raise FileNotFoundError(f"no test folder at {test}; pass --photos")
             photos = pick_images(test, 3)

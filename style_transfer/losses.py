@@ -96,6 +96,8 @@ class LossConfig:
         for name in ("content_weight", "style_weight", "tv_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.style_size < 1:
+            raise ValueError(f"style_size must be >= 1, got {self.style_size}")
 
 
 class PerceptualLoss(nn.Module):

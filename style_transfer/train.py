@@ -1,8 +1,12 @@
-"""Training a transformer network for one style (Johnson et al. 2016), single process or torchrun/DDP."""
+"""Training a transformer network for one style (Johnson et al. 2016), single process or torchrun/DDP.
+
+``train(spec, run, options)``: the :class:`~style_transfer.spec.RunSpec` says what is trained (data,
+recipe, budget), the :class:`~style_transfer.rundir.RunDir` where it is kept (checkpoint, resume state,
+log, samples), and :class:`TrainOptions` how it executes (device, intervals, workers).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -21,15 +25,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import ModelInfo, file_sha256, load_train_state, save_model, save_train_state
-from .data import ContentImages, ResumableSampler, steps_per_epoch
-from .device import autocast, check_precision, resolve_device, resolve_precision
+from .data import ContentImages, ResumableSampler, link_folders, steps_per_epoch
+from .device import autocast, resolve_device, resolve_precision
 from .imageio import load_rgb, save_image
-from .losses import LossConfig, PerceptualLoss
-from .network import TransformerConfig, TransformerNet
+from .losses import PerceptualLoss
+from .network import TransformerNet
+from .rundir import TERMS, RunDir
+from .spec import RunSpec
 
 log = logging.getLogger(__name__)
-
-TERMS = ("content", "style", "tv", "total")
 
 
 class _StopRequest:
@@ -74,73 +78,28 @@ class TrainingError(RuntimeError):
 
 
 @dataclass
-class TrainSettings:
-    """Everything a training run depends on. Stored in the checkpoint; a resume must match it."""
+class TrainOptions:
+    """How a run executes. Nothing here changes the result, so a resume may change any of it; what
+    does change the result is the :class:`~style_transfer.spec.RunSpec`."""
 
-    content_dir: Path
-    style_image: Path
-    out: Path  # the served checkpoint (.safetensors)
-    network: TransformerConfig = TransformerConfig()
-    loss: LossConfig = LossConfig()
-    steps: int | None = None  # total optimizer steps; default below when neither steps nor epochs
-    epochs: float | None = None
-    image_size: int = 256  # random crops, as in Johnson et al. 2016
-    batch_size: int = 4  # per process
-    lr: float = 1e-3  # Adam, as in Johnson et al. 2016
-    # Clip the gradient's global L2 norm to this (None: no clipping, as in Johnson et al.). The group-norm
-    # arm of the shipped Starry Night A/B set diverged twice without it (weights/zoo.toml).
-    clip_grad_norm: float | None = None
-    seed: int = 0
-    precision: str = "auto"  # autocast; auto = bf16 where the hardware has it (resolved at start)
     device: str = "auto"
-    workdir: Path | None = None  # resume state, log and samples; default: <out>.run/ beside the checkpoint
-    checkpoint_every: int = 500
-    sample_every: int = 500
-    num_workers: int = 0
+    checkpoint_every: int = 500  # steps between resume states (and served checkpoints)
+    sample_every: int = 500  # steps between sample images
+    num_workers: int = 0  # data loading processes: each crop is a pure function of seed and position
+    # Batch norm statistics over every process's batch (DDP on CUDA only). It does change a multi-process
+    # batch-norm result; it is recorded in the checkpoint's metadata and ignored for other norms.
     sync_bn: bool = False
-    save_dtype: str = "fp32"
+    save_dtype: str = "fp32"  # of the served checkpoint
     progress: bool = True
 
-    # 40k steps of batch 4 is two epochs of COCO, Johnson et al.'s budget.
-    DEFAULT_STEPS = 40_000
-
     def __post_init__(self) -> None:
-        self.content_dir, self.style_image, self.out = Path(self.content_dir), Path(self.style_image), Path(self.out)
-        if self.workdir is None:
-            self.workdir = self.out.with_name(self.out.name.removesuffix(".safetensors") + ".run")
-        self.workdir = Path(self.workdir)
-        check_precision(self.precision)
-        if self.steps is not None and self.epochs is not None:
-            raise ValueError("give --steps or --epochs, not both")
-        for name in ("image_size", "batch_size", "checkpoint_every", "sample_every"):
+        for name in ("checkpoint_every", "sample_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
-            raise ValueError(f"clip_grad_norm must be > 0, got {self.clip_grad_norm}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.save_dtype not in ("fp32", "fp16"):
             raise ValueError(f"save_dtype must be fp32 or fp16, got {self.save_dtype!r}")
-        if not self.style_image.is_file():
-            raise FileNotFoundError(f"style image not found: {self.style_image}")
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The settings that must not change across a resume (everything that shapes the result)."""
-        fingerprint = {
-            "network": dataclasses.asdict(self.network),
-            "loss": dataclasses.asdict(self.loss),
-            "image_size": self.image_size,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "seed": self.seed,
-            "precision": self.precision,
-        }
-        # Only when set, so that runs from before the option existed still resume.
-        if self.clip_grad_norm is not None:
-            fingerprint["clip_grad_norm"] = self.clip_grad_norm
-        return fingerprint
 
 
 @dataclass
@@ -205,21 +164,6 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _read_log(path: Path, upto_step: int) -> list[dict[str, float]]:
-    """Log entries up to ``upto_step`` (entries after the last checkpoint are dropped on resume)."""
-    if not path.exists():
-        return []
-    entries = []
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-        if entry.get("step", math.inf) <= upto_step:
-            entries.append(entry)
-    return entries
-
-
 def loss_terms(net: torch.nn.Module, criterion: PerceptualLoss, batch: torch.Tensor, device: torch.device,
                precision: str) -> dict[str, torch.Tensor]:
     """Forward pass of one training step: the network under autocast, the loss terms (Grams in fp32)."""
@@ -240,182 +184,202 @@ def optimizer_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, clip: 
     return float(norm)
 
 
-def train(settings: TrainSettings, resume: bool = False) -> TrainResult:
-    """Train (or resume training) and write the served checkpoint to ``settings.out``."""
+def train(spec: RunSpec, run: RunDir, options: TrainOptions = TrainOptions(), resume: bool = False) -> TrainResult:
+    """Train ``spec`` (or continue it from ``run``'s resume state) and write ``run.checkpoint``."""
+    _check_inputs(spec)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if settings.sync_bn and settings.network.norm == "batch" and world > 1 \
-            and resolve_device(settings.device).type != "cuda":
+    if options.sync_bn and spec.network.norm == "batch" and world > 1 \
+            and resolve_device(options.device).type != "cuda":
         # Checked before joining the process group, so every rank fails fast with the same message.
         raise ValueError("--sync-bn needs CUDA GPUs: PyTorch's SyncBatchNorm has no CPU implementation "
                          "(without it, each process normalizes over its own batch)")
-    env = _Distributed(settings.device)
+    env = _Distributed(options.device)
     try:
-        return _train(settings, resume, env)
+        trainer = _Trainer(spec, run, options, env)
+        if resume:
+            trainer.restore()
+        return trainer.run()
     finally:
         env.close()
 
 
-def _train(s: TrainSettings, resume: bool, env: _Distributed) -> TrainResult:
-    device = env.device
-    # Resolve "auto" once, so the checkpoint records (and a resume compares) the precision actually used.
-    s = dataclasses.replace(s, precision=resolve_precision(s.precision, device, training=True))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    if s.sync_bn and s.network.norm != "batch":
-        log.warning("--sync-bn only affects the batch norm; ignored for %s norm", s.network.norm)
+def _check_inputs(spec: RunSpec) -> None:
+    """The data exists: checked before the data scan and the VGG load, which take a while."""
+    if not spec.style.is_file():
+        raise FileNotFoundError(f"style image not found: {spec.style}")
+    for folder in spec.content:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"content folder not found: {folder}")
 
-    dataset = ContentImages(s.content_dir, s.image_size)
-    total_steps = s.steps
-    if total_steps is None:
-        total_steps = (math.ceil(s.epochs * steps_per_epoch(len(dataset), s.batch_size, env.world))
-                       if s.epochs is not None else TrainSettings.DEFAULT_STEPS)
 
-    style = load_rgb(s.style_image, s.loss.style_size).to(device)
-    criterion = PerceptualLoss(style, s.loss).to(device)
+class _Trainer:
+    """One training run: the model, its optimizer, the data stream and the run folder, stepped until the
+    budget is spent, checkpointing and sampling on the way."""
 
-    # Seed before building the model: arms that differ only in the norm start from the same conv
-    # weights (norm layers draw no random numbers), which makes norm comparisons fair.
-    torch.manual_seed(s.seed)
-    model = TransformerNet(s.network).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
+    def __init__(self, spec: RunSpec, run: RunDir, options: TrainOptions, env: _Distributed) -> None:
+        self.env, self.run_dir, self.options = env, run, options
+        device = self.device = env.device
+        # Resolve "auto" once, so the checkpoint records (and a resume compares) the precision actually used.
+        self.spec = spec = spec.replace(precision=resolve_precision(spec.precision, device, training=True))
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if options.sync_bn and spec.network.norm != "batch":
+            log.warning("--sync-bn only affects the batch norm; ignored for %s norm", spec.network.norm)
 
-    state_path = s.workdir / "train_state.pt"
-    log_path = s.workdir / "log.jsonl"
-    start_step = 0
-    history: list[dict[str, float]] = []
-    if resume:
-        state = load_train_state(state_path)
-        if state["settings"] != s.fingerprint():
-            changed = sorted(k for k in s.fingerprint() if state["settings"].get(k) != s.fingerprint()[k])
-            raise TrainingError(
-                f"cannot resume {state_path}: these settings differ from the interrupted run: {changed}"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], device)
-        start_step = int(state["step"])
-        history = _read_log(log_path, start_step)
+        content_root = link_folders(spec.content, run.content_links)
+        self.dataset = ContentImages(content_root, spec.image_size)
+        self.content_name = content_root.name
+        self.total_steps = spec.total_steps(lambda: steps_per_epoch(len(self.dataset), spec.batch_size, env.world))
+
+        style = load_rgb(spec.style, spec.loss.style_size).to(device)
+        self.criterion = PerceptualLoss(style, spec.loss).to(device)
+        self.style_sha = file_sha256(spec.style)
+
+        # Seed before building the model: arms that differ only in the norm start from the same conv
+        # weights (norm layers draw no random numbers), which makes norm comparisons fair.
+        torch.manual_seed(spec.seed)
+        self.model = TransformerNet(spec.network).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr)
+        self.step = self.start_step = 0
+        self.history: list[dict[str, float]] = []
+        self.resumed = False
+
+    def restore(self) -> None:
+        """Continue from the run's resume state, refusing one trained with another recipe."""
+        state = load_train_state(self.run_dir.state)
+        changed = self.spec.differences(state["settings"], ignore_auto_precision=False)
+        if changed:
+            raise TrainingError(f"cannot resume {self.run_dir.state}: these settings differ from the "
+                                f"interrupted run: {changed}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], self.device)
+        self.step = self.start_step = int(state["step"])
+        self.history = self.run_dir.read_log(self.start_step)
+        self.resumed = True
+        if self.env.main:
+            log.info("resuming %s from step %d", self.run_dir.state, self.start_step)
+
+    def run(self) -> TrainResult:
+        spec, env, options = self.spec, self.env, self.options
+        if not self.resumed and self.run_dir.can_resume() and env.main:
+            log.warning("%s exists; starting over (use --resume to continue it)", self.run_dir.state)
+        model = self.model
+        if options.sync_bn and spec.network.norm == "batch" and env.active:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        device = self.device
+        self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+            if env.active else model
+        sampler = ResumableSampler(self.dataset, spec.batch_size, spec.seed, self.start_step, env.world, env.rank)
+        loader = DataLoader(self.dataset, batch_size=spec.batch_size, sampler=sampler,
+                            num_workers=options.num_workers, pin_memory=device.type == "cuda",
+                            persistent_workers=False)
+        self.sample_input = self.dataset.crop(load_rgb(self.dataset.paths[0]), crop_seed=spec.seed
+                                              ).unsqueeze(0).to(device)
+        log_file = None
         if env.main:
-            log.info("resuming %s from step %d", state_path, start_step)
-    elif state_path.exists() and env.main:
-        log.warning("%s exists; starting over (use --resume to continue it)", state_path)
+            self.run_dir.samples.mkdir(parents=True, exist_ok=True)
+            # Rewritten with only the entries the resumed state covers.
+            log_file = self.run_dir.start_log(self.history)
+            log.info("training %s norm on %d images (%d skipped) for %d steps on %s (%s), %d process(es)",
+                     spec.network.norm, len(self.dataset), len(self.dataset.skipped), self.total_steps, device,
+                     spec.precision, env.world)
 
-    if s.sync_bn and s.network.norm == "batch" and env.active:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    net: torch.nn.Module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if env.active else model
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.start_step, disable=not (env.main and options.progress),
+                   desc=f"train {spec.network.norm}", unit="step", dynamic_ncols=True)
+        stop = _StopRequest(enabled=not env.active)
+        try:
+            with stop:
+                self._loop(iter(loader), bar, log_file, stop)
+        except BaseException:
+            # A signal can also surface as an error (e.g. DataLoader workers killed by the same SIGTERM)
+            # while fetching a batch, before the step: the weights then still match ``self.step``.
+            if stop.received is None or stop.forced:
+                raise
+        finally:
+            bar.close()
+            if log_file:
+                log_file.close()
+        if stop.received is not None:
+            if self.step > self.start_step:
+                self._checkpoint()
+                log.warning("stopped at step %d of %d; checkpoint saved in %s: continue with --resume",
+                            self.step, self.total_steps, self.run_dir.root)
+            else:
+                log.warning("stopped before the first step; nothing to save")
+            raise KeyboardInterrupt
+        if self.start_step >= self.total_steps and env.main:
+            log.info("nothing to do: the run already has %d of %d steps", self.start_step, self.total_steps)
+        return TrainResult(self.step, self._recent_losses(), self.run_dir.checkpoint, len(self.dataset.skipped),
+                           self.history)
 
-    sampler = ResumableSampler(dataset, s.batch_size, s.seed, start_step, env.world, env.rank)
-    loader = DataLoader(dataset, batch_size=s.batch_size, sampler=sampler, num_workers=s.num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
-    sample_input = dataset.crop(load_rgb(dataset.paths[0]), crop_seed=s.seed).unsqueeze(0).to(device)
-
-    if env.main:
-        s.workdir.mkdir(parents=True, exist_ok=True)
-        (s.workdir / "samples").mkdir(exist_ok=True)
-        # Rewrite the log with only the entries the resumed state covers.
-        log_path.write_text("".join(json.dumps(e) + "\n" for e in history))
-        log.info("training %s norm on %d images (%d skipped) for %d steps on %s (%s), %d process(es)",
-                 s.network.norm, len(dataset), len(dataset.skipped), total_steps, device, s.precision, env.world)
-    style_sha = file_sha256(s.style_image)
-
-    def info_for(step: int, losses: dict[str, float]) -> ModelInfo:
-        return ModelInfo(
-            config=s.network,
-            style_name=s.style_image.stem,
-            style_sha256=style_sha,
-            steps=step,
-            training={**s.fingerprint(), "content_dir": s.content_dir.name, "num_images": len(dataset),
-                      "world_size": env.world, "total_steps": total_steps, "sync_bn": s.sync_bn},
-            losses=losses,
-        )
-
-    def recent_losses() -> dict[str, float]:
-        window = history[-50:]
-        return {t: sum(e[t] for e in window) / len(window) for t in TERMS} if window else {}
-
-    def write_checkpoint(step: int) -> None:
-        # Rank 0 writes; the other ranks hold identical weights (DDP keeps them in sync).
-        if env.main:
-            save_train_state(state_path, {
-                "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "rng": _rng_state(device), "settings": s.fingerprint(),
-            })
-            save_model(s.out, model, info_for(step, recent_losses()),
-                       torch.float16 if s.save_dtype == "fp16" else torch.float32)
-        env.barrier()
-
-    def write_sample(step: int) -> None:
-        if not env.main:
-            return
-        model.eval()
-        with torch.no_grad(), autocast(device, s.precision):
-            out = model(sample_input).float().clamp(0, 1)
-        model.train()
-        save_image(torch.cat([sample_input, out], dim=-1), s.workdir / "samples" / f"step_{step:06d}.png")
-
-    model.train()
-    bar = tqdm(total=total_steps, initial=start_step, disable=not (env.main and s.progress),
-               desc=f"train {s.network.norm}", unit="step", dynamic_ncols=True)
-    step = start_step
-    data = iter(loader)
-    log_file = open(log_path, "a", encoding="utf-8") if env.main else None
-
-    def run_steps() -> None:
-        nonlocal step
-        while step < total_steps:
-            t0 = time.perf_counter()
-            batch = next(data).to(device, non_blocking=True)
-            terms = loss_terms(net, criterion, batch, device, s.precision)
-            values = env.mean(torch.stack([terms[t].detach().float() for t in TERMS]))
-            if not torch.isfinite(values).all():
-                raise TrainingError(
-                    f"loss became non-finite at step {step + 1} ("
-                    + ", ".join(f"{t}={v:.4g}" for t, v in zip(TERMS, values.tolist()))
-                    + f"); training stopped. The last good checkpoint ({state_path}, "
-                    "if any) was kept. Try a lower --lr, --precision fp32, or smaller loss weights."
-                )
-            grad_norm = optimizer_step(optimizer, terms["total"], s.clip_grad_norm)
-            step += 1
-            entry = {"step": step, **{t: float(v) for t, v in zip(TERMS, values.tolist())},
-                     "grad_norm": grad_norm, "seconds": time.perf_counter() - t0}
-            history.append(entry)
+    def _loop(self, data: Any, bar: tqdm, log_file: Any, stop: _StopRequest) -> None:
+        while self.step < self.total_steps:
+            entry = self._train_step(next(data))
+            self.history.append(entry)
             if log_file:
                 log_file.write(json.dumps(entry) + "\n")
                 log_file.flush()
             bar.update(1)
             bar.set_postfix({t: f"{entry[t]:.3g}" for t in TERMS})
-            if step % s.sample_every == 0 or step == total_steps:
-                write_sample(step)
-            if step % s.checkpoint_every == 0 or step == total_steps:
+            if self.step % self.options.sample_every == 0 or self.step == self.total_steps:
+                self._sample()
+            if self.step % self.options.checkpoint_every == 0 or self.step == self.total_steps:
                 if log_file:
                     os.fsync(log_file.fileno())
-                write_checkpoint(step)
+                self._checkpoint()
             if stop.received is not None:
                 return
 
-    stop = _StopRequest(enabled=not env.active)
-    try:
-        with stop:
-            run_steps()
-    except BaseException:
-        # A signal can also surface as an error (e.g. DataLoader workers killed by the same SIGTERM)
-        # while fetching a batch, before the step: the weights then still match ``step``.
-        if stop.received is None or stop.forced:
-            raise
-    finally:
-        bar.close()
-        if log_file:
-            log_file.close()
-    if stop.received is not None:
-        if step > start_step:
-            write_checkpoint(step)
-            log.warning("stopped at step %d of %d; checkpoint saved in %s: continue with --resume",
-                        step, total_steps, s.workdir)
-        else:
-            log.warning("stopped before the first step; nothing to save")
-        raise KeyboardInterrupt
-    if start_step >= total_steps and env.main:
-        log.info("nothing to do: the run already has %d of %d steps", start_step, total_steps)
-    return TrainResult(step, recent_losses(), s.out, len(dataset.skipped), history)
+    def _train_step(self, batch: torch.Tensor) -> dict[str, float]:
+        """One optimizer step; its log entry. A non-finite loss stops the run before the update."""
+        t0 = time.perf_counter()
+        batch = batch.to(self.device, non_blocking=True)
+        terms = loss_terms(self.net, self.criterion, batch, self.device, self.spec.precision)
+        values = self.env.mean(torch.stack([terms[t].detach().float() for t in TERMS]))
+        if not torch.isfinite(values).all():
+            raise TrainingError(
+                f"loss became non-finite at step {self.step + 1} ("
+                + ", ".join(f"{t}={v:.4g}" for t, v in zip(TERMS, values.tolist()))
+                + f"); training stopped. The last good checkpoint ({self.run_dir.state}, "
+                "if any) was kept. Try a lower --lr, --precision fp32, or smaller loss weights."
+            )
+        grad_norm = optimizer_step(self.optimizer, terms["total"], self.spec.clip_grad_norm)
+        self.step += 1
+        return {"step": self.step, **{t: float(v) for t, v in zip(TERMS, values.tolist())},
+                "grad_norm": grad_norm, "seconds": time.perf_counter() - t0}
 
+    def _recent_losses(self) -> dict[str, float]:
+        window = self.history[-50:]
+        return {t: sum(e[t] for e in window) / len(window) for t in TERMS} if window else {}
+
+    def _info(self) -> ModelInfo:
+        spec = self.spec
+        return ModelInfo(
+            config=spec.network, style_name=spec.style.stem, style_sha256=self.style_sha, steps=self.step,
+            training={**spec.fingerprint(), "content_dir": self.content_name, "num_images": len(self.dataset),
+                      "world_size": self.env.world, "total_steps": self.total_steps,
+                      "sync_bn": self.options.sync_bn},
+            losses=self._recent_losses(),
+        )
+
+    def _checkpoint(self) -> None:
+        # Rank 0 writes; the other ranks hold identical weights (DDP keeps them in sync).
+        if self.env.main:
+            save_train_state(self.run_dir.state, {
+                "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": _rng_state(self.device), "settings": self.spec.fingerprint(),
+            })
+            save_model(self.run_dir.checkpoint, self.model, self._info(),
+                       torch.float16 if self.options.save_dtype == "fp16" else torch.float32)
+        self.env.barrier()
+
+    def _sample(self) -> None:
+        if not self.env.main:
+            return
+        self.model.eval()
+        with torch.no_grad(), autocast(self.device, self.spec.precision):
+            out = self.model(self.sample_input).float().clamp(0, 1)
+        self.model.train()
+        save_image(torch.cat([self.sample_input, out], dim=-1), self.run_dir.sample_path(self.step))

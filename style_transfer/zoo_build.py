@@ -18,12 +18,11 @@ Plan format (TOML; relative paths are relative to the plan file)::
     [[models]]
     name = "starry-night"           # the served model name
     style = "styles/starry.jpg"
-    style_weight = 2e-5             # a LossConfig field, a TransformerConfig field or a training setting
+    style_weight = 2e-5             # any setting of a run spec, by its flat name (spec.py)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import statistics
@@ -33,20 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointError, file_sha256, read_model_info
-from .data import link_folders
-from .losses import LossConfig
-from .network import TransformerConfig
-from .norms import NORM_NAMES
+from .checkpoint import file_sha256, read_model_info
+from .rundir import RunDir
+from .spec import DATA, RunSpec, ab_group, settings
+from .train import TrainOptions, train
 from .zoo import is_valid_name, read_manifest
 
 log = logging.getLogger(__name__)
 
-_LOSS_KEYS = {f.name for f in dataclasses.fields(LossConfig)}
-_NET_KEYS = {f.name for f in dataclasses.fields(TransformerConfig)}
-_TRAIN_KEYS = {"steps", "image_size", "batch_size", "lr", "clip_grad_norm", "seed", "precision"}
-_ENTRY_KEYS = {"name", "style", "content", "notes"} | _LOSS_KEYS | _NET_KEYS | _TRAIN_KEYS
-_PATH_KEYS = {"style", "content"}
+# A plan entry's keys: the model's name and notes, and any setting of a run spec by its flat name.
+_ENTRY_KEYS = {"name", "notes"} | {s.name for s in settings()}
 
 
 class PlanError(ValueError):
@@ -55,37 +50,26 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class ZooModel:
-    """One model of the plan: its served name and everything its training run depends on."""
+    """One model of the plan: its served name and the spec of its training run."""
 
     name: str
-    style: Path
-    content: tuple[Path, ...]
-    steps: int
-    network: TransformerConfig
-    loss: LossConfig
-    image_size: int = 256
-    batch_size: int = 4
-    lr: float = 1e-3
-    clip_grad_norm: float | None = None
-    seed: int = 0
-    precision: str = "auto"
+    spec: RunSpec
     notes: str = ""
 
+    @property
+    def steps(self) -> int:
+        return self.spec.steps
+
+    @property
+    def norm(self) -> str:
+        return self.spec.network.norm
+
+    def run(self, runs_dir: Path) -> RunDir:
+        """The run's checkpoint and folder: ``<runs>/<name>.safetensors`` and ``<runs>/<name>.run/``."""
+        return RunDir.of(runs_dir / f"{self.name}.safetensors")
+
     def checkpoint(self, runs_dir: Path) -> Path:
-        return runs_dir / f"{self.name}.safetensors"
-
-    def run_info(self, runs_dir: Path) -> Any:
-        """The run's last checkpoint's metadata (a ModelInfo), or None when it has no readable one yet."""
-        path = self.checkpoint(runs_dir)
-        try:
-            return read_model_info(path) if path.exists() else None
-        except CheckpointError:
-            return None
-
-    def steps_done(self, runs_dir: Path) -> int:
-        """Steps in the run's last checkpoint (0 when it has none yet)."""
-        info = self.run_info(runs_dir)
-        return info.steps if info else 0
+        return self.run(runs_dir).checkpoint
 
     def differences(self, training: dict[str, Any], style_sha256: str = "") -> list[str]:
         """The plan keys whose value differs from a run's recorded training settings (its checkpoint's
@@ -96,41 +80,15 @@ class ZooModel:
         step budget is left out on purpose (a larger one continues the run), and so are the resolved
         precision when the plan says 'auto' and the data folders (recorded only by their link name).
         """
-        plan: dict[str, Any] = {
-            "network": dataclasses.asdict(self.network), "loss": dataclasses.asdict(self.loss),
-            "image_size": self.image_size, "batch_size": self.batch_size, "lr": self.lr,
-            "clip_grad_norm": self.clip_grad_norm, "seed": self.seed,
-        }
-        if self.precision != "auto":
-            plan["precision"] = self.precision
-        recorded = {key: training.get(key) for key in plan}
-        plan, recorded = json.loads(json.dumps(plan)), json.loads(json.dumps(recorded))  # tuples == lists
-        keys = [key for key in plan if not isinstance(plan[key], dict) and plan[key] != recorded[key]]
-        for group in ("network", "loss"):
-            keys += [f"{group}.{k}" for k, v in plan[group].items() if v != (recorded[group] or {}).get(k)]
-        if style_sha256 and self.style.is_file() and file_sha256(self.style) != style_sha256:
+        keys = self.spec.differences(training)
+        if style_sha256 and self.spec.style.is_file() and file_sha256(self.spec.style) != style_sha256:
             keys.append("style")
         return keys
 
     def stale(self, runs_dir: Path) -> list[str]:
         """:meth:`differences` of the run's last checkpoint ([] when there is none yet)."""
-        info = self.run_info(runs_dir)
+        info = self.run(runs_dir).info()
         return self.differences(info.training, info.style_sha256) if info else []
-
-    def train_settings(self, runs_dir: Path, checkpoint_every: int = 100, sample_every: int = 250,
-                       workers: int = 0) -> Any:
-        """``workers`` (data loading processes) only changes speed: each crop is a pure function of the
-        seed and its position in the stream (data.py), so it is not part of the plan."""
-        from .train import TrainSettings
-
-        return TrainSettings(
-            content_dir=link_folders(self.content, runs_dir / "data"), style_image=self.style,
-            out=self.checkpoint(runs_dir), network=self.network, loss=self.loss, steps=self.steps,
-            image_size=self.image_size, batch_size=self.batch_size, lr=self.lr,
-            clip_grad_norm=self.clip_grad_norm, seed=self.seed,
-            precision=self.precision, checkpoint_every=checkpoint_every, sample_every=sample_every,
-            num_workers=workers,
-        )
 
 
 def load_plan(path: Path | str) -> list[ZooModel]:
@@ -151,29 +109,20 @@ def load_plan(path: Path | str) -> list[ZooModel]:
         unknown = set(entry) - _ENTRY_KEYS
         if unknown:
             raise PlanError(f"{where}: unknown key(s) {sorted(unknown)}")
-        for key in ("name", "style", "content", "steps"):
+        for key in ("name", *DATA, "steps"):
             if key not in entry:
                 raise PlanError(f"{where}: '{key}' is required")
         if not is_valid_name(entry["name"]):
             raise PlanError(f"{where}: invalid name (use letters, digits, '-', '_' and '.')")
-        if entry.get("norm", "instance") not in NORM_NAMES:
-            raise PlanError(f"{where}: norm must be one of {', '.join(NORM_NAMES)}")
         content = entry["content"]
-        content = [content] if isinstance(content, str) else content
         resolve = lambda p: (path.parent / p).resolve()  # noqa: E731 - relative to the plan file
-        loss = {k: (tuple(v) if isinstance(v, list) else v) for k, v in entry.items() if k in _LOSS_KEYS}
+        values = {k: v for k, v in entry.items() if k not in ("name", "notes")}
+        values["content"] = tuple(resolve(c) for c in ([content] if isinstance(content, str) else content))
+        values["style"] = resolve(entry["style"])
         try:
-            model = ZooModel(
-                name=entry["name"], style=resolve(entry["style"]), content=tuple(resolve(c) for c in content),
-                network=TransformerConfig(**{k: v for k, v in entry.items() if k in _NET_KEYS}),
-                loss=LossConfig(**loss), notes=entry.get("notes", ""),
-                **{k: v for k, v in entry.items() if k in _TRAIN_KEYS},
-            )
+            models.append(ZooModel(entry["name"], RunSpec.from_flat(values), entry.get("notes", "")))
         except (TypeError, ValueError) as exc:
             raise PlanError(f"{where}: {exc}") from exc
-        if not isinstance(model.steps, int) or model.steps < 1:
-            raise PlanError(f"{where}: steps must be a positive integer")
-        models.append(model)
     names = [m.name for m in models]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
@@ -210,21 +159,6 @@ def select(models: Sequence[ZooModel], only: Sequence[str] | None) -> list[ZooMo
     return [m for m in models if m.name in only]
 
 
-def seconds_per_step(log_path: Path, recent: int = 100) -> float | None:
-    """Median time of the last ``recent`` steps in a run's log.jsonl; None without a readable log."""
-    try:
-        lines = log_path.read_text().splitlines()[-recent:]
-    except OSError:
-        return None
-    seconds = []
-    for line in lines:
-        try:
-            seconds.append(float(json.loads(line)["seconds"]))
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut short by a kill
-    return statistics.median(seconds) if seconds else None
-
-
 def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> list[dict[str, Any]]:
     """Per model: steps trained, steps planned, what the weights folder ships, and the time left.
 
@@ -237,15 +171,16 @@ def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> lis
     shipped = {m["name"]: m for m in read_manifest(weights_dir)["models"]}
     rows = []
     for m in models:
-        done = m.steps_done(runs_dir)
-        rows.append({"name": m.name, "norm": m.network.norm, "style": m.style.stem, "steps_done": done,
+        run = m.run(runs_dir)
+        done = run.steps_done()
+        rows.append({"name": m.name, "norm": m.norm, "style": m.spec.style.stem, "steps_done": done,
                      "steps": m.steps, "finished": done >= m.steps,
                      "shipped_steps": shipped.get(m.name, {}).get("steps"),
                      "stale": m.stale(runs_dir),
                      "shipped_stale": (m.differences(shipped[m.name].get("settings", {}),
                                                      shipped[m.name].get("style_sha256", ""))
                                        if m.name in shipped else []),
-                     "seconds_per_step": seconds_per_step(runs_dir / f"{m.name}.run" / "log.jsonl")})
+                     "seconds_per_step": run.seconds_per_step()})
     known = [r["seconds_per_step"] for r in rows if r["seconds_per_step"]]
     typical = statistics.median(known) if known else None
     for r in rows:
@@ -255,15 +190,15 @@ def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> lis
     return rows
 
 
-def train_zoo(models: Sequence[ZooModel], runs_dir: Path, checkpoint_every: int = 100,
-              export_to: Path | None = None, workers: int = 0) -> list[str]:
+def train_zoo(models: Sequence[ZooModel], runs_dir: Path, options: TrainOptions | None = None,
+              export_to: Path | None = None) -> list[str]:
     """Train every unfinished model in order, resuming interrupted runs; returns the names trained.
 
     With ``export_to``, each model is exported there as soon as its run finishes, so a long zoo build
     ships its first models hours before its last.
     """
-    from .train import train
-
+    # A zoo run checkpoints often (a CPU run takes hours) and samples every 250 steps to be watched.
+    options = options or TrainOptions(checkpoint_every=100, sample_every=250)
     stale = {m.name: m.stale(runs_dir) for m in models}
     if any(stale.values()):
         # Refused before anything trains: resuming would fail on the changed settings, and a finished
@@ -274,14 +209,14 @@ def train_zoo(models: Sequence[ZooModel], runs_dir: Path, checkpoint_every: int 
             for name, keys in stale.items() if keys))
     trained = []
     for m in models:
-        settings = m.train_settings(runs_dir, checkpoint_every=checkpoint_every, workers=workers)
-        done = m.steps_done(runs_dir)
+        run = m.run(runs_dir)
+        done = run.steps_done()
         if done >= m.steps:
             log.info("%s: finished (%d steps); skipped", m.name, done)
         else:
-            resume = (settings.workdir / "train_state.pt").exists()
+            resume = run.can_resume()
             log.info("%s: %s at step %d of %d", m.name, "resuming" if resume else "starting", done, m.steps)
-            train(settings, resume=resume)
+            train(m.spec, run, options, resume=resume)
             trained.append(m.name)
         # Also ships a run that finished earlier without being exported (e.g. stopped during its
         # export); export_zoo skips what is already shipped at its step count.
@@ -297,7 +232,7 @@ def export_zoo(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) ->
     shipped = {m["name"]: m for m in read_manifest(weights_dir)["models"]}
     exported = []
     for m in models:
-        info = m.run_info(runs_dir)  # read once: steps, plan check and shipped check all come from it
+        info = m.run(runs_dir).info()  # read once: steps, plan check and shipped check all come from it
         done = info.steps if info else 0
         if done < m.steps:
             log.info("%s: not finished (%d of %d steps); not exported", m.name, done, m.steps)
@@ -321,15 +256,15 @@ def export_zoo(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) ->
     return exported
 
 
-def ab_sets(models: Sequence[ZooModel]) -> list[list[ZooModel]]:
-    """The plan's norm A/B sets: groups of models that differ in nothing but the norm (and their names
-    and notes), with at least two norms, in plan order. A style can also have models outside its set
-    (e.g. a flagship trained with another recipe); grouping by style alone would mix them in."""
-    groups: dict[str, list[ZooModel]] = {}
-    for m in models:
-        recipe = dataclasses.replace(m, name="", notes="", network=dataclasses.replace(m.network, norm="instance"))
-        groups.setdefault(repr(recipe), []).append(m)
-    return [arms for arms in groups.values() if len({m.network.norm for m in arms}) >= 2]
+def ab_sets(shipped: dict[str, Path]) -> list[list[str]]:
+    """The norm A/B sets among shipped models (name -> checkpoint): groups of models with one
+    :func:`~style_transfer.spec.ab_group` (the same recipe but the norm) and at least two norms, in
+    the given order."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for name, path in shipped.items():
+        info = read_model_info(path)
+        groups.setdefault(ab_group(info.training, info.style_sha256), []).append((name, info.norm))
+    return [[name for name, _ in arms] for arms in groups.values() if len({norm for _, norm in arms}) >= 2]
 
 
 def gallery(models: Sequence[ZooModel], weights_dir: Path, photos: Sequence[Path], out_dir: Path,
@@ -343,7 +278,7 @@ def gallery(models: Sequence[ZooModel], weights_dir: Path, photos: Sequence[Path
     """
     import torch
 
-    from .compare import image_grid
+    from .grid import image_grid
     from .imageio import load_rgb
     from .stylize import Stylizer
     from .zoo import list_models
@@ -370,15 +305,17 @@ def gallery(models: Sequence[ZooModel], weights_dir: Path, photos: Sequence[Path
 
     instance: list[ZooModel] = []  # one column per style: its first instance-norm model in plan order
     for m in present:
-        if m.network.norm == "instance" and all(m.style != other.style for other in instance):
+        if m.norm == "instance" and all(m.spec.style != other.spec.style for other in instance):
             instance.append(m)
     if instance:
         blank = torch.ones(1, 3, 8, 8)
-        header = [blank] + [load_rgb(m.style, max_size=cell) for m in instance]
+        header = [blank] + [load_rgb(m.spec.style, max_size=cell) for m in instance]
         rows = [header] + [[img] + [outputs[m.name][i] for m in instance] for i, img in enumerate(images)]
         save(rows, ["photo"] + [m.name for m in instance], "styles.jpg")
-    for arms in ab_sets(present):
+    by_name = {m.name: m for m in present}
+    for names in ab_sets({m.name: shipped[m.name] for m in present}):
+        arms = [by_name[n] for n in names]
         rows = [[img] + [outputs[m.name][i] for m in arms] for i, img in enumerate(images)]
-        lead = next((m.name for m in arms if m.network.norm == "instance"), arms[0].name)
-        save(rows, ["photo"] + [f"{m.network.norm} norm" for m in arms], f"ab-{lead}.jpg")
+        lead = next((m.name for m in arms if m.norm == "instance"), arms[0].name)
+        save(rows, ["photo"] + [f"{m.norm} norm" for m in arms], f"ab-{lead}.jpg")
     return written

@@ -11,25 +11,26 @@ import torch
 from safetensors.torch import load_file
 
 from style_transfer import train as train_module
-from style_transfer.ablate import (StudyError, StudySettings, arm_train_settings, describe, load_study,
-                                   prepare_study, run_study)
+from style_transfer.ablate import StudyError, StudySettings, arm_job, describe, load_study, prepare_study, run_study
 from style_transfer.cli import main
 from style_transfer.data import ContentImages
-from style_transfer.losses import LossConfig
 from style_transfer.network import TransformerNet
 from style_transfer.norms import NORM_NAMES
+from style_transfer.spec import RunSpec
+from style_transfer.train import TrainOptions
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny(out: Path, content: Path | tuple, style: Path, **overrides) -> StudySettings:
-    base = dict(out=out, content_dirs=content if isinstance(content, tuple) else (content,), style_image=style,
-                steps=2, norms=("instance", "batch"), seeds=(0,), image_size=32, batch_size=2, width=8,
-                num_residual=1, loss=LossConfig(style_size=64), precision="fp32", device="cpu",
-                checkpoint_every=2, sample_every=2)
+def tiny(out: Path, content: Path | tuple, style: Path, norms=("instance", "batch"), seeds=(0,),
+         **overrides) -> StudySettings:
+    """A study of tiny arms; ``overrides`` are run spec settings by their flat names."""
+    base = dict(content=content, style=style, steps=2, image_size=32, batch_size=2, width=8, num_residual=1,
+                style_size=64, precision="fp32")
     base.update(overrides)
-    return StudySettings(**base)
+    return StudySettings(out=out, base=RunSpec.from_flat(base), norms=norms, seeds=seeds,
+                         options=TrainOptions(device="cpu", checkpoint_every=2, sample_every=2))
 
 
 def test_arms_differ_only_in_the_norm(tmp_path, content_dir, small_style_path, monkeypatch):
@@ -72,7 +73,7 @@ def test_arms_differ_only_in_the_norm(tmp_path, content_dir, small_style_path, m
     assert all(batches[norm] == batches["instance"] for norm in NORM_NAMES)
     # Same settings but the norm.
     study = load_study(tmp_path / "study")
-    prints = {a.norm: arm_train_settings(study, a).fingerprint() for a in study.arms}
+    prints = {a.norm: arm_job(study, a)[0].fingerprint() for a in study.arms}
     for norm, fp in prints.items():
         other = {**fp, "network": {**fp["network"], "norm": "instance"}}
         assert other == prints["instance"], norm
@@ -112,9 +113,8 @@ def test_layout_resume_and_extension(tmp_path, content_dir, small_style_path):
     assert [a.name for a in study.arms] == ["instance-s0", "batch-s0"]
     # Interrupt the batch arm at step 2 (its train state is kept), leave the instance arm untouched.
     batch_arm = study.arms[1]
-    partial = arm_train_settings(study, batch_arm, progress=False)
-    partial.steps = 2
-    train(partial)
+    spec, run, options = arm_job(study, batch_arm, progress=False)
+    train(spec.replace(steps=2), run, options)
     assert [r["status"] for r in describe(study)] == ["new", "partial"]
 
     outcomes = run_study(settings, progress=False)
@@ -123,7 +123,7 @@ def test_layout_resume_and_extension(tmp_path, content_dir, small_style_path):
     assert [e["step"] for e in entries] == [1, 2, 3, 4]
     for arm in study.arms:
         assert arm.checkpoint == tmp_path / "study" / arm.name / "model.safetensors"
-        assert (arm.workdir / "train_state.pt").is_file() and arm.log_path.is_file()
+        assert arm.run.state.is_file() and arm.log_path.is_file()
     weights = {a.name: load_file(a.checkpoint) for a in study.arms}
 
     # Again: nothing to do, nothing rewritten.
@@ -140,9 +140,8 @@ def test_layout_resume_and_extension(tmp_path, content_dir, small_style_path):
         ("batch-s1", "trained"), ("none-s1", "trained")]
     with pytest.raises(StudyError, match=r"lr.*steps|steps.*lr"):
         prepare_study(tiny(tmp_path / "study", content_dir, small_style_path, steps=5, lr=1e-2))
-    with pytest.raises(StudyError, match="loss"):
-        prepare_study(tiny(tmp_path / "study", content_dir, small_style_path, steps=4,
-                           loss=LossConfig(style_size=64, style_weight=1.0)))
+    with pytest.raises(StudyError, match="style_weight"):
+        prepare_study(tiny(tmp_path / "study", content_dir, small_style_path, steps=4, style_weight=1.0))
 
 
 def test_several_content_folders_are_linked_not_copied(tmp_path, content_dir, small_style_path):
@@ -153,7 +152,7 @@ def test_several_content_folders_are_linked_not_copied(tmp_path, content_dir, sm
     settings = tiny(tmp_path / "study", (content_dir, second), small_style_path, norms=("layer",), steps=1)
     outcomes = run_study(settings, progress=False)
     assert outcomes[0].status == "trained"
-    links = sorted((tmp_path / "study" / "content").iterdir())
+    links = sorted((tmp_path / "study" / "layer-s0" / "model.run" / "content").iterdir())
     assert [p.is_symlink() for p in links] == [True, True]
     assert [p.resolve() for p in links] == [content_dir.resolve(), second.resolve()]
     meta = json.loads(load_file_metadata(tmp_path / "study" / "layer-s0" / "model.safetensors")["training"])

@@ -17,7 +17,9 @@ from safetensors.torch import load_file
 from style_transfer.checkpoint import load_model, load_train_state
 from style_transfer.losses import LossConfig, PerceptualLoss
 from style_transfer.network import TransformerConfig
-from style_transfer.train import TrainingError, TrainSettings, train
+from style_transfer.rundir import RunDir
+from style_transfer.spec import RunSpec
+from style_transfer.train import TrainingError, TrainOptions, train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 STYLE = SHARED / "styles" / "vangogh_starry_night_1889.jpg"
@@ -36,16 +38,20 @@ def photos(tmp_path_factory) -> Path:
     return folder
 
 
-def settings(tmp: Path, content: Path, **overrides) -> TrainSettings:
-    base = dict(content_dir=content, style_image=STYLE, out=tmp / "model.safetensors", network=TINY_NET,
-                loss=TINY_LOSS, steps=4, image_size=32, batch_size=2, device="cpu", checkpoint_every=2,
-                sample_every=2, progress=False)
-    base.update(overrides)
-    return TrainSettings(**base)
+_OPTIONS = {f for f in TrainOptions.__dataclass_fields__}
+
+
+def settings(tmp: Path, content: Path, **overrides) -> tuple[RunSpec, RunDir, TrainOptions]:
+    """A tiny run in ``tmp``: its spec, run folder and options, for ``train(*settings(...))``."""
+    spec = dict(content=content, style=STYLE, network=TINY_NET, loss=TINY_LOSS, steps=4, image_size=32, batch_size=2)
+    options = dict(device="cpu", checkpoint_every=2, sample_every=2, progress=False)
+    for key, value in overrides.items():
+        (options if key in _OPTIONS else spec)[key] = value
+    return RunSpec(**spec), RunDir.of(tmp / "model.safetensors"), TrainOptions(**options)
 
 
 def test_short_real_training_lowers_the_loss(tmp_path, photos):
-    result = train(settings(tmp_path, photos, steps=30, image_size=48, checkpoint_every=10, sample_every=15))
+    result = train(*settings(tmp_path, photos, steps=30, image_size=48, checkpoint_every=10, sample_every=15))
     totals = [e["total"] for e in result.history]
     assert len(totals) == 30
     assert sum(totals[-5:]) / 5 < 0.5 * sum(totals[:5]) / 5
@@ -63,10 +69,10 @@ def test_short_real_training_lowers_the_loss(tmp_path, photos):
 @pytest.mark.parametrize("norm", ["instance", "batch"])
 def test_resume_gives_identical_weights(tmp_path, photos, norm):
     net = TransformerConfig(norm=norm, width=8, num_residual=1)
-    straight = train(settings(tmp_path / "a", photos, network=net, steps=6, checkpoint_every=3))
+    straight = train(*settings(tmp_path / "a", photos, network=net, steps=6, checkpoint_every=3))
     # Interrupted after 3 steps (the checkpoint at step 3), then resumed to 6.
-    train(settings(tmp_path / "b", photos, network=net, steps=3, checkpoint_every=3))
-    resumed = train(settings(tmp_path / "b", photos, network=net, steps=6, checkpoint_every=3), resume=True)
+    train(*settings(tmp_path / "b", photos, network=net, steps=3, checkpoint_every=3))
+    resumed = train(*settings(tmp_path / "b", photos, network=net, steps=6, checkpoint_every=3), resume=True)
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
@@ -77,9 +83,9 @@ def test_resume_gives_identical_weights(tmp_path, photos, norm):
 
 
 def test_resume_refuses_changed_settings(tmp_path, photos):
-    train(settings(tmp_path, photos, steps=2))
+    train(*settings(tmp_path, photos, steps=2))
     with pytest.raises(TrainingError, match="lr"):
-        train(settings(tmp_path, photos, steps=4, lr=5e-3), resume=True)
+        train(*settings(tmp_path, photos, steps=4, lr=5e-3), resume=True)
 
 
 def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path, photos, monkeypatch):
@@ -96,7 +102,7 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path, photos, m
     monkeypatch.setattr(PerceptualLoss, "forward", poisoned)
     out = tmp_path / "model.safetensors"
     with pytest.raises(TrainingError, match="non-finite at step 4"):
-        train(settings(tmp_path, photos, steps=6, checkpoint_every=2))
+        train(*settings(tmp_path, photos, steps=6, checkpoint_every=2))
     # step 3's checkpoint is not due (every 2), so the last good checkpoint is step 2's, untouched
     assert load_train_state(tmp_path / "model.run" / "train_state.pt")["step"] == 2
     model, info = load_model(out)
@@ -106,7 +112,7 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path, photos, m
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_finishes_the_step_checkpoints_it_and_resume_matches(tmp_path, photos, monkeypatch, signum):
-    straight = train(settings(tmp_path / "a", photos, steps=6, checkpoint_every=100))
+    straight = train(*settings(tmp_path / "a", photos, steps=6, checkpoint_every=100))
     real_forward = PerceptualLoss.forward
     calls = {"n": 0}
 
@@ -119,12 +125,12 @@ def test_a_signal_finishes_the_step_checkpoints_it_and_resume_matches(tmp_path, 
     monkeypatch.setattr(PerceptualLoss, "forward", signalled)
     before = signal.getsignal(signum)
     with pytest.raises(KeyboardInterrupt):
-        train(settings(tmp_path / "b", photos, steps=6, checkpoint_every=100))
+        train(*settings(tmp_path / "b", photos, steps=6, checkpoint_every=100))
     assert signal.getsignal(signum) is before  # handlers restored
     assert load_train_state(tmp_path / "b" / "model.run" / "train_state.pt")["step"] == 3
     assert load_model(tmp_path / "b" / "model.safetensors")[1].steps == 3
     monkeypatch.setattr(PerceptualLoss, "forward", real_forward)
-    resumed = train(settings(tmp_path / "b", photos, steps=6, checkpoint_every=100), resume=True)
+    resumed = train(*settings(tmp_path / "b", photos, steps=6, checkpoint_every=100), resume=True)
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -139,19 +145,19 @@ def test_unreadable_content_images_are_skipped_and_counted(tmp_path, photos, cap
     (content / "nested").mkdir()
     (content / "nested" / "truncated.jpg").write_bytes(real[: len(real) // 3])
     with caplog.at_level("WARNING"):
-        result = train(settings(tmp_path, content, steps=2))
+        result = train(*settings(tmp_path, content, steps=2))
     assert result.skipped_images == 2
     assert "garbage.jpg" in caplog.text and "truncated.jpg" in caplog.text
 
 
 def test_bf16_autocast_trains(tmp_path, photos):
-    result = train(settings(tmp_path, photos, steps=2, precision="bf16"))
+    result = train(*settings(tmp_path, photos, steps=2, precision="bf16"))
     assert all(torch.isfinite(torch.tensor(e["total"])) for e in result.history)
 
 
 def test_epochs_set_the_step_count(tmp_path, photos):
     # 8 images, batch 2 -> 4 steps per epoch
-    result = train(settings(tmp_path, photos, steps=None, epochs=0.5))
+    result = train(*settings(tmp_path, photos, steps=None, epochs=0.5))
     assert result.steps == 2
 
 
@@ -186,7 +192,7 @@ def test_sync_bn_on_cpu_is_refused_clearly(tmp_path, photos, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     net = TransformerConfig(norm="batch", width=8, num_residual=1)
     with pytest.raises(ValueError, match="SyncBatchNorm"):
-        train(settings(tmp_path, photos, network=net, sync_bn=True))
+        train(*settings(tmp_path, photos, network=net, sync_bn=True))
 
 
 @pytest.mark.parametrize("local_rank", ["0", "1"])
@@ -216,11 +222,11 @@ def test_gradient_clipping_bounds_every_update_and_the_log_records_the_norm(tmp_
     assert torch.allclose(weight.detach(), -torch.tensor([0.6, 0.8, 0.0]))  # one SGD step on the clipped gradient
 
     # In a run: every step logs its gradient norm; the bound is part of the settings a resume must match.
-    result = train(settings(tmp_path, photos, steps=2, clip_grad_norm=1e-3))
+    result = train(*settings(tmp_path, photos, steps=2, clip_grad_norm=1e-3))
     assert all(e["grad_norm"] > 1e-3 for e in result.history)  # the bound is tight enough to act
-    assert settings(tmp_path, photos).fingerprint().keys() < result_fingerprint(tmp_path).keys()
+    assert settings(tmp_path, photos)[0].fingerprint().keys() < result_fingerprint(tmp_path).keys()
     with pytest.raises(TrainingError, match="clip_grad_norm"):
-        train(settings(tmp_path, photos, steps=4, clip_grad_norm=2e-3), resume=True)
+        train(*settings(tmp_path, photos, steps=4, clip_grad_norm=2e-3), resume=True)
     with pytest.raises(ValueError, match="clip_grad_norm"):
         settings(tmp_path, photos, clip_grad_norm=0)
 

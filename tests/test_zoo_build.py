@@ -13,10 +13,14 @@ from PIL import Image
 from style_transfer.checkpoint import load_model, read_model_info, save_model
 from style_transfer.cli import main
 from style_transfer.zoo import read_manifest, verify_manifest
-from style_transfer.zoo_build import (PlanError, ab_sets, export_zoo, gallery, gallery_photos, load_plan,
-                                      seconds_per_step, select, status, train_zoo)
+from style_transfer.rundir import RunDir
+from style_transfer.train import TrainOptions
+from style_transfer.zoo import list_models
+from style_transfer.zoo_build import (PlanError, ab_sets, export_zoo, gallery, gallery_photos, load_plan, select,
+                                      status, train_zoo)
 
 REPO_PLAN = Path(__file__).resolve().parents[1] / "weights" / "zoo.toml"
+EVERY_STEP = TrainOptions(checkpoint_every=1, sample_every=250, progress=False)
 
 
 def _write_plan(folder: Path, body: str) -> Path:
@@ -71,17 +75,18 @@ style_weight = 1e-4
 style_layers = ["relu1_2", "relu2_2"]
 """)
     one, two = load_plan(plan)
-    assert (one.steps, one.loss.style_weight, one.network.norm) == (10, 3e-4, "instance")
-    assert (two.steps, two.loss.style_weight, two.network.norm) == (20, 1e-4, "group")
-    assert two.loss.style_layers == ("relu1_2", "relu2_2")
+    assert (one.steps, one.spec.loss.style_weight, one.norm) == (10, 3e-4, "instance")
+    assert (two.steps, two.spec.loss.style_weight, two.norm) == (20, 1e-4, "group")
+    assert two.spec.loss.style_layers == ("relu1_2", "relu2_2")
     # Relative paths are relative to the plan file, not to the working directory.
-    assert one.style == (tmp_path / "s.jpg").resolve() and one.content == ((tmp_path / "photos").resolve(),)
+    assert one.spec.style == (tmp_path / "s.jpg").resolve()
+    assert one.spec.content == ((tmp_path / "photos").resolve(),)
 
 
 @pytest.mark.parametrize("body, message", [
     ('[[models]]\nname = "x"\nstyle = "s.jpg"\ncontent = "c"\nsteps = 5\nstyle_wieght = 1.0\n', "unknown key"),
     ('[[models]]\nname = "../x"\nstyle = "s.jpg"\ncontent = "c"\nsteps = 5\n', "invalid name"),
-    ('[[models]]\nname = "x"\nstyle = "s.jpg"\ncontent = "c"\nsteps = 5\nnorm = "weight"\n', "norm must be"),
+    ('[[models]]\nname = "x"\nstyle = "s.jpg"\ncontent = "c"\nsteps = 5\nnorm = "weight"\n', "unknown norm"),
     ('[[models]]\nname = "x"\ncontent = "c"\nsteps = 5\n', "'style' is required"),
     ('[[models]]\nname = "x"\nstyle = "s.jpg"\ncontent = "c"\nsteps = 0\n', "positive integer"),
     ('[[models]]\nname = "x"\nstyle = "s.jpg"\ncontent = "c"\nsteps = 5\n' * 2, "duplicate"),
@@ -104,24 +109,31 @@ def test_select_keeps_plan_order_and_refuses_unknown_names(tmp_path):
         select(models, ["zz"])
 
 
-def test_shipped_plan_is_valid_and_has_a_full_norm_ab_set():
+def test_shipped_plan_is_valid_and_its_weights_have_a_full_norm_ab_set():
     models = load_plan(REPO_PLAN)
-    assert len({m.style for m in models if m.network.norm == "instance"}) >= 4
-    sets = ab_sets(models)
-    assert any({m.network.norm for m in arms} >= {"instance", "batch", "group", "layer"} for arms in sets)
+    assert len({m.spec.style for m in models if m.norm == "instance"}) >= 4
+    assert all(m.steps >= 3000 and m.spec.batch_size == 4 and m.spec.image_size == 256 for m in models)
+    norms = {m.name: m.norm for m in models}
+    sets = ab_sets(list_models(REPO_PLAN.parent))
+    assert any({norms[n] for n in arms} >= {"instance", "batch", "group", "layer"} for arms in sets)
     # Every arm of another norm belongs to a set with an instance-norm arm to compare against.
-    in_sets = {m.name for arms in sets if any(m.network.norm == "instance" for m in arms) for m in arms}
-    assert {m.name for m in models if m.network.norm != "instance"} <= in_sets
-    assert all(m.steps >= 3000 and m.batch_size == 4 and m.image_size == 256 for m in models)
+    in_sets = {n for arms in sets if any(norms[a] == "instance" for a in arms) for n in arms}
+    assert {n for n, norm in norms.items() if norm != "instance"} <= in_sets
+    assert "starry-night" not in in_sets  # the flagship was trained with another recipe (no clipping)
 
 
-def test_ab_sets_group_models_that_differ_only_in_the_norm(tmp_path, content_dir, small_style_path):
-    body = TINY.format(content=content_dir, steps=2) + "".join(
-        f'\n[[models]]\nname = "{name}"\nstyle = "{small_style_path}"\n{extra}\n'
-        for name, extra in [("flagship", ""), ("set-instance", "lr = 2e-3"), ("set-group", 'lr = 2e-3\nnorm = "group"'),
-                            ("lone-batch", 'lr = 3e-3\nnorm = "batch"'), ("set-layer", 'lr = 2e-3\nnorm = "layer"')])
-    models = load_plan(_write_plan(tmp_path, body))
-    assert [[m.name for m in arms] for arms in ab_sets(models)] == [["set-instance", "set-group", "set-layer"]]
+def test_ab_sets_group_models_that_differ_only_in_the_norm(make_checkpoint, tmp_path):
+    recipe = {"lr": 2e-3, "seed": 0, "network": {"width": 8, "norm": "instance"}, "total_steps": 2}
+
+    def shipped(name: str, norm: str, style_sha256: str = "a" * 64, **changes) -> tuple[str, Path]:
+        training = {**recipe, **changes, "network": {**recipe["network"], "norm": norm}}
+        return name, make_checkpoint(norm, path=tmp_path / f"{name}.safetensors", training=training, style_sha256=style_sha256)
+
+    models = dict([shipped("flagship", "instance", lr=1e-3), shipped("set-instance", "instance"),
+                   shipped("set-group", "group"), shipped("lone-batch", "batch", lr=3e-3),
+                   shipped("set-layer", "layer"), shipped("other-style", "batch", style_sha256="b" * 64),
+                   shipped("longer", "none", total_steps=3)])
+    assert ab_sets(models) == [["set-instance", "set-group", "set-layer"]]
 
 
 def test_gallery_photos_resolve_against_the_plan_and_are_checked(tmp_path):
@@ -145,7 +157,7 @@ def test_shipped_plan_gallery_uses_held_out_photos():
     photos = gallery_photos(REPO_PLAN)
     assert len(photos) >= 3
     assert all(p.parent.name == "test" for p in photos)  # never the train/val photos the models saw
-    trained_on = {c.resolve() for m in load_plan(REPO_PLAN) for c in m.content}
+    trained_on = {c.resolve() for m in load_plan(REPO_PLAN) for c in m.spec.content}
     assert not {p.parent for p in photos} & trained_on
 
 
@@ -156,7 +168,7 @@ def test_train_resumes_skips_finished_runs_and_export_ships_only_finished(tmp_pa
     models = load_plan(plan)
     assert [r["steps_done"] for r in status(models, runs, weights)] == [0, 0]
 
-    assert train_zoo(select(models, ["a"]), runs, checkpoint_every=1) == ["a"]
+    assert train_zoo(select(models, ["a"]), runs, EVERY_STEP) == ["a"]
     # Only finished runs are shipped.
     assert [e["name"] for e in export_zoo(models, runs, weights)] == ["a"]
     assert verify_manifest(weights) == []
@@ -165,14 +177,14 @@ def test_train_resumes_skips_finished_runs_and_export_ships_only_finished(tmp_pa
     (weights / "a.safetensors").unlink()
     assert train_zoo(select(models, ["a"]), runs, export_to=weights) == []
     assert [m["name"] for m in read_manifest(weights)["models"]] == ["a"]
-    assert train_zoo(models, runs, checkpoint_every=1, export_to=weights) == ["a-batch"]  # "a" is finished
+    assert train_zoo(models, runs, EVERY_STEP, export_to=weights) == ["a-batch"]  # "a" is finished
     assert {m["name"]: m["steps"] for m in read_manifest(weights)["models"]} == {"a": 2, "a-batch": 2}
-    assert train_zoo(models, runs, checkpoint_every=1) == []
+    assert train_zoo(models, runs, EVERY_STEP) == []
 
     # A longer budget resumes the runs from their last checkpoint rather than starting over.
     models = load_plan(_tiny_plan(tmp_path, content_dir, small_style_path, steps=3))
     log_a = (runs / "a.run" / "log.jsonl").read_text().splitlines()
-    assert train_zoo(select(models, ["a"]), runs, checkpoint_every=1) == ["a"]
+    assert train_zoo(select(models, ["a"]), runs, EVERY_STEP) == ["a"]
     assert (runs / "a.run" / "log.jsonl").read_text().splitlines()[:2] == log_a
     assert read_model_info(runs / "a.safetensors").steps == 3
 
@@ -205,7 +217,7 @@ def test_train_resumes_skips_finished_runs_and_export_ships_only_finished(tmp_pa
     assert rate > 0 and rows["a-batch"]["remaining_s"] == pytest.approx(rate)  # 1 step of 3 left
 
     # Gallery: the style grid has the style row plus one row per photo; an A/B grid needs two norms.
-    train_zoo(models, runs, checkpoint_every=1)
+    train_zoo(models, runs, EVERY_STEP)
     export_zoo(models, runs, weights)
     photos = sorted(content_dir.glob("*.jpg"))[:2]
     written = gallery(models, weights, photos, tmp_path / "gallery", cell=64)
@@ -216,12 +228,13 @@ def test_train_resumes_skips_finished_runs_and_export_ships_only_finished(tmp_pa
 
 
 def test_seconds_per_step_is_the_recent_median_and_survives_a_cut_line(tmp_path):
-    log_path = tmp_path / "log.jsonl"
-    assert seconds_per_step(log_path) is None
+    run = RunDir.of(tmp_path / "m.safetensors")
+    assert run.seconds_per_step() is None
     lines = [json.dumps({"step": i, "seconds": 9.0 if i < 5 else 2.0}) for i in range(1, 21)]
-    log_path.write_text("\n".join(lines) + '\n{"step": 21, "seco')
-    assert seconds_per_step(log_path, recent=10) == 2.0
-    assert seconds_per_step(log_path) == 2.0  # 4 slow of 20
+    run.root.mkdir()
+    run.log.write_text("\n".join(lines) + '\n{"step": 21, "seco')
+    assert run.seconds_per_step(recent=10) == 2.0
+    assert run.seconds_per_step() == 2.0  # 4 slow of 20
 
 
 def test_cli_status_and_errors(tmp_path, content_dir, small_style_path, capsys):
@@ -241,7 +254,7 @@ def test_data_loading_workers_change_speed_only_not_the_trained_weights(tmp_path
     import style_transfer.train as train_module
 
     plan = _tiny_plan(tmp_path, content_dir, small_style_path, steps=2)
-    train_zoo(select(load_plan(plan), ["a"]), tmp_path / "serial", checkpoint_every=1)
+    train_zoo(select(load_plan(plan), ["a"]), tmp_path / "serial", EVERY_STEP)
     loaders = []
     real_loader = train_module.DataLoader
     monkeypatch.setattr(train_module, "DataLoader", lambda *a, **kw: loaders.append(kw) or real_loader(*a, **kw))
@@ -260,16 +273,16 @@ def test_a_run_trained_with_other_settings_than_the_plan_is_neither_skipped_nor_
     weights.mkdir()
     plan = _tiny_plan(tmp_path, content_dir, small_style_path, steps=2)
     models = select(load_plan(plan), ["a"])
-    train_zoo(models, runs, checkpoint_every=1, export_to=weights)
+    train_zoo(models, runs, EVERY_STEP, export_to=weights)
     assert status(models, runs, weights)[0]["stale"] == [] and status(models, runs, weights)[0]["shipped_stale"] == []
 
     # The plan is edited after the run finished: the run and the shipped model no longer match it.
     edited = plan.read_text().replace('name = "a"\n', 'name = "a"\nclip_grad_norm = 5\nstyle_weight = 3.0\n')
     models = select(load_plan(_write_plan(tmp_path, edited)), ["a"])
     row = status(models, runs, weights)[0]
-    assert row["finished"] and row["stale"] == ["clip_grad_norm", "loss.style_weight"]
-    assert row["shipped_stale"] == ["clip_grad_norm", "loss.style_weight"]
-    with pytest.raises(PlanError, match=r"a: the run .* \(clip_grad_norm, loss.style_weight\); move a.safetensors"):
+    assert row["finished"] and row["stale"] == ["style_weight", "clip_grad_norm"]
+    assert row["shipped_stale"] == ["style_weight", "clip_grad_norm"]
+    with pytest.raises(PlanError, match=r"a: the run .* \(style_weight, clip_grad_norm\); move a.safetensors"):
         train_zoo(models, runs)
     assert export_zoo(models, runs, weights) == []  # not shipped under the plan's settings
     assert main(["zoo", "status", "--plan", str(plan), "--runs", str(runs), "--weights", str(weights)]) == 0
@@ -277,7 +290,7 @@ def test_a_run_trained_with_other_settings_than_the_plan_is_neither_skipped_nor_
     # Moved away, the run is retrained from the new plan and re-shipped at the same step count.
     (runs / "a.safetensors").rename(tmp_path / "old.safetensors")
     (runs / "a.run").rename(tmp_path / "old.run")
-    assert train_zoo(models, runs, checkpoint_every=1) == ["a"]
+    assert train_zoo(models, runs, EVERY_STEP) == ["a"]
     assert [e["name"] for e in export_zoo(models, runs, weights)] == ["a"]
     entry = read_manifest(weights)["models"][0]
     assert entry["steps"] == 2 and entry["settings"]["clip_grad_norm"] == 5
@@ -290,14 +303,16 @@ def test_plan_differences_name_each_changed_key_and_a_changed_style_image(tmp_pa
     style = tmp_path / "style.png"
     shutil.copy(small_style_path, style)
     model = load_plan(_tiny_plan(tmp_path, content_dir, style))[0]
-    train_zoo([model], tmp_path / "runs", checkpoint_every=1)
+    train_zoo([model], tmp_path / "runs", EVERY_STEP)
     info = read_model_info(tmp_path / "runs" / "a.safetensors")
     assert model.differences(info.training, info.style_sha256) == []
-    assert dataclasses.replace(model, lr=2e-3, seed=1).differences(info.training) == ["lr", "seed"]
-    assert dataclasses.replace(model, network=dataclasses.replace(model.network, width=16)).differences(
-        info.training) == ["network.width"]
+    def changed(**settings):
+        return dataclasses.replace(model, spec=model.spec.replace(**settings))
+
+    assert changed(lr=2e-3, seed=1).differences(info.training) == ["lr", "seed"]
+    assert changed(width=16).differences(info.training) == ["width"]
     other = "bf16" if info.training["precision"] == "fp32" else "fp32"  # 'auto' resolves by machine
-    assert dataclasses.replace(model, precision=other).differences(info.training) == ["precision"]
+    assert changed(precision=other).differences(info.training) == ["precision"]
     with Image.open(style) as img:
         img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(style)
     assert model.differences(info.training, info.style_sha256) == ["style"]

@@ -1,0 +1,291 @@
+"""The run spec: every setting that shapes a trained result, with its default, its check and its fingerprint.
+
+One place for the training recipe (issue 15). Before it, the settings were written four times (train,
+ablate, zoo plan, CLI), each copy with its own defaults and checks, and they drifted (`ablate` had no
+``--clip-grad-norm``). Now:
+
+* the CLI builds a :class:`RunSpec` from options generated from :func:`settings` (``cli.py``);
+* a zoo plan entry is a name plus a spec, its keys the flat names below (``zoo_build.py``);
+* a study is a base spec plus norms and seeds, each arm the base with ``norm`` and ``seed`` replaced
+  (``ablate.py``);
+* a resume, a plan check and a study check all compare specs with :meth:`RunSpec.differences`.
+
+So a field added to :class:`RunSpec`, :class:`~style_transfer.network.TransformerConfig` or
+:class:`~style_transfer.losses.LossConfig` reaches ``train``, ``ablate`` and ``zoo`` with no other edit.
+
+Every setting has one *flat* name (``norm``, ``style_weight``, ``lr``, ...): the CLI option
+(``--style-weight``), the zoo plan key and the key of :meth:`RunSpec.to_dict`. The network and loss
+settings live in their own configs (the model and the loss are rebuilt from them), which the spec holds.
+
+What is *not* here changes how a run executes but not its result: device, checkpoint and sample
+intervals, data workers, progress (``train.TrainOptions``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .device import check_precision
+from .losses import LossConfig
+from .network import TransformerConfig
+
+# The configs the spec holds, by the name of the field that holds them.
+_NESTED: dict[str, type] = {"network": TransformerConfig, "loss": LossConfig}
+# The training data: part of what a run is, not of its recipe (a resume may not change them either,
+# but they are recorded by name only: the folders of another machine are other paths).
+DATA = ("content", "style")
+# The budget: a larger one continues a finished run, so it is not part of the fingerprint.
+BUDGET = ("steps", "epochs")
+
+# One line of help per setting, shown by the CLI. A setting without one still works everywhere.
+HELP = {
+    "content": "folder of content images (recursive; JPEG/PNG/WebP); repeat it to train on several folders",
+    "style": "the style image",
+    "steps": "total optimizer steps (default when neither --steps nor --epochs: 40000)",
+    "epochs": "passes over the content images, instead of --steps",
+    "norm": "normalization layer",
+    "width": "channels of the first layer",
+    "num_residual": "residual blocks",
+    "groups": "groups of the group norm",
+    "content_layers": "comma-separated VGG19 layers",
+    "style_layers": "comma-separated VGG19 layers",
+    "content_weight": "weight of the content loss",
+    "style_weight": "weight of the style loss",
+    "tv_weight": "weight of the total variation loss",
+    "style_size": "long side of the style image, px (sets the scale of the strokes)",
+    "image_size": "training crop size",
+    "batch_size": "images per step, per process",
+    "lr": "Adam learning rate",
+    "clip_grad_norm": "clip the gradient's global L2 norm to this (default: no clipping; the log records the "
+                      "norm of every step either way)",
+    "seed": "seed for init, data order and crops",
+    "precision": "autocast precision; auto = bf16 where the hardware has it, else fp32; resolved once at the "
+                 "start and recorded",
+}
+# CLI spellings kept from before the spec (the flag is otherwise --<name with dashes>).
+FLAGS = {"num_residual": ("--residual-blocks",)}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a training run is: its data, its recipe and its budget. Validated at construction."""
+
+    content: tuple[Path, ...]  # one or more folders of photos, used together
+    style: Path
+    network: TransformerConfig = TransformerConfig()
+    loss: LossConfig = LossConfig()
+    steps: int | None = None  # total optimizer steps; DEFAULT_STEPS when neither steps nor epochs is given
+    epochs: float | None = None
+    image_size: int = 256  # random crops, as in Johnson et al. 2016
+    batch_size: int = 4  # per process
+    lr: float = 1e-3  # Adam, as in Johnson et al. 2016
+    # None: no clipping, as in Johnson et al. The group-norm arm of the shipped Starry Night A/B set
+    # diverged twice without it (weights/zoo.toml). Optional settings default to None ("off") and are
+    # left out of the fingerprint while off, so runs from before the setting existed still resume.
+    clip_grad_norm: float | None = None
+    seed: int = 0
+    precision: str = "auto"  # autocast; auto = bf16 where the hardware has it (resolved at the start)
+
+    # 40k steps of batch 4 is two epochs of COCO, Johnson et al.'s budget.
+    DEFAULT_STEPS: typing.ClassVar[int] = 40_000
+
+    def __post_init__(self) -> None:
+        content = (self.content,) if isinstance(self.content, (str, Path)) else tuple(self.content)
+        content = tuple(Path(p) for p in content)
+        if not content:
+            raise ValueError("give at least one content folder")
+        repeated = sorted({str(p) for p in content if content.count(p) > 1})
+        if repeated:
+            raise ValueError(f"content folder given twice: {', '.join(repeated)}")
+        object.__setattr__(self, "content", content)
+        object.__setattr__(self, "style", Path(self.style))
+        check_precision(self.precision)
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        for name in ("image_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(f"clip_grad_norm must be > 0, got {self.clip_grad_norm}")
+
+    # ------------------------------------------------------------------ flat names
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat name (the nested configs' fields spread out), in field order."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _NESTED:
+                out.update(dataclasses.asdict(value))
+            else:
+                out[f.name] = value
+        return out
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any]) -> "RunSpec":
+        """Build from flat names (what the CLI, a zoo plan entry and a study record hold); defaults for
+        the rest. An unknown name is an error that lists the known ones."""
+        known = {s.name for s in settings()}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {unknown}; known: {', '.join(sorted(known))}")
+        nested = {group: {f.name: values[f.name] for f in dataclasses.fields(config) if f.name in values}
+                  for group, config in _NESTED.items()}
+        own = {k: v for k, v in values.items() if k not in {f for n in nested.values() for f in n}}
+        for group, config in _NESTED.items():
+            own[group] = config(**nested[group])
+        return cls(**own)
+
+    def replace(self, **changes: Any) -> "RunSpec":
+        """A copy with some settings changed, by flat name (``spec.replace(norm="batch", seed=1)``)."""
+        return RunSpec.from_flat({**self.flat(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready flat record (absolute paths, lists for tuples); :meth:`from_dict` reads it back."""
+        out = _jsonable(self.flat())
+        out["content"] = [str(p.resolve()) for p in self.content]
+        out["style"] = str(self.style.resolve())
+        return out
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> "RunSpec":
+        return cls.from_flat(record)
+
+    # ------------------------------------------------------------------ comparing runs
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The recipe: everything that must not change across a resume. Stored in every checkpoint (its
+        ``training`` metadata) and resume state, nested as {"network": ..., "loss": ..., "lr": ...}."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name in DATA or f.name in BUDGET:
+                continue
+            value = getattr(self, f.name)
+            if f.name in _NESTED:
+                out[f.name] = dataclasses.asdict(value)
+            elif value is not None:
+                out[f.name] = value
+        return out
+
+    def differences(self, recorded: Mapping[str, Any], ignore_auto_precision: bool = True) -> list[str]:
+        """Flat names of the recipe settings whose value differs from a recorded fingerprint (a
+        checkpoint's ``training`` metadata, a resume state's or a manifest entry's ``settings``); []
+        when they match. Keys a record has beyond the fingerprint (e.g. ``num_images``) are ignored.
+
+        With ``ignore_auto_precision``, a spec that says ``auto`` matches any recorded precision (the
+        record holds the resolved one).
+        """
+        mine, theirs = _flat_fingerprint(self.fingerprint()), _flat_fingerprint(recorded)
+        names = [s.name for s in settings() if s.name not in DATA and s.name not in BUDGET]
+        if ignore_auto_precision and self.precision == "auto":
+            names.remove("precision")
+        return [n for n in names if mine.get(n) != theirs.get(n)]
+
+    def diff(self, other: "RunSpec") -> list[str]:
+        """Flat names of every setting (data and budget included) in which two specs differ."""
+        a, b = self.to_dict(), other.to_dict()
+        return [name for name in a if a[name] != b[name]]
+
+    def total_steps(self, steps_per_epoch: Callable[[], int]) -> int:
+        """The step budget: ``steps``, else ``epochs`` passes (``steps_per_epoch`` is only called then),
+        else DEFAULT_STEPS."""
+        if self.steps is not None:
+            return self.steps
+        if self.epochs is not None:
+            return math.ceil(self.epochs * steps_per_epoch())
+        return self.DEFAULT_STEPS
+
+
+def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Tuples as lists and paths as strings: the form JSON and TOML give back."""
+    return json.loads(json.dumps(dict(values), default=str))
+
+
+def _flat_fingerprint(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in fingerprint.items() if k not in _NESTED}
+    for group in _NESTED:
+        flat.update(fingerprint.get(group) or {})
+    return _jsonable(flat)
+
+
+# ----------------------------------------------------------------------------- the settings table
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its flat name, where it lives, its type, default and help."""
+
+    name: str
+    group: str | None  # "network" / "loss" for a nested config's field, else None
+    type: Any  # the annotation, e.g. int, float | None, tuple[str, ...]
+    default: Any
+    help: str
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return FLAGS.get(self.name, ("--" + self.name.replace("_", "-"),))
+
+    @property
+    def kind(self) -> str:
+        """How its text form is read: 'int', 'float', 'str', 'list' (comma-separated), 'path', 'paths'."""
+        base = self.type
+        if typing.get_origin(base) in (typing.Union, types.UnionType):  # X | None: read as X
+            base = next(a for a in typing.get_args(base) if a is not type(None))
+        if typing.get_origin(base) is tuple:
+            return "paths" if typing.get_args(base)[0] is Path else "list"
+        return {int: "int", float: "float", Path: "path"}.get(base, "str")
+
+
+def _fields(cls: type, group: str | None) -> list[Setting]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        out.append(Setting(f.name, group, hints[f.name], default, HELP.get(f.name, f.metadata.get("help", ""))))
+    return out
+
+
+def settings() -> list[Setting]:
+    """Every setting of a run spec, in field order, the nested configs' fields in place of the config."""
+    out: list[Setting] = []
+    for s in _fields(RunSpec, None):
+        out += _fields(_NESTED[s.name], s.name) if s.name in _NESTED else [s]
+    return out
+
+
+# ----------------------------------------------------------------------------- norm A/B sets
+
+# Recorded keys that do not make two runs' recipes different: the norm is what an A/B set varies, and
+# sync_bn only acts on a batch norm (it is recorded for every arm, False for the others).
+_NOT_RECIPE = ("sync_bn",)
+
+
+def ab_group(training: Mapping[str, Any], style_sha256: str) -> str:
+    """The norm A/B set a trained model belongs to: equal for two checkpoints exactly when they were
+    trained on the same style image with every recorded setting equal but the norm (recipe, seed,
+    budget, data size, processes). A short hex id.
+
+    The one definition of "same recipe, different norm" (issue 15): the zoo gallery, ``compare`` and
+    the server's ``/v1/models`` (which the web page's A/B button reads) all group by it. A style may
+    have models outside its set (the shipped flagship ``starry-night`` was trained without gradient
+    clipping), so grouping by style alone would compare norms across recipes.
+    """
+    recipe = {k: v for k, v in training.items() if k not in _NOT_RECIPE}
+    recipe["network"] = {k: v for k, v in (training.get("network") or {}).items() if k != "norm"}
+    key = json.dumps({"style_sha256": style_sha256, "training": recipe}, sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
