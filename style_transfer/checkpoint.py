@@ -24,7 +24,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .imageio import atomic_write_bytes
-from .network import TransformerConfig, TransformerNet, count_parameters
+from .network import TransformerConfig, TransformerNet
 
 FORMAT_NAME = "style-transfer"
 FORMAT_VERSION = 1
@@ -55,8 +55,9 @@ class ModelInfo:
         return {
             "format": FORMAT_NAME,
             "format_version": str(FORMAT_VERSION),
+            # The norm lives in the config only. Older checkpoints (the shipped ones in weights/) also carry
+            # a "norm" key; nothing reads it, so they load unchanged (issue 15).
             "config": self.config.to_json(),
-            "norm": self.config.norm,
             "style_name": self.style_name,
             "style_sha256": self.style_sha256,
             "steps": str(self.steps),
@@ -187,12 +188,6 @@ def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[Tr
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     model.eval().to(device)
     return model, info
-
-
-def model_summary(path: Path | str) -> dict[str, Any]:
-    """Metadata summary of a served checkpoint plus its parameter count (from tensor shapes)."""
-    model, info = load_model(path)
-    return info.summary(count_parameters(model))
 
 
 # ----------------------------------------------------------------------------- training state

@@ -18,11 +18,10 @@ from style_transfer.checkpoint import (
     ModelInfo,
     load_model,
     load_train_state,
-    model_summary,
     read_model_info,
     save_train_state,
 )
-from style_transfer.network import TransformerConfig, count_parameters
+from style_transfer.network import TransformerConfig
 from style_transfer.norms import NORM_NAMES
 
 
@@ -101,13 +100,17 @@ def test_read_model_info_reads_metadata_only(make_checkpoint, tmp_path):
         load_model(headless)
 
 
-def test_model_summary(make_checkpoint, make_model):
-    model = make_model("batch")
-    summary = model_summary(make_checkpoint(model=model, style_name="s", steps=3))
-    assert summary["norm"] == "batch"
-    assert summary["parameters"] == count_parameters(model)
-    assert summary["steps"] == 3 and summary["style"] == "s"
-    json.dumps(summary)  # JSON-ready
+def test_norm_is_read_from_the_config_only(make_checkpoint, tmp_path):
+    """The config holds the norm; no separate "norm" key is written. Older checkpoints (those shipped in
+    weights/) carry one, and still load, whatever it says: it is never read."""
+    path = make_checkpoint("batch")
+    _, meta = _read_raw(path)
+    assert "norm" not in meta and json.loads(meta["config"])["norm"] == "batch"
+    legacy = _rewrite(path, tmp_path / "legacy.safetensors", norm="instance")
+    assert _read_raw(legacy)[1]["norm"] == "instance"
+    loaded, info = load_model(legacy)
+    assert info.norm == read_model_info(legacy).norm == "batch"
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.modules())
 
 
 def test_save_is_atomic_and_overwrites(make_checkpoint, tmp_path):
@@ -211,8 +214,7 @@ def test_refuses_bad_format_version(make_checkpoint, tmp_path, version):
 def test_refuses_weights_of_another_norm(make_checkpoint, tmp_path):
     """Instance-norm weights under metadata that claims norm 'none': the keys do not match."""
     lie = TransformerConfig(norm="none", width=8, num_residual=1)
-    path = _rewrite(make_checkpoint("instance"), tmp_path / "lie.safetensors",
-                    config=lie.to_json(), norm="none")
+    path = _rewrite(make_checkpoint("instance"), tmp_path / "lie.safetensors", config=lie.to_json())
     err = _assert_refused(path, "none", "unexpected")
     assert "down1.2.weight" in str(err)  # a norm parameter the none-norm network lacks
 
