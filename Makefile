@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 WEIGHTS ?= weights
 
-.PHONY: venv serve test lint clean zoo zoo-background
+.PHONY: venv serve test clean zoo zoo-background
 
 # The stamp is rebuilt when pyproject.toml changes, so a stale venv is refreshed automatically.
 $(BIN)/.installed: pyproject.toml
