@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from style_transfer.checkpoint import load_model  # noqa: E402
-from style_transfer.compare import pick_images  # noqa: E402
+from style_transfer.evaluation import pick_images  # noqa: E402
 from style_transfer.imageio import load_rgb  # noqa: E402
 from style_transfer.metrics import psnr  # noqa: E402
 from style_transfer.network import ResidualBlock  # noqa: E402

@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .compare import BATCH_TESTS, METRICS, TERMS, Evaluation
+from .evaluation import BATCH_TESTS, METRICS, Evaluation
 from .imageio import atomic_write_bytes
+from .rundir import TERMS
 
 # Fixed colours per norm (colour-blind-safe Okabe-Ito palette); other labels cycle through the rest.
 NORM_COLOURS = {"instance": "#0072B2", "batch": "#D55E00", "group": "#009E73", "layer": "#CC79A7", "none": "#555555"}

@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from style_transfer.compare import comparison_grid, photo_metrics, stylize_each_async
+from style_transfer.sidebyside import comparison_grid, photo_metrics, stylize_each_async
 from style_transfer.imageio import (CorruptImage, ImageTooLarge, LoadedImage, UnsupportedImageFormat,
                                     decode_image, encode_image, resize_max)
 from style_transfer.stylize import StylizeOptions

@@ -1,25 +1,25 @@
-"""Comparing models on the same images. Shared by the server, the web page and `style-transfer compare`.
+"""The norm study's evaluation (`style-transfer compare`): checkpoints on held-out photos, measured.
 
-Two levels:
-
-* **One image, several models** (the server's ``POST /v1/compare``, hence the web page's A/B view, and
-  any script): :func:`stylize_each` / :func:`stylize_each_async` run each model on the image and time it,
-  :func:`comparison_grid` lays the outputs out with their labels (:func:`image_grid`).
-* **A study** (`style-transfer compare`): :func:`evaluate` runs the arms of a norm study -- or any
-  checkpoints -- on held-out photos and measures, per arm and image: the training losses (same VGG19
-  Gram losses and weights), luminance SSIM to the photo, colour distance to the style image, run time,
-  parameters; and the batch-norm behaviours users meet (eval vs training mode, batch dependence).
-  Aggregates over images and seeds, paired tests between arms, and the training curves go into one
-  JSON-ready record that :mod:`report` turns into the report.
+:func:`evaluate` runs the arms of a norm study -- or any checkpoints (:class:`EvalArm`, from
+:func:`arms_from_study` or :func:`arms_from_checkpoints`) -- on held-out photos (:func:`pick_images`) and
+measures, per arm and image (:data:`METRICS`): the training losses (same VGG19 Gram losses and weights),
+luminance SSIM to the photo and dark spots (:func:`sidebyside.photo_metrics`, shared with the server),
+colour distance to the style image, run time, parameters; and the batch-norm behaviours users meet
+(:data:`BATCH_TESTS`: eval vs training mode, batch dependence). It aggregates over images and seeds
+(:func:`summarize`), runs paired tests between arms (:func:`paired_comparisons`), reads the training
+curves (:func:`summarize_training`, :func:`paired_training`) and returns one JSON-ready record in an
+:class:`Evaluation`, which :mod:`report` turns into the report.
 
 Metrics are computed on the *plain fp32* network (``fast=False``) so arms are compared on their exact
 outputs; the default fast path (reduced precision, rewritten graph) is timed as well, since that is
 what users run.
+
+One photo through several models (the server's ``/v1/compare``) is :mod:`sidebyside`; the grid drawing
+is :mod:`grid`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import dataclasses
 import itertools
@@ -29,130 +29,30 @@ import math
 import os
 import platform
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from tqdm import tqdm
 
-from .imageio import LoadedImage, find_images, load_rgb, resize_max, to_pil
+from .checkpoint import MODEL_SUFFIX, ModelInfo, file_sha256, load_model, read_model_info
+from .device import resolve_device
+from .grid import image_grid
+from .imageio import find_images, load_rgb, resize_max
+from .losses import LossConfig, PerceptualLoss
+from .metrics import colour_distance, diff_stats, mean_sd, sign_test, wilcoxon_signed_rank
+from .network import count_parameters
+from .rundir import TERMS, RunDir, read_log
+from .sidebyside import photo_metrics
+from .spec import ab_group
+from .stylize import Stylizer
 
 log = logging.getLogger(__name__)
 
-_LABEL_HEIGHT = 22
-_GAP = 4
-_BACKGROUND = (255, 255, 255)
-_INK = (30, 30, 30)
-
-
-def _fit(image: torch.Tensor, cell: int) -> Image.Image:
-    pil = to_pil(image)
-    pil.thumbnail((cell, cell), Image.Resampling.LANCZOS)
-    return pil
-
-
-def image_grid(rows: Sequence[Sequence[torch.Tensor]], column_labels: Sequence[str], cell: int = 256) -> Image.Image:
-    """A labelled grid: each row is one content image, each column one variant (e.g. original, arms).
-
-    Every image (1, 3, H, W) in [0, 1] is scaled to fit a ``cell`` x ``cell`` box, keeping its aspect.
-    """
-    if not rows:
-        raise ValueError("image_grid needs at least one row")
-    columns = len(column_labels)
-    if any(len(row) != columns for row in rows):
-        raise ValueError(f"every row needs {columns} images (one per column label)")
-    fitted = [[_fit(img, cell) for img in row] for row in rows]
-    col_w = [max(r[c].width for r in fitted) for c in range(columns)]
-    row_h = [max(img.height for img in r) for r in fitted]
-    width = sum(col_w) + _GAP * (columns + 1)
-    height = _LABEL_HEIGHT + sum(row_h) + _GAP * (len(rows) + 1)
-    grid = Image.new("RGB", (width, height), _BACKGROUND)
-    draw = ImageDraw.Draw(grid)
-    font = ImageFont.load_default()
-    x = _GAP
-    for c, label in enumerate(column_labels):
-        text = label if len(label) <= col_w[c] // 7 else label[: max(1, col_w[c] // 7 - 1)] + "…"
-        draw.text((x + 2, 5), text, fill=_INK, font=font)
-        x += col_w[c] + _GAP
-    y = _LABEL_HEIGHT + _GAP
-    for r, row in enumerate(fitted):
-        x = _GAP
-        for c, img in enumerate(row):
-            grid.paste(img, (x + (col_w[c] - img.width) // 2, y + (row_h[r] - img.height) // 2))
-            x += col_w[c] + _GAP
-        y += row_h[r] + _GAP
-    return grid
-
-
-# ----------------------------------------------------------------------------- one image, several models
-
-
-@dataclass
-class ModelOutput:
-    """One model's output for one image, and the time it took."""
-
-    name: str
-    norm: str
-    style: str
-    image: LoadedImage
-    elapsed_s: float
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({self.norm}, {self.elapsed_s * 1e3:.0f} ms)"
-
-
-def photo_metrics(output: torch.Tensor, content: torch.Tensor) -> dict[str, float]:
-    """What an output kept of the photo and its defects, measurable without the style image or VGG (so
-    the server can report it for every comparison): luminance SSIM and dark spots (see METRICS)."""
-    from .metrics import dark_spots, luminance_ssim
-
-    return {"ssim": float(luminance_ssim(output, content)[0]), "dark_spots": dark_spots(output, content)}
-
-
-def stylize_each(image: LoadedImage, stylizers: Mapping[str, Any], options: Any = None) -> list[ModelOutput]:
-    """Run every stylizer (name -> :class:`stylize.Stylizer`) on ``image``, in order, timing each."""
-    from .stylize import StylizeOptions
-
-    options = options if options is not None else StylizeOptions()
-    outputs = []
-    for name, stylizer in stylizers.items():
-        t0 = time.perf_counter()
-        styled = stylizer.stylize_image(image, options)
-        elapsed = time.perf_counter() - t0
-        info = stylizer.info
-        outputs.append(ModelOutput(name, info.norm if info else "", info.style_name if info else "", styled, elapsed))
-    return outputs
-
-
-async def stylize_each_async(names: Sequence[str], submit: Callable[[str], Awaitable[Any]],
-                             describe: Callable[[str], Any]) -> list[ModelOutput]:
-    """The same as :func:`stylize_each` where something else owns the device (the server's worker).
-
-    ``submit(name)`` stylizes the image with that model and returns an object with ``image``
-    (LoadedImage) and ``elapsed_s``; ``describe(name)`` gives the model's ModelInfo. All models are
-    submitted at once, so a scheduler may run them back to back.
-    """
-    results = await asyncio.gather(*(submit(name) for name in names))
-    outputs = []
-    for name, result in zip(names, results):
-        info = describe(name)
-        outputs.append(ModelOutput(name, info.norm if info else "", info.style_name if info else "",
-                                   result.image, result.elapsed_s))
-    return outputs
-
-
-def comparison_grid(original: torch.Tensor, outputs: Sequence[ModelOutput], cell: int = 512) -> Image.Image:
-    """One row: the original, then every model's output labelled with its name, norm and time."""
-    return image_grid([[original] + [o.image.rgb for o in outputs]], ["original"] + [o.label for o in outputs], cell)
-
-
-# ----------------------------------------------------------------------------- study evaluation
-
-# metric key -> (title, unit, which way is "more": lower/higher is what the column label says).
+# metric key -> its title, unit and how to read it (the report's column headers and notes).
 METRICS: dict[str, dict[str, str]] = {
     "content": {"title": "content loss", "unit": "", "note": "VGG relu2_2 feature MSE to the photo (weighted as in training); lower = closer to the photo"},
     "style": {"title": "style loss", "unit": "", "note": "Gram MSE to the style image (weighted as in training); lower = closer to the style"},
@@ -169,7 +69,6 @@ BATCH_TESTS: dict[str, str] = {
     "batch_vs_alone_eval": "in a batch vs alone, eval mode",
     "batch_vs_alone_train": "in a batch vs alone, training mode",
 }
-TERMS = ("content", "style", "tv", "total")
 
 
 @dataclass(frozen=True)
@@ -199,26 +98,41 @@ def arms_from_study(study: Any) -> list[EvalArm]:
     return arms
 
 
+def _recipe(info: ModelInfo) -> str:
+    """The A/B set a checkpoint belongs to whatever its seed (:func:`spec.ab_group` with the seed set
+    aside): checkpoints with one recipe are seeds of each other, or norm arms of one study."""
+    return ab_group({k: v for k, v in info.training.items() if k != "seed"}, info.style_sha256)
+
+
 def arms_from_checkpoints(paths: Sequence[Path]) -> list[EvalArm]:
-    """Arms from checkpoint files: grouped by norm when each norm's seeds differ, else by file stem.
+    """Arms from checkpoint files, named after their file (a study arm's ``model.safetensors`` after
+    its folder); the training log is the run folder's (:class:`rundir.RunDir`).
 
-    The training log is found in the default work folder beside the checkpoint (``<stem>.run/``).
+    A label averages its arms over seeds and is paired with the others seed by seed (the same seed
+    saw the same batches), so arms share a label named after their norm only when that is a fair A/B
+    (issue 15): they have one recipe but for norm and seed, and each norm's seeds are recorded and
+    distinct -- then the arms of each seed form one :func:`spec.ab_group`. When the checkpoints hold
+    several recipes, the one that covers the most such norms (then the most arms) is grouped by norm,
+    e.g. the shipped Starry Night A/B set beside its flagship, which was trained without clipping.
+    Every other arm is a label of its own (its name).
     """
-    from .checkpoint import read_model_info
-
     infos = [(Path(p), read_model_info(p)) for p in paths]
-    by_norm: dict[str, list[int | None]] = {}
-    for _, info in infos:
-        by_norm.setdefault(info.norm, []).append(info.training.get("seed"))
+    recipes = [_recipe(info) for _, info in infos]
+    seeds: dict[str, dict[str, list[Any]]] = {}  # recipe -> norm -> the seeds of its checkpoints
+    for (_, info), recipe in zip(infos, recipes):
+        seeds.setdefault(recipe, {}).setdefault(info.norm, []).append(info.training.get("seed"))
+    # recipe -> its norms whose seeds are recorded and distinct -> how many arms each has
+    poolable = {recipe: {norm: len(s) for norm, s in by_norm.items() if None not in s and len(set(s)) == len(s)}
+                for recipe, by_norm in seeds.items()}
+    grouped = max(poolable, key=lambda r: (len(poolable[r]), sum(poolable[r].values())), default=None)
     arms = []
-    for path, info in infos:
-        seeds = by_norm[info.norm]
-        grouped = len(set(seeds)) == len(seeds) and None not in seeds
-        stem = path.name.removesuffix(".safetensors")
-        log_path = path.with_name(stem + ".run") / "log.jsonl"
-        if stem == "model":  # a study arm's checkpoint: name it after its folder
-            stem = path.parent.name
-        arms.append(EvalArm(info.norm if grouped else stem, stem, info.norm, info.training.get("seed"), path,
+    for (path, info), recipe in zip(infos, recipes):
+        name = path.name.removesuffix(MODEL_SUFFIX)
+        if name == "model":  # a study arm's checkpoint: name it after its folder
+            name = path.parent.name
+        label = info.norm if recipe == grouped and info.norm in poolable[recipe] else name
+        log_path = RunDir.of(path).log
+        arms.append(EvalArm(label, name, info.norm, info.training.get("seed"), path,
                             log_path if log_path.is_file() else None, info.training.get("total_steps")))
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
@@ -259,21 +173,6 @@ class Evaluation:
     curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # arm name -> log entries
 
 
-def read_log(path: Path | None) -> list[dict[str, float]]:
-    """The entries of a training log.jsonl (a line cut short by a crash is skipped)."""
-    if path is None or not Path(path).is_file():
-        return []
-    entries = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(entry, dict) and "step" in entry:
-            entries.append(entry)
-    return entries
-
-
 def _square_crops(images: Sequence[torch.Tensor], count: int) -> torch.Tensor:
     """Centre crops of the same side (the smallest short side, a multiple of 4) -> (N, 3, S, S)."""
     chosen = list(images[:count])
@@ -289,8 +188,6 @@ def _square_crops(images: Sequence[torch.Tensor], count: int) -> torch.Tensor:
 @torch.no_grad()
 def _batch_behaviour(model: torch.nn.Module, crops: torch.Tensor) -> dict[str, list[dict[str, float]]]:
     """Per image: the four batch-behaviour differences (see BATCH_TESTS)."""
-    from .metrics import diff_stats
-
     eval_model = model.eval()
     train_model = copy.deepcopy(model).train()  # a copy: training mode updates batch-norm running stats
     eval_alone = [eval_model(c[None]).float().clamp(0, 1) for c in crops]
@@ -321,13 +218,6 @@ def evaluate(arms: Sequence[EvalArm], images: Sequence[Path], style_image: Path,
              settings: EvalSettings = EvalSettings(), progress: bool = True,
              training_images: set[str] | None = None, study: dict[str, Any] | None = None) -> Evaluation:
     """Run every arm on every image and measure it; see the module docstring and METRICS."""
-    from .checkpoint import file_sha256, load_model
-    from .device import resolve_device
-    from .losses import LossConfig, PerceptualLoss
-    from .metrics import colour_distance
-    from .network import count_parameters
-    from .stylize import Stylizer
-
     if not arms:
         raise ValueError("nothing to compare: no checkpoints")
     if not images:
@@ -444,8 +334,6 @@ def _by_label_seed_image(per_image: Sequence[dict[str, Any]], label: str, metric
 def summarize(per_image: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per label and metric: mean over images and seeds, sd over images (of the seed means of each
     image), sd over seeds (of each seed's image mean), and the per-seed means."""
-    from .metrics import mean_sd
-
     out: dict[str, dict[str, Any]] = {}
     for label in labels:
         out[label] = {}
@@ -469,8 +357,6 @@ def paired_comparisons(per_image: Sequence[dict[str, Any]], labels: Sequence[str
     evidence). Reports the mean and sd of the differences, in how many images A is lower, and exact
     two-sided sign-test and Wilcoxon signed-rank p-values.
     """
-    from .metrics import mean_sd, sign_test, wilcoxon_signed_rank
-
     def image_means(label: str, metric: str) -> dict[str, float]:
         table = _by_label_seed_image(per_image, label, metric)
         images = {img for seed_rows in table.values() for img in seed_rows}
@@ -518,8 +404,6 @@ def summarize_training(curves: Mapping[str, list[dict[str, float]]], arms: Seque
                        labels: Sequence[str]) -> dict[str, Any]:
     """Per label and loss term: the final training loss (mean over the last 10% of steps) per seed,
     and its mean and sd over seeds."""
-    from .metrics import mean_sd
-
     out: dict[str, Any] = {}
     for label in labels:
         finals: dict[str, list[float]] = {t: [] for t in TERMS}
