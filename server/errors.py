@@ -1,4 +1,9 @@
-"""API errors: every failure is a JSON body {"error": {"code", "message"}} with a fitting status."""
+"""API errors: every failure is a JSON body {"error": {"code", "message"}} with a fitting status.
+
+Errors are raised as the type that says what went wrong, where it went wrong -- the inference worker's
+(:mod:`server.inference`), the image decoder's (:mod:`style_transfer.imageio`), or the request's own,
+below -- and :data:`ERRORS` is the one place that gives each type its HTTP status and stable code.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +12,73 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from style_transfer.imageio import CorruptImage, ImageTooLarge, UnsupportedImageFormat
 
-class APIError(Exception):
-    """An error the client should see, with its HTTP status and a stable code."""
+from .inference import Busy, DeadlineExceeded, InferenceFailed, InvalidModelName, NotReady, UnknownModel
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+class RequestError(Exception):
+    """A request the API cannot take as sent; the message is for the client."""
+
+
+class EmptyUpload(RequestError):
+    """The uploaded file has no bytes."""
+
+
+class InvalidField(RequestError):
+    """A form field that is present and well-typed but unusable (e.g. an empty list of models)."""
+
+
+class UploadTooLarge(RequestError):
+    """The body is over the upload limit (by Content-Length, or while reading it)."""
+
+
+class MalformedRequest(RequestError):
+    """The request itself is broken (e.g. a Content-Length that is not a number)."""
+
+
+# exception type -> (HTTP status, stable code). A subclass maps like its nearest listed ancestor.
+ERRORS: dict[type[Exception], tuple[int, str]] = {
+    EmptyUpload: (400, "empty_file"),
+    MalformedRequest: (400, "bad_request"),
+    InvalidModelName: (400, "invalid_model_name"),
+    UnknownModel: (404, "unknown_model"),
+    UploadTooLarge: (413, "payload_too_large"),
+    ImageTooLarge: (413, "image_too_large"),
+    UnsupportedImageFormat: (415, "unsupported_media_type"),
+    InvalidField: (422, "invalid_request"),
+    CorruptImage: (422, "corrupt_image"),
+    InferenceFailed: (500, "inference_failed"),
+    NotReady: (503, "not_ready"),
+    Busy: (503, "busy"),
+    DeadlineExceeded: (504, "deadline_exceeded"),
+}
+
+# Starlette's own errors (unknown route, wrong method, ...): status -> code.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request"}
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The JSON error body used everywhere (also by the middleware)."""
+    """The JSON error body used everywhere."""
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request"}
+def response_for(exc: Exception) -> JSONResponse:
+    """The response for an exception of a type in :data:`ERRORS` (also used by the middleware, which
+    answers before the app's exception handlers run)."""
+    status, code = next(ERRORS[cls] for cls in type(exc).__mro__ if cls in ERRORS)
+    retry = getattr(exc, "retry_after_s", None)  # InferenceError: when a retry may succeed
+    return error_response(status, code, str(exc), {"Retry-After": str(retry)} if retry is not None else None)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Map every exception type to a JSON error; unexpected ones become a logged 500, never a crash."""
 
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    async def _mapped(request: Request, exc: Exception) -> JSONResponse:
+        return response_for(exc)
+
+    for cls in ERRORS:
+        app.add_exception_handler(cls, _mapped)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,15 +1,25 @@
 """The inference worker: one thread owns the device and runs jobs from a bounded queue.
 
-Heavy work never runs on the event loop. A full queue is refused at once (503 + Retry-After); a job
-that waited past its deadline is answered 504 and not run. Same-size jobs for the same model and
-options may be batched (``max_batch_size`` > 1); models are in eval mode, so a job's output never
-depends on what else was in its batch (batch norm uses its running statistics, not the batch's).
+* :class:`InferenceWorker` loads every checkpoint of the weights folder, warms the models up, and
+  serves :class:`Job` s one batch at a time; the routes ask it for a request's :class:`StylizeOptions`
+  (the server's size cap and tile size, applied by :mod:`style_transfer.stylize`), check a request
+  once before decoding its upload (:meth:`~InferenceWorker.check_ready`, :meth:`~InferenceWorker.check_model`,
+  :meth:`~InferenceWorker.check_capacity`) and :meth:`~InferenceWorker.submit` its jobs.
+* Its refusals are typed (:class:`InferenceError` and its subclasses: not ready, invalid or unknown
+  model name, busy, deadline exceeded, inference failed); ``errors.py`` alone turns them into HTTP
+  statuses and JSON codes. Nothing here knows HTTP.
+
+Heavy work never runs on the event loop. A full queue is refused at once (:class:`Busy`); a job that
+waited past its deadline is answered :class:`DeadlineExceeded` and not run. Same-size jobs for the same
+model and options may be batched (``max_batch_size`` > 1); models are in eval mode, so a job's output
+never depends on what else was in its batch (batch norm uses its running statistics, not the batch's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import queue
 import threading
@@ -20,18 +30,52 @@ from typing import Any
 
 import torch
 
-from style_transfer.checkpoint import CheckpointError
+from style_transfer.checkpoint import CheckpointError, ModelInfo
 from style_transfer.device import resolve_device
 from style_transfer.imageio import LoadedImage
 from style_transfer.network import count_parameters
-from style_transfer.stylize import Stylizer, StylizeOptions
+from style_transfer.spec import ab_group
+from style_transfer.stylize import Stylizer, StylizeOptions, default_max_size
 from style_transfer.zoo import is_valid_name, list_models
 
-from .errors import APIError
 from .metrics import Metrics
 from .settings import Settings
 
 log = logging.getLogger("server.inference")
+
+
+class InferenceError(Exception):
+    """Why the worker cannot serve a request; the message is for the client."""
+
+    retry_after_s: int | None = None  # when a retry may succeed (seconds); None: retrying will not help
+
+
+class NotReady(InferenceError):
+    """The models are still loading and warming up, or start-up failed."""
+
+    retry_after_s = 5  # loading takes seconds
+
+
+class InvalidModelName(InferenceError):
+    """Not a model name at all (a path, '..', a NUL byte, ...)."""
+
+
+class UnknownModel(InferenceError):
+    """A valid name, but no such model is loaded."""
+
+
+class Busy(InferenceError):
+    """The queue cannot take the request's jobs."""
+
+    retry_after_s = 1  # a queue slot frees as soon as a job finishes
+
+
+class DeadlineExceeded(InferenceError):
+    """The job waited in the queue past its deadline and was not run."""
+
+
+class InferenceFailed(InferenceError):
+    """The model raised while running the job."""
 
 
 @dataclass
@@ -46,8 +90,15 @@ class Job:
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.monotonic)
 
-    def batch_key(self) -> tuple:
-        return (self.model, tuple(self.image.rgb.shape), self.options)
+    def batch_key(self) -> tuple | None:
+        """Jobs with equal keys may run as one batch; None: this job runs alone, because it is tiled or
+        not yet bounded to its max_size (stylize_batch neither tiles nor resizes)."""
+        h, w = self.image.rgb.shape[-2:]
+        if self.options.tiles(h, w) or (self.options.max_size is not None and max(h, w) > self.options.max_size):
+            return None
+        # The image already fits, so max_size no longer changes the output: requests that asked for
+        # different bounds batch together.
+        return (self.model, tuple(self.image.rgb.shape), dataclasses.replace(self.options, max_size=None))
 
 
 @dataclass
@@ -66,6 +117,8 @@ class InferenceWorker:
         self.settings = settings
         self.metrics = metrics
         self.device = resolve_device(settings.device)
+        # The size cap of every request: the operator's, else the device's default (stylize.DEFAULT_MAX_SIZE).
+        self.max_size = settings.max_size if settings.max_size is not None else default_max_size(self.device)
         self.stylizers: dict[str, Stylizer] = {}
         self.summaries: dict[str, dict[str, Any]] = {}
         self.load_errors: dict[str, str] = {}
@@ -104,9 +157,11 @@ class InferenceWorker:
                 log.error("not serving %s: %s", name, exc)
                 continue
             self.stylizers[name] = stylizer
+            info = stylizer.info
             self.summaries[name] = {"name": name, "bytes": path.stat().st_size,
-                                    **stylizer.info.summary(count_parameters(stylizer.model))}
-            log.info("loaded %s (%s norm, style %s)", name, stylizer.info.norm, stylizer.info.style_name)
+                                    **info.summary(count_parameters(stylizer.model)),
+                                    "ab_group": ab_group(info.training, info.style_sha256)}
+            log.info("loaded %s (%s norm, style %s)", name, info.norm, info.style_name)
 
     def _warm_up(self) -> None:
         size = self.settings.warmup_size
@@ -126,6 +181,7 @@ class InferenceWorker:
         except Exception as exc:  # noqa: BLE001 -- reported by /readyz, never silently lost
             self.failed = f"start-up failed: {exc}"
             log.exception("inference worker start-up failed")
+            self._refuse_all()
             return
         self.ready.set()
         log.info("ready: %d model(s)", len(self.stylizers))
@@ -135,6 +191,11 @@ class InferenceWorker:
                 break
             batch = self._gather(job)
             self._run(batch)
+
+    def _refuse_all(self) -> None:
+        """After a failed start-up: answer every job NotReady until stopped (none waits forever)."""
+        while (job := self._next_job(block=True)) is not None:
+            self._resolve(job, exc=NotReady(self.failed))
 
     # ------------------------------------------------------------------ queue
 
@@ -149,9 +210,9 @@ class InferenceWorker:
         """``first`` plus same-key jobs arriving within batch_wait_ms, up to max_batch_size."""
         batch = [first]
         limit = self.settings.max_batch_size
-        if limit == 1 or first.options.tile:
-            return batch
         key = first.batch_key()
+        if limit == 1 or key is None:
+            return batch
         end = time.monotonic() + self.settings.batch_wait_ms / 1e3
         while len(batch) < limit:
             remaining = end - time.monotonic()
@@ -178,14 +239,18 @@ class InferenceWorker:
             if now > job.deadline:
                 self.metrics.rejected.labels("deadline").inc()
                 waited = now - job.enqueued
-                self._resolve(job, exc=APIError(504, "deadline_exceeded",
-                                                f"the request waited {waited:.1f} s in the queue, past its deadline"))
+                self._resolve(job, exc=DeadlineExceeded(
+                    f"the request waited {waited:.1f} s in the queue, past its deadline"))
             else:
                 live.append(job)
         if not live:
             return
         first = live[0]
-        stylizer = self.stylizers[first.model]
+        stylizer = self.stylizers.get(first.model)
+        if stylizer is None:  # submitted without check_model: refuse it, never let the thread die
+            for job in live:
+                self._resolve(job, exc=self._unknown(first.model))
+            return
         t0 = time.perf_counter()
         try:
             if len(live) == 1:
@@ -196,7 +261,7 @@ class InferenceWorker:
         except Exception as exc:  # noqa: BLE001 -- one bad job must not kill the worker
             log.exception("inference failed for %s", first.model)
             for job in live:
-                self._resolve(job, exc=APIError(500, "inference_failed", f"inference failed: {exc}"))
+                self._resolve(job, exc=InferenceFailed(f"inference failed: {exc}"))
             return
         elapsed = time.perf_counter() - t0
         self.metrics.batch_size.observe(len(live))
@@ -218,34 +283,51 @@ class InferenceWorker:
 
     # ------------------------------------------------------------------ API for the routes
 
-    def check_model(self, name: str) -> None:
-        """404/400 for names that are not servable, with the list of models that are."""
-        if not is_valid_name(name):
-            raise APIError(400, "invalid_model_name",
-                           "a model name is a file stem (letters, digits, '-', '_', '.'); paths are not accepted")
-        if name not in self.stylizers:
-            raise APIError(404, "unknown_model",
-                           f"no model named {name!r}; available: {', '.join(self.stylizers) or 'none'}")
+    def options(self, strength: float = 1.0, preserve_color: bool = False,
+                max_size: int | None = None) -> StylizeOptions:
+        """A request's options under this server's limits: its ``max_size`` capped at ``self.max_size``,
+        and images past ``tile_size`` stylized in tiles (bounded memory)."""
+        return StylizeOptions(strength=strength, preserve_color=preserve_color, max_size=max_size,
+                              tile=self.settings.tile_size).capped(self.max_size)
+
+    def info(self, name: str) -> ModelInfo | None:
+        """What a loaded model says about itself."""
+        return self.stylizers[name].info
+
+    # Each check runs once per request, before its upload is decoded, so that a request refused under
+    # load or for a bad name costs next to nothing; submit() trusts them.
 
     def check_ready(self) -> None:
+        """NotReady until every model is loaded and warmed up (or for good when start-up failed)."""
         if not self.ready.is_set():
-            raise APIError(503, "not_ready", self.failed or "models are still loading; retry shortly",
-                           {"Retry-After": "5"})
+            raise NotReady(self.failed or "models are still loading; retry shortly")
+
+    def check_model(self, name: str) -> None:
+        """InvalidModelName / UnknownModel for names that are not servable (with the list of those that are)."""
+        if not is_valid_name(name):
+            raise InvalidModelName("a model name is a file stem (letters, digits, '-', '_', '.'); "
+                                   "paths are not accepted")
+        if name not in self.stylizers:
+            raise self._unknown(name)
+
+    def _unknown(self, name: str) -> UnknownModel:
+        return UnknownModel(f"no model named {name!r}; available: {', '.join(self.stylizers) or 'none'}")
 
     def check_capacity(self, jobs: int = 1) -> None:
-        """503 at once when the queue cannot take ``jobs`` more: checked before decoding an upload, so
-        refusing a request under load costs next to nothing (a later submit re-checks atomically)."""
+        """Busy at once when the queue cannot take ``jobs`` more (submit re-checks atomically)."""
         if self._queue.qsize() + jobs > self.settings.queue_size:
             raise self._busy()
 
-    def _busy(self) -> APIError:
+    def _busy(self) -> Busy:
         self.metrics.rejected.labels("queue_full").inc()
-        return APIError(503, "busy", "the server is at capacity; retry shortly", {"Retry-After": "1"})
+        return Busy("the server is at capacity; retry shortly")
 
     async def submit(self, model: str, image: LoadedImage, options: StylizeOptions) -> Result:
-        """Queue one job and wait for its result (503 when the queue is full, 504 past the deadline)."""
-        self.check_ready()
-        self.check_model(model)
+        """Queue one job and wait for its result.
+
+        Raises Busy when the queue is full, DeadlineExceeded past the deadline, InferenceFailed; a
+        model that is not loaded is answered UnknownModel, and jobs submitted while loading wait for it.
+        """
         loop = asyncio.get_running_loop()
         job = Job(model, image, options, time.monotonic() + self.settings.request_timeout_s,
                   loop.create_future(), loop)

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_response
+from .errors import MalformedRequest, UploadTooLarge, response_for
 from .metrics import Metrics
 
 
@@ -31,10 +31,10 @@ class BodySizeLimit:
         if declared is not None:
             try:
                 if int(declared) > self.limit:
-                    await error_response(413, "payload_too_large", message_too_large)(scope, receive, send)
+                    await response_for(UploadTooLarge(message_too_large))(scope, receive, send)
                     return
             except ValueError:
-                await error_response(400, "bad_request", "invalid Content-Length")(scope, receive, send)
+                await response_for(MalformedRequest("invalid Content-Length"))(scope, receive, send)
                 return
         chunks: list[bytes] = []
         size = 0
@@ -45,7 +45,7 @@ class BodySizeLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                await error_response(413, "payload_too_large", message_too_large)(scope, receive, send)
+                await response_for(UploadTooLarge(message_too_large))(scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -25,8 +25,9 @@ class Settings(BaseSettings):
     # far below what a decompression bomb claims.
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(50_000_000, ge=64)
-    # Long side the output is bounded to when the client asks for nothing smaller (None: by device —
-    # 1024 px on CPU keeps a request around a second or two; 2048 px on a GPU).
+    # Long side the output is bounded to when the client asks for nothing smaller (None: by device,
+    # style_transfer.stylize.DEFAULT_MAX_SIZE — 1024 px on CPU keeps a request around a second or two;
+    # 2048 px on a GPU).
     max_size: int | None = Field(None, ge=8)
     # Images whose long side exceeds this are stylized in tiles (bounded memory).
     tile_size: int = Field(1024, ge=64)
@@ -40,9 +41,3 @@ class Settings(BaseSettings):
     # Warm-up image size (px): pays one-time costs (allocator, kernels) before /readyz says ready.
     warmup_size: int = Field(256, ge=8)
     max_compare_models: int = Field(8, ge=1)
-
-    def effective_max_size(self, device_type: str) -> int:
-        """The size cap for this device."""
-        if self.max_size is not None:
-            return self.max_size
-        return 2048 if device_type == "cuda" else 1024

@@ -1,7 +1,17 @@
-"""Applying a trained network to images: resize, blend, colour preservation and seamless tiling."""
+"""Applying a trained network to images: resize, blend, colour preservation and seamless tiling.
+
+The inference rules live here, so the CLI, the server and library callers follow the same ones (issue 15):
+
+* size: an image is downscaled so its long side is at most ``StylizeOptions.max_size`` (:func:`fit_image`,
+  alpha resized with it); a service lowers that to its own cap with :meth:`StylizeOptions.capped`, by
+  default :func:`default_max_size` of its device;
+* tiling: an image whose long side (after resizing) exceeds ``StylizeOptions.tile`` is stylized in
+  seamless tiles (:meth:`StylizeOptions.tiles`, :meth:`Stylizer.run_tiled`), anything smaller in one pass.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -25,6 +35,14 @@ TILE_REFERENCE_SIZE = 1024
 TILE_FADE = 16
 # Twice the receptive radius of the default network (~54 px): tiles this far apart agree exactly.
 MAX_DEFAULT_OVERLAP = 128
+# Long side a service bounds images to when its operator sets no cap, by device type: 1024 px keeps a
+# request on a CPU around a second or two; 2048 px on a GPU.
+DEFAULT_MAX_SIZE = {"cpu": 1024, "cuda": 2048}
+
+
+def default_max_size(device: torch.device | str) -> int:
+    """The size cap for a device when none is configured (see DEFAULT_MAX_SIZE; other devices: the CPU's)."""
+    return DEFAULT_MAX_SIZE.get(torch.device(device).type, DEFAULT_MAX_SIZE["cpu"])
 
 
 def default_overlap(tile: int) -> int:
@@ -52,6 +70,29 @@ class StylizeOptions:
                 raise ValueError(f"tile must be at least 32 px, got {self.tile}")
             if self.tile_overlap is not None and not 0 <= self.tile_overlap < self.tile // 2:
                 raise ValueError(f"tile_overlap must be in [0, tile/2), got {self.tile_overlap} for tile {self.tile}")
+
+    def capped(self, cap: int | None) -> "StylizeOptions":
+        """These options with ``max_size`` at most ``cap`` (a service's limit: a caller can only ask for less)."""
+        if cap is None or (self.max_size is not None and self.max_size <= cap):
+            return self
+        return dataclasses.replace(self, max_size=cap)
+
+    def tiles(self, height: int, width: int) -> bool:
+        """Whether an image of this size (after ``max_size``) is stylized in tiles: only past the tile size."""
+        return self.tile is not None and max(height, width) > self.tile
+
+
+def fit_image(image: LoadedImage, max_size: int | None) -> LoadedImage:
+    """``image`` downscaled so its long side is at most ``max_size``, its alpha with it; itself when it fits."""
+    if max_size is None or max(image.rgb.shape[-2:]) <= max_size:
+        return image
+    rgb = resize_max(image.rgb, max_size)
+    return LoadedImage(rgb, None if image.alpha is None else _resize_alpha(image.alpha, rgb.shape[-2:]))
+
+
+def _resize_alpha(alpha: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return torch.nn.functional.interpolate(alpha, size=size, mode="bilinear", antialias=True,
+                                           align_corners=False).clamp(0, 1)
 
 
 # ITU-R BT.601 (JPEG) RGB <-> YCbCr, for luminance-only transfer.
@@ -210,7 +251,7 @@ class Stylizer:
         content = resize_max(image, options.max_size) if options.max_size else image
         if options.strength == 0.0:
             return content.clone()
-        if options.tile and max(content.shape[-2:]) > options.tile:
+        if options.tiles(*content.shape[-2:]):
             styled = self.run_tiled(content, options.tile, options.tile_overlap)
         else:
             styled = self.run(content)
@@ -226,9 +267,5 @@ class Stylizer:
 
     def stylize_image(self, image: LoadedImage, options: StylizeOptions = StylizeOptions()) -> LoadedImage:
         """Stylize a decoded file, carrying its alpha channel over (resized with the image)."""
-        styled = self.stylize(image.rgb, options)
-        alpha = image.alpha
-        if alpha is not None and alpha.shape[-2:] != styled.shape[-2:]:
-            alpha = torch.nn.functional.interpolate(alpha, size=styled.shape[-2:], mode="bilinear",
-                                                    antialias=True, align_corners=False).clamp(0, 1)
-        return LoadedImage(styled, alpha)
+        image = fit_image(image, options.max_size)
+        return LoadedImage(self.stylize(image.rgb, options), image.alpha)

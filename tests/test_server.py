@@ -17,12 +17,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from server.app import create_app
-from server.errors import APIError
-from server.inference import InferenceWorker
+from server.errors import ERRORS
+from server.inference import Busy, DeadlineExceeded, InferenceError, InferenceWorker, NotReady, UnknownModel
 from server.metrics import Metrics
 from server.settings import Settings
 from style_transfer.imageio import LoadedImage
 from style_transfer.stylize import StylizeOptions
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def png_bytes(w: int = 48, h: int = 32, mode: str = "RGB", seed: int = 0, **save) -> bytes:
@@ -107,7 +109,7 @@ def test_readyz_is_503_until_models_are_loaded(weights, monkeypatch):
         response = client.get("/readyz")
         assert response.status_code == 503 and response.headers["retry-after"]
         r = client.post("/v1/stylize", files={"file": ("a.png", png_bytes())}, data={"model": "tiny-instance"})
-        assert r.status_code == 503 and error_code(r) == "not_ready"
+        assert r.status_code == 503 and error_code(r) == "not_ready" and r.headers["retry-after"] == "5"
         release.set()
         wait_ready(client)
 
@@ -211,6 +213,30 @@ def test_openapi_documents_the_interface(client):
     spec = client.get("/openapi.json").json()
     assert {"/v1/models", "/v1/stylize", "/v1/compare", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
     assert {"413", "415", "503", "504"} <= set(spec["paths"]["/v1/stylize"]["post"]["responses"])
+    summary = spec["components"]["schemas"]["ModelSummary"]
+    assert "ab_group" in summary["required"] and summary["properties"]["ab_group"]["description"]
+
+
+def test_models_publish_their_norm_ab_set(client):
+    """Two models trained alike but for the norm (the fixture's) share an ab_group: spec.ab_group."""
+    from style_transfer.spec import ab_group
+
+    models = client.get("/v1/models").json()["models"]
+    assert [m["ab_group"] for m in models] == [ab_group(m["training"], m["style_sha256"]) for m in models]
+    assert len({m["ab_group"] for m in models}) == 1
+
+
+def test_shipped_starry_night_arms_form_one_ab_set_apart_from_the_flagship():
+    """What the web page's A/B button reads: starry-night-{instance,batch,group,layer} differ only in the
+    norm; the flagship starry-night was trained without gradient clipping (weights/zoo.toml)."""
+    with TestClient(create_app(Settings(weights=REPO_ROOT / "weights", device="cpu", warmup_size=16))) as c:
+        wait_ready(c)
+        models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
+    arms = {f"starry-night-{norm}" for norm in ("instance", "batch", "group", "layer")}
+    (group,) = {models[name]["ab_group"] for name in arms}
+    assert {name for name, m in models.items() if m["ab_group"] == group} == arms
+    assert models["starry-night"]["ab_group"] != group
+    assert models["starry-night"]["style"] == models["starry-night-instance"]["style"]  # same style, other set
 
 
 def test_web_page_is_served(client):
@@ -350,7 +376,7 @@ def test_full_queue_answers_503_at_once(weights):
         second = asyncio.ensure_future(worker.submit("tiny-instance", _image(), StylizeOptions()))
         await asyncio.sleep(0.05)  # queued
         t0 = time.monotonic()
-        with pytest.raises(APIError) as refused:
+        with pytest.raises(Busy) as refused:
             await worker.submit("tiny-instance", _image(), StylizeOptions())
         assert time.monotonic() - t0 < 0.5
         gate.set()
@@ -360,7 +386,7 @@ def test_full_queue_answers_503_at_once(weights):
 
     try:
         err = asyncio.run(scenario())
-        assert err.status == 503 and err.headers["Retry-After"]
+        assert err.retry_after_s == 1
     finally:
         gate.set()
         worker.stop()
@@ -387,13 +413,13 @@ def test_expired_request_answers_504_and_is_not_run(weights):
         await asyncio.sleep(0.3)  # past the second job's deadline while the first still runs
         gate.set()
         await first
-        with pytest.raises(APIError) as expired:
+        with pytest.raises(DeadlineExceeded) as expired:
             await second
         return expired.value
 
     try:
         err = asyncio.run(scenario())
-        assert err.status == 504
+        assert "past its deadline" in str(err)
         assert len(calls) == 1  # the expired job never ran
     finally:
         gate.set()
@@ -436,5 +462,73 @@ def test_busy_server_refuses_before_decoding(weights, monkeypatch):
         wait_ready(c)
         monkeypatch.setattr(c.app.state.worker._queue, "qsize", lambda: 1)  # the queue is full
         r = c.post("/v1/stylize", files={"file": ("a.png", png_bytes())}, data={"model": "tiny-instance"})
-        assert r.status_code == 503 and r.headers["retry-after"] and error_code(r) == "busy"
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and error_code(r) == "busy"
         assert decoded == []
+
+
+def test_readiness_and_models_are_checked_once_per_request(client, monkeypatch):
+    worker = client.app.state.worker
+    calls = []
+    for name in ("check_ready", "check_model", "check_capacity"):
+        real = getattr(worker, name)
+        monkeypatch.setattr(worker, name, lambda *args, _real=real, _name=name: calls.append(_name) or _real(*args))
+    r = client.post("/v1/stylize", files={"file": ("a.png", png_bytes())}, data={"model": "tiny-instance"})
+    assert r.status_code == 200 and calls == ["check_ready", "check_model", "check_capacity"]
+    calls.clear()
+    r = client.post("/v1/compare", files={"file": ("a.png", png_bytes())}, data={"models": "tiny-instance,tiny-batch"})
+    assert r.status_code == 200 and calls == ["check_ready", "check_model", "check_model", "check_capacity"]
+
+
+def test_every_worker_error_has_an_http_status():
+    """The worker raises its own types; errors.py must map each, or a client would see a bare 500."""
+    assert set(InferenceError.__subclasses__()) <= set(ERRORS)
+
+
+def test_the_worker_answers_an_unchecked_unknown_model_and_keeps_serving(weights):
+    worker = _worker(weights)
+    try:
+        with pytest.raises(UnknownModel, match="tiny-instance"):
+            asyncio.run(worker.submit("nope", _image(), StylizeOptions()))
+        result = asyncio.run(worker.submit("tiny-instance", _image(), StylizeOptions()))
+        assert result.image.rgb.shape == (1, 3, 24, 24)
+    finally:
+        worker.stop()
+
+
+def test_after_a_failed_start_up_jobs_are_refused_not_left_waiting(weights, monkeypatch):
+    def broken(self):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(InferenceWorker, "_warm_up", broken)
+    worker = InferenceWorker(Settings(weights=weights, device="cpu", warmup_size=16), Metrics())
+    worker.start()
+    try:
+        end = time.monotonic() + 60
+        while worker.failed is None and time.monotonic() < end:
+            time.sleep(0.02)
+        with pytest.raises(NotReady, match="start-up failed: out of memory"):
+            worker.check_ready()
+
+        async def submit():
+            return await asyncio.wait_for(worker.submit("tiny-instance", _image(), StylizeOptions()), 10)
+
+        with pytest.raises(NotReady, match="out of memory"):
+            asyncio.run(submit())
+    finally:
+        worker.stop()
+
+
+def test_tiled_jobs_run_alone_and_fitted_images_batch_whatever_bound_they_asked_for(weights):
+    worker = _worker(weights, max_batch_size=4, batch_wait_ms=300, tile_size=64)
+
+    async def scenario(size, options):
+        return await asyncio.gather(*(worker.submit("tiny-instance", _image(i, size), o)
+                                      for i, o in enumerate(options)))
+
+    try:
+        small = asyncio.run(scenario(24, [worker.options(max_size=m) for m in (None, 100, 40)]))
+        assert [r.batch_size for r in small] == [3, 3, 3]
+        tiled = asyncio.run(scenario(80, [worker.options()] * 2))
+        assert [r.batch_size for r in tiled] == [1, 1]
+    finally:
+        worker.stop()

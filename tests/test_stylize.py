@@ -10,7 +10,9 @@ import torch
 import style_transfer.stylize as stylize_module
 from style_transfer.network import TransformerConfig, TransformerNet
 from style_transfer.norms import NORM_NAMES
-from style_transfer.stylize import Stylizer, StylizeOptions, preserve_color, rgb_to_ycbcr, ycbcr_to_rgb
+from style_transfer.imageio import LoadedImage
+from style_transfer.stylize import (Stylizer, StylizeOptions, default_max_size, fit_image, preserve_color,
+                                    rgb_to_ycbcr, ycbcr_to_rgb)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -108,6 +110,42 @@ def test_max_size_bounds_the_long_side():
     out = stylizer.stylize(image, StylizeOptions(max_size=50))
     assert out.shape[-2:] == (30, 50)
     assert stylizer.stylize(image, StylizeOptions(max_size=1000)).shape == image.shape  # never upscales
+
+
+def test_a_cap_only_ever_lowers_max_size():
+    assert StylizeOptions().capped(1024).max_size == 1024
+    assert StylizeOptions(max_size=300).capped(1024).max_size == 300
+    assert StylizeOptions(max_size=4000, strength=0.5).capped(1024) == StylizeOptions(max_size=1024, strength=0.5)
+    assert StylizeOptions(max_size=4000).capped(None).max_size == 4000
+    assert (default_max_size("cpu"), default_max_size(torch.device("cuda", 0))) == (1024, 2048)
+
+
+def test_only_images_past_the_tile_size_are_tiled(monkeypatch):
+    options = StylizeOptions(tile=64)
+    assert not options.tiles(64, 40) and options.tiles(40, 65) and not StylizeOptions().tiles(5000, 5000)
+    stylizer, tiled = tiny_stylizer("instance"), []
+    real = stylizer.run_tiled
+    monkeypatch.setattr(stylizer, "run_tiled", lambda *args: tiled.append(args[0].shape) or real(*args))
+    stylizer.stylize(photo_like(64, 40), options)
+    assert tiled == []
+    # The decision is taken after max_size: 130 px bounded to 64 is not tiled, bounded to 100 it is.
+    stylizer.stylize(photo_like(130, 80), StylizeOptions(tile=64, max_size=64))
+    assert tiled == []
+    stylizer.stylize(photo_like(130, 80), StylizeOptions(tile=64, max_size=100))
+    assert tiled == [(1, 3, 100, 62)]
+
+
+def test_fit_image_resizes_the_alpha_with_the_colours():
+    alpha = torch.zeros(1, 1, 60, 100)
+    alpha[..., :, :50] = 1.0  # left half opaque
+    image = LoadedImage(photo_like(60, 100), alpha)
+    assert fit_image(image, 100) is image and fit_image(image, None) is image
+    fitted = fit_image(image, 50)
+    assert fitted.rgb.shape == (1, 3, 30, 50) and fitted.alpha.shape == (1, 1, 30, 50)
+    assert fitted.alpha[..., :, :20].min() == 1.0 and fitted.alpha[..., :, 30:].max() == 0.0
+    # stylize_image bounds a file the same way: the output and its alpha match what fit_image gives.
+    out = tiny_stylizer("instance").stylize_image(image, StylizeOptions(max_size=50))
+    assert out.rgb.shape == fitted.rgb.shape and torch.equal(out.alpha, fitted.alpha)
 
 
 def test_bad_options_and_inputs_are_refused():

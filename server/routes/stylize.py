@@ -11,14 +11,12 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from style_transfer.imageio import LoadedImage, UnsupportedImageFormat, decode_image, encode_image
 from style_transfer.sidebyside import comparison_grid, photo_metrics, stylize_each_async
-from style_transfer.imageio import (CorruptImage, ImageTooLarge, LoadedImage, UnsupportedImageFormat,
-                                    decode_image, encode_image, resize_max)
-from style_transfer.stylize import StylizeOptions
+from style_transfer.stylize import StylizeOptions, fit_image
 
 from ..deps import SettingsDep, WorkerDep
-from ..errors import APIError
-from ..inference import InferenceWorker
+from ..errors import EmptyUpload, InvalidField
 from ..settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["stylize"])
@@ -26,7 +24,7 @@ router = APIRouter(prefix="/v1", tags=["stylize"])
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 
-ERRORS = {
+ERROR_RESPONSES = {
     400: {"description": "bad request (empty upload, invalid model name)"},
     404: {"description": "unknown model"},
     413: {"description": "upload or pixel count over the limit"},
@@ -48,6 +46,9 @@ class ModelSummary(BaseModel):
     config: dict
     training: dict
     losses: dict
+    ab_group: str = Field(description="the norm A/B set the model belongs to: equal for models trained on the "
+                                      "same style image with every recorded setting equal but the norm "
+                                      "(style_transfer.spec.ab_group)")
 
 
 class ModelList(BaseModel):
@@ -89,36 +90,22 @@ async def models(worker: WorkerDep) -> ModelList:
                      models=[ModelSummary(**s) for s in worker.summaries.values()], errors=worker.load_errors)
 
 
-async def _read_image(upload: UploadFile, settings: Settings, worker: InferenceWorker,
-                      max_size: int | None) -> LoadedImage:
+async def _read_photo(upload: UploadFile, settings: Settings, options: StylizeOptions) -> LoadedImage:
+    """The upload decoded and bounded to ``options.max_size``: what every model of the request is given."""
     data = await upload.read()
     if not data:
-        raise APIError(400, "empty_file", "the uploaded file is empty")
+        raise EmptyUpload("the uploaded file is empty")
     try:
         image = await run_in_threadpool(decode_image, data, ACCEPTED_FORMATS, settings.max_pixels)
     except UnsupportedImageFormat:
-        raise APIError(415, "unsupported_media_type", "only PNG, JPEG and WebP images are accepted "
-                       "(recognised by content, not by name)") from None
-    except ImageTooLarge as exc:
-        raise APIError(413, "image_too_large", str(exc)) from None
-    except CorruptImage as exc:
-        raise APIError(422, "corrupt_image", str(exc)) from None
-    cap = settings.effective_max_size(worker.device.type)
-    bound = min(max_size, cap) if max_size else cap
-    if max(image.rgb.shape[-2:]) > bound:
-        rgb = await run_in_threadpool(resize_max, image.rgb, bound)
-        image = LoadedImage(rgb, image.alpha)
-    return image
-
-
-def _options(settings: Settings, image: LoadedImage, strength: float, preserve_color: bool) -> StylizeOptions:
-    tile = settings.tile_size if max(image.rgb.shape[-2:]) > settings.tile_size else None
-    return StylizeOptions(strength=strength, preserve_color=preserve_color, tile=tile)
+        raise UnsupportedImageFormat("only PNG, JPEG and WebP images are accepted "
+                                     "(recognised by content, not by name)") from None
+    return await run_in_threadpool(fit_image, image, options.max_size)
 
 
 @router.post("/stylize", summary="Stylize one image with one model", response_class=Response,
              responses={200: {"content": {"image/png": {}, "image/jpeg": {}}, "description": "the stylized image"},
-                        **ERRORS})
+                        **ERROR_RESPONSES})
 async def stylize(settings: SettingsDep, worker: WorkerDep, file: Upload,
                   model: Annotated[str, Form(description="model name, from GET /v1/models")],
                   strength: Strength = 1.0, preserve_color: PreserveColor = False,
@@ -126,8 +113,9 @@ async def stylize(settings: SettingsDep, worker: WorkerDep, file: Upload,
     worker.check_ready()
     worker.check_model(model)
     worker.check_capacity()
-    image = await _read_image(file, settings, worker, max_size)
-    result = await worker.submit(model, image, _options(settings, image, strength, preserve_color))
+    options = worker.options(strength, preserve_color, max_size)
+    image = await _read_photo(file, settings, options)
+    result = await worker.submit(model, image, options)
     out = result.image
     data = await run_in_threadpool(encode_image, out.rgb, format.upper(), out.alpha)
     h, w = out.rgb.shape[-2:]
@@ -144,7 +132,7 @@ def _data_url(data: bytes, fmt: str) -> str:
              response_model=CompareResponse,
              responses={200: {"content": {"application/json": {}, "image/png": {}, "image/jpeg": {}},
                               "description": "JSON with every output and its timing, or one grid image"},
-                        **ERRORS})
+                        **ERROR_RESPONSES})
 async def compare(settings: SettingsDep, worker: WorkerDep, file: Upload,
                   models: Annotated[str, Form(description="comma-separated model names")],
                   strength: Strength = 1.0, preserve_color: PreserveColor = False, max_size: MaxSize = None,
@@ -154,17 +142,16 @@ async def compare(settings: SettingsDep, worker: WorkerDep, file: Upload,
     worker.check_ready()
     names = list(dict.fromkeys(n.strip() for n in models.split(",") if n.strip()))
     if not names:
-        raise APIError(422, "invalid_request", "models: give at least one model name")
+        raise InvalidField("models: give at least one model name")
     if len(names) > settings.max_compare_models:
-        raise APIError(422, "invalid_request", f"models: at most {settings.max_compare_models} per comparison")
+        raise InvalidField(f"models: at most {settings.max_compare_models} per comparison")
     for name in names:
         worker.check_model(name)
     worker.check_capacity(len(names))
-    image = await _read_image(file, settings, worker, max_size)
-    options = _options(settings, image, strength, preserve_color)
-    # The shared comparison code (also behind `style-transfer compare`); the worker owns the device.
-    outputs = await stylize_each_async(names, lambda name: worker.submit(name, image, options),
-                                       lambda name: worker.stylizers[name].info)
+    options = worker.options(strength, preserve_color, max_size)
+    image = await _read_photo(file, settings, options)
+    # One photo through many models (style_transfer.sidebyside); the worker owns the device.
+    outputs = await stylize_each_async(names, lambda name: worker.submit(name, image, options), worker.info)
     if output == "image":
         grid = await run_in_threadpool(comparison_grid, image.rgb, outputs, 512)
         buf = io.BytesIO()
