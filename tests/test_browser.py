@@ -2,14 +2,16 @@
 
 Skipped unless /usr/bin/chromium exists and the ``playwright`` Python package is importable (Playwright
 drives the system Chromium through ``executable_path``; it never downloads a browser). The server runs
-as a subprocess (``python -m server``) on a free port with two tiny untrained models. The browser may
-only talk to that server: any other request is aborted and fails the test (no CDN, no internet).
+as a subprocess (``python -m server``) on a free port with two tiny untrained models; the A/B button is
+tested on a second one serving the shipped Starry Night models and a few tiny ones. The browser may
+only talk to the server: any other request is aborted and fails the test (no CDN, no internet).
 
 A full-page screenshot is written to tests/artifacts/browser.png and to the test's tmp folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -17,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +51,18 @@ def _sync_playwright():
     return sync_playwright
 
 
+def _write_model(path: Path, norm: str, seed: int = 0, style_name: str = "test-style", steps: int = 5,
+                 training: dict | None = None) -> None:
+    torch.manual_seed(seed)
+    config = TransformerConfig(norm=norm, width=8, num_residual=1)
+    model = TransformerNet(config).eval()
+    save_model(path, model, ModelInfo(config, style_name=style_name, steps=steps, training=training or {}))
+
+
 def _write_models(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for seed, (name, norm) in enumerate(MODELS.items()):
-        torch.manual_seed(seed)
-        config = TransformerConfig(norm=norm, width=8, num_residual=1)
-        model = TransformerNet(config).eval()
-        save_model(folder / f"{name}.safetensors", model, ModelInfo(config, style_name="test-style", steps=5))
+        _write_model(folder / f"{name}.safetensors", norm, seed)
 
 
 def _write_photo(path: Path, size: tuple[int, int] = (96, 64)) -> Path:
@@ -83,15 +91,11 @@ def playwright_factory():
     return _sync_playwright()
 
 
-@pytest.fixture(scope="module")
-def server(playwright_factory, tmp_path_factory, free_port):
-    """Start ``python -m server`` on a free port; yield its base URL once /readyz answers 200."""
-    root = tmp_path_factory.mktemp("browser_server")
-    weights = root / "weights"
-    _write_models(weights)
-    port = free_port()
-    env = dict(os.environ, STYLE_TRANSFER_WEIGHTS=str(weights), STYLE_TRANSFER_DEVICE="cpu", PYTHONUNBUFFERED="1")
-    log = root / "server.log"
+@contextlib.contextmanager
+def _serve(weights: Path, port: int, log: Path) -> Iterator[str]:
+    """Run ``python -m server`` on ``weights``; yield its base URL once /readyz answers 200."""
+    env = dict(os.environ, STYLE_TRANSFER_WEIGHTS=str(weights), STYLE_TRANSFER_DEVICE="cpu",
+               STYLE_TRANSFER_WARMUP_SIZE="16", PYTHONUNBUFFERED="1")
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port)],
                                 cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -121,6 +125,49 @@ def server(playwright_factory, tmp_path_factory, free_port):
 
 
 @pytest.fixture(scope="module")
+def server(playwright_factory, tmp_path_factory, free_port):
+    """The server with the two tiny models of MODELS."""
+    root = tmp_path_factory.mktemp("browser_server")
+    _write_models(root / "weights")
+    with _serve(root / "weights", free_port(), root / "server.log") as base:
+        yield base
+
+
+SHIPPED_WEIGHTS = REPO_ROOT / "weights"
+STARRY_SET = [f"starry-night-{norm}" for norm in ("instance", "batch", "group", "layer")]
+
+
+@pytest.fixture(scope="module")
+def ab_server(playwright_factory, tmp_path_factory, free_port):
+    """The shipped Starry Night models (an A/B set of four norms beside a flagship of another recipe),
+    plus tiny models of two made-up styles for the other branches of the A/B choice."""
+    root = tmp_path_factory.mktemp("browser_ab_server")
+    weights = root / "weights"
+    weights.mkdir()
+    for name in ["starry-night", *STARRY_SET]:
+        (weights / f"{name}.safetensors").symlink_to(SHIPPED_WEIGHTS / f"{name}.safetensors")
+    # Like Starry Night, with a flagship trained longer than its set (so grouping by style alone would
+    # pick it): the set is chosen, one model per norm.
+    _write_model(weights / "flag-flagship.safetensors", "instance", style_name="flag-style", steps=50,
+                 training={"lr": 5e-4})
+    for norm in ("instance", "group", "layer"):
+        _write_model(weights / f"flag-set-{norm}.safetensors", norm, style_name="flag-style", steps=10,
+                     training={"lr": 1e-3})
+    # Two A/B sets with the same norms: the longer-trained one is chosen.
+    for tag, lr, steps in (("a", 1.0, 5), ("b", 2.0, 9)):
+        for norm in ("instance", "batch"):
+            _write_model(weights / f"tie-{tag}-{norm}.safetensors", norm, style_name="tie-style", steps=steps,
+                         training={"lr": lr})
+    # No two models share a recipe: one model per norm over the style, the longest-trained.
+    for name, norm, lr, steps in (("mixed-instance", "instance", 1.0, 5), ("mixed-batch-short", "batch", 2.0, 3),
+                                  ("mixed-batch-long", "batch", 3.0, 9)):
+        _write_model(weights / f"{name}.safetensors", norm, style_name="mixed-style", steps=steps,
+                     training={"lr": lr})
+    with _serve(weights, free_port(), root / "server.log") as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
 def browser(playwright_factory):
     with playwright_factory() as pw:
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -130,8 +177,8 @@ def browser(playwright_factory):
             chromium.close()
 
 
-@pytest.fixture
-def page(browser, server):
+@contextlib.contextmanager
+def _open_page(browser, server: str):
     """A fresh page at the server's root; fails the test on JS errors or requests to other hosts."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
     page = context.new_page()
@@ -156,6 +203,12 @@ def page(browser, server):
     context.close()
     assert not js_errors, f"JavaScript errors on the page: {js_errors}"
     assert not foreign, f"the page tried to load from other hosts: {foreign}"
+
+
+@pytest.fixture
+def page(browser, server):
+    with _open_page(browser, server) as page:
+        yield page
 
 
 def _upload_and_select(page, photo: Path, selected: list[str]) -> None:
@@ -271,3 +324,28 @@ def _left_inset(clip: str) -> float:
     number = float(re.match(r"-?[\d.]+", left).group(0))
     assert left.endswith("%") or number == 0, clip
     return number
+
+
+# ----------------------------------------------------------------------------- the A/B button
+
+
+def _checked(page) -> list[str]:
+    return sorted(page.eval_on_selector_all("#models input[name=model]:checked", "els => els.map((e) => e.value)"))
+
+
+@pytest.mark.parametrize("style, expected", [
+    # The set of four norms wins over the flagship (same style, trained without clipping).
+    ("vangogh_starry_night_1889", sorted(STARRY_SET)),
+    ("flag-style", ["flag-set-group", "flag-set-instance", "flag-set-layer"]),
+    # Two sets of two norms: the longer-trained one.
+    ("tie-style", ["tie-b-batch", "tie-b-instance"]),
+    # No set has two norms: one model per norm over the style, the longest-trained.
+    ("mixed-style", ["mixed-batch-long", "mixed-instance"]),
+])
+def test_the_ab_button_selects_one_norm_ab_set(browser, ab_server, style, expected):
+    with _open_page(browser, ab_server) as page:
+        button = page.locator(f'#models button.ab-btn[data-style="{style}"]')
+        page.locator('#models input[name=model][value="starry-night"]').check()  # cleared by the button
+        button.click()
+        assert _checked(page) == expected
+        assert str(len(expected)) in page.inner_text("#run")  # "Compare N models"

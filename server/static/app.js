@@ -385,36 +385,22 @@
     updateRun();
   }
 
-  function stableJSON(value) {
-    if (Array.isArray(value)) return `[${value.map(stableJSON).join(',')}]`;
-    if (value && typeof value === 'object') {
-      return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${stableJSON(value[k])}`).join(',')}}`;
-    }
-    return JSON.stringify(value);
-  }
-
-  function recipeOf(m) {
-    // Everything a model was trained with except its norm: models with equal recipes form an A/B set.
-    const training = JSON.parse(JSON.stringify(m.training || {}));
-    if (training.network) delete training.network.norm;
-    return stableJSON(training);
-  }
-
   function abArms(models) {
     // A style can hold models trained with different recipes (the shipped Starry Night has an unclipped
     // flagship beside a clipped A/B set, weights/zoo.toml); comparing norms across recipes would not be
-    // fair. So: the models of the recipe that covers the most norms (then the most steps), one per norm
-    // (the longest-trained). If no recipe has two norms, one model per norm over the whole style.
-    const byRecipe = new Map();
+    // fair. The server says which models differ only in the norm (ab_group, from
+    // style_transfer.spec.ab_group, issue 15). So: the models of the A/B set that covers the most norms
+    // (then the most steps), one per norm (the longest-trained). If no set has two norms, one model per
+    // norm over the whole style.
+    const bySet = new Map();
     for (const m of models) {
-      const key = recipeOf(m);
-      if (!byRecipe.has(key)) byRecipe.set(key, []);
-      byRecipe.get(key).push(m);
+      if (!bySet.has(m.ab_group)) bySet.set(m.ab_group, []);
+      bySet.get(m.ab_group).push(m);
     }
     const normCount = (arms) => new Set(arms.map((m) => m.norm)).size;
     const steps = (arms) => Math.max(0, ...arms.map((m) => m.steps || 0));
     let chosen = [];
-    for (const arms of byRecipe.values()) {
+    for (const arms of bySet.values()) {
       const n = normCount(arms);
       const c = normCount(chosen);
       if (n > c || (n === c && steps(arms) > steps(chosen))) chosen = arms;
