@@ -14,11 +14,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, so code changes do not reinstall torch.
-COPY pyproject.toml README.md LICENSE ./
+# Dependencies first, from pyproject.toml alone, so a code change does not reinstall torch (several GB):
+# this layer is rebuilt only when pyproject.toml changes.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Then the package itself, without resolving the dependencies again.
+COPY README.md LICENSE ./
 COPY style_transfer ./style_transfer
 COPY server ./server
-RUN pip install .
+RUN pip install --no-deps .
 
 COPY weights ./weights
 
