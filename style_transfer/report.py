@@ -340,14 +340,14 @@ def _setup_lines(record: dict[str, Any]) -> list[str]:
     """What was compared, on what, how (one line each, plain text)."""
     lines = []
     study = record.get("study")
-    if study:
-        loss = study["loss"]
+    if study:  # the study's base spec, by flat names (spec.py)
+        clip = f", gradient norm clipped to {study['clip_grad_norm']}" if study.get("clip_grad_norm") else ""
         lines.append(
             f"Training: {study['steps']} steps per arm, batch {study['batch_size']} of {study['image_size']} px crops, "
-            f"Adam lr {study['lr']}, width {study['width']}, {study['num_residual']} residual blocks, "
-            f"{study['precision']} autocast; loss weights content {loss['content_weight']}, style {loss['style_weight']}, "
-            f"TV {loss['tv_weight']}, style image at {loss['style_size']} px; content: "
-            + ", ".join("/".join(Path(p).parts[-2:]) for p in study["content_dirs"]) + ".")
+            f"Adam lr {study['lr']}{clip}, width {study['width']}, {study['num_residual']} residual blocks, "
+            f"{study['precision']} autocast; loss weights content {study['content_weight']}, style "
+            f"{study['style_weight']}, TV {study['tv_weight']}, style image at {study['style_size']} px; content: "
+            + ", ".join("/".join(Path(p).parts[-2:]) for p in study["content"]) + ".")
     seeds = sorted({a["seed"] for a in record["arms"] if a["seed"] is not None})
     lines.append(f"Arms: {', '.join(record['labels'])}; seeds: {', '.join(map(str, seeds)) or '–'} "
                  f"({len(record['arms'])} checkpoints).")

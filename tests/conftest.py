@@ -212,17 +212,18 @@ def tiny_study(_small_content_images: list[Path], small_style_path: Path, tmp_pa
     instance and batch norm x seeds 0 and 1, 3 steps each, width 8, 32 px crops, on the 6 small val photos.
     Returns the ``ablate.Study``."""
     from style_transfer.ablate import StudySettings, load_study, run_study
-    from style_transfer.losses import LossConfig
+    from style_transfer.spec import RunSpec
+    from style_transfer.train import TrainOptions
 
     root = tmp_path_factory.mktemp("tiny_study")
     content = root / "photos"
     content.mkdir()
     for path in _small_content_images:
         shutil.copy2(path, content / path.name)
-    settings = StudySettings(out=root / "study", content_dirs=(content,), style_image=small_style_path, steps=3,
-                             norms=("instance", "batch"), seeds=(0, 1), image_size=32, batch_size=2, width=8,
-                             num_residual=1, loss=LossConfig(style_size=64), precision="fp32", device="cpu",
-                             checkpoint_every=2, sample_every=3)
+    base = RunSpec(content=content, style=small_style_path, steps=3, image_size=32, batch_size=2, precision="fp32")
+    settings = StudySettings(out=root / "study", base=base.replace(width=8, num_residual=1, style_size=64),
+                             norms=("instance", "batch"), seeds=(0, 1),
+                             options=TrainOptions(device="cpu", checkpoint_every=2, sample_every=3))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny networks: one thread is fastest, and robust to a busy machine
     try:
