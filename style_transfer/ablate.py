@@ -164,7 +164,8 @@ class Study:
         """The StudySettings that continue this study as recorded."""
         options = TrainOptions(device=self.record.get("device", "auto"),
                                checkpoint_every=self.record.get("checkpoint_every", 100),
-                               sample_every=self.record.get("sample_every", 500))
+                               sample_every=self.record.get("sample_every", 500),
+                               val_photos=tuple(Path(p) for p in self.record.get("val_photos", [])))
         return StudySettings(out=self.root, base=self.base, norms=tuple(self.norms), seeds=tuple(self.seeds),
                              options=options)
 
@@ -253,6 +254,7 @@ def prepare_study(settings: StudySettings) -> Study:
         "device": settings.options.device,
         "checkpoint_every": settings.options.checkpoint_every,
         "sample_every": settings.options.sample_every,
+        "val_photos": [str(p.resolve()) for p in settings.options.val_photos],
         "arms": [a.to_json() for a in arms],
     }
     root.mkdir(parents=True, exist_ok=True)

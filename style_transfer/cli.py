@@ -21,7 +21,7 @@ from .checkpoint import CheckpointError
 from .device import DEVICES, PRECISIONS
 from .imageio import IMAGE_SUFFIXES, OUTPUT_FORMATS, decode_image, find_images, save_image
 from .norms import NORM_NAMES
-from .spec import DATA, RunSpec, settings
+from .spec import REQUIRED, RunSpec, settings
 
 
 log = logging.getLogger("style_transfer")
@@ -76,6 +76,16 @@ def _add_run_options(p: argparse.ArgumentParser, checkpoint_every: int) -> None:
     p.add_argument("--device", help=f"one of {', '.join(DEVICES)} (default: auto)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=checkpoint_every, help="(default: %(default)s steps)")
     p.add_argument("--sample-every", type=_positive_int, default=500, help="(default: %(default)s steps)")
+    p.add_argument("--val", type=Path, action="append", metavar="PATH",
+                   help="validation photos (files or folders; repeatable), never trained on: at every sample step "
+                        "they are stylized at 512 px and the log records how much of the photo and of the style "
+                        "they keep, with a warning when the photo is being lost")
+
+
+def _val_photos(args: argparse.Namespace) -> tuple[Path, ...]:
+    from .validation import validation_photos
+
+    return tuple(validation_photos(args.val or []))
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -83,7 +93,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="Train a feed-forward style network on folders of content photos.")
     p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
     p.add_argument("--workdir", type=Path, help="resume state, log.jsonl and samples (default: <out>.run/)")
-    _add_spec_options(p, required=DATA)
+    _add_spec_options(p, required=REQUIRED)
     _add_run_options(p, checkpoint_every=500)
     p.add_argument("--workers", type=int, default=0, help="data loading processes (default: %(default)s)")
     p.add_argument("--sync-bn", action="store_true", help="synchronize batch norm statistics across processes")
@@ -98,7 +108,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     options = TrainOptions(device=args.device or "auto", checkpoint_every=args.checkpoint_every,
                            sample_every=args.sample_every, num_workers=args.workers, sync_bn=args.sync_bn,
-                           save_dtype=args.save_dtype)
+                           save_dtype=args.save_dtype, val_photos=_val_photos(args))
     result = train(_spec_from_args(args), RunDir.of(args.out, args.workdir), options, resume=args.resume)
     if result.steps and os.environ.get("RANK", "0") == "0":
         log.info("wrote %s after %d steps; final losses: %s", result.checkpoint, result.steps,
@@ -247,7 +257,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         settings = StudySettings(
             out=args.out, base=_spec_from_args(args), norms=parse_norms(args.norms), seeds=parse_seeds(args.seeds),
             options=TrainOptions(device=args.device or "auto", checkpoint_every=args.checkpoint_every,
-                                 sample_every=args.sample_every),
+                                 sample_every=args.sample_every, val_photos=_val_photos(args)),
         )
     outcomes = run_study(settings, jobs=args.jobs)
     failed = [o for o in outcomes if o.status == "failed"]
@@ -350,12 +360,15 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     if args.action == "status":
         rows = status(models, args.runs, weights)
         hours = lambda s: "?" if s is None else f"{s / 3600:.1f} h"  # noqa: E731
-        print(f"{'name':<24} {'norm':<9} {'steps':>13} {'shipped':>8} {'s/step':>7} {'left':>7}")
+        print(f"{'name':<24} {'norm':<9} {'steps':>13} {'shipped':>8} {'s/step':>7} {'left':>7} {'kept':>5} "
+              f"{'style':>5}")
         for row in rows:
             shipped = row["shipped_steps"] if row["shipped_steps"] is not None else "-"
             rate = f"{row['seconds_per_step']:.2f}" if row["seconds_per_step"] else "-"
+            val = row["validation"]
+            kept, style = (f"{val['val_ssim']:.2f}", f"{val['val_style']:.2f}") if val else ("-", "-")
             print(f"{row['name']:<24} {row['norm']:<9} {row['steps_done']:>6}/{row['steps']:<6} {shipped:>8} "
-                  f"{rate:>7} {hours(row['remaining_s']):>7}")
+                  f"{rate:>7} {hours(row['remaining_s']):>7} {kept:>5} {style:>5}")
             if row["stale"]:
                 print(f"  run differs from the plan in: {', '.join(row['stale'])} (move it away to retrain)")
             if row["shipped_stale"]:
@@ -363,10 +376,14 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
         left = [r["remaining_s"] for r in rows]
         print(f"training left: {hours(None if None in left else sum(left))} "
               "(at each run's recent rate; runs not started yet at the median rate)")
+        print("kept: luminance SSIM of the validation photos to their outputs at the last sample step (the "
+              "photo is lost below 0.4); style: their style distance relative to the photos' own (lower = more style)")
     elif args.action == "train":
         from .train import TrainOptions
 
-        options = TrainOptions(checkpoint_every=args.checkpoint_every, sample_every=250, num_workers=args.workers)
+        # The plan's gallery photos are held out of every model's training: they validate each run.
+        options = TrainOptions(checkpoint_every=args.checkpoint_every, sample_every=250, num_workers=args.workers,
+                               val_photos=tuple(gallery_photos(args.plan)))
         train_zoo(models, args.runs, options, export_to=weights if args.export else None)
     elif args.action == "export":
         for entry in export_zoo(models, args.runs, weights):

@@ -120,6 +120,13 @@ class PerceptualLoss(nn.Module):
     def style_grams(self) -> list[torch.Tensor]:
         return [getattr(self, f"style_gram_{i}") for i in range(len(self.config.style_layers))]
 
+    def style_distance(self, images: torch.Tensor) -> torch.Tensor:
+        """Per image, the unweighted style term: the sum over style layers of the mean squared difference
+        between its Gram matrices and the style image's; (B,). What training's style term averages."""
+        feats = self.vgg(images, self.config.style_layers)
+        return sum((gram_matrix(feats[n]) - g).pow(2).mean((1, 2))
+                   for n, g in zip(self.config.style_layers, self.style_grams()))
+
     def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
         with torch.no_grad():

@@ -5,7 +5,8 @@ One owner for the layout (issue 15); train, ablate, compare and zoo all go throu
     <name>.safetensors          the served checkpoint, rewritten at every checkpoint step
     <name>.run/train_state.pt   model, optimizer and RNG state: what --resume continues from
     <name>.run/log.jsonl        one JSON line per step: every loss term, the gradient norm, seconds
-    <name>.run/samples/         step_NNNNNN.png: a training crop beside its stylization
+    <name>.run/samples/         step_NNNNNN.png: a training crop beside its stylization, and
+                                step_NNNNNN_val.jpg: the validation photos beside theirs (validation.py)
     <name>.run/content/         only when training on several folders: numbered symlinks to each
 
 The log is the record a report reads (training curves) and a resume trims (to the resumed step).
@@ -59,6 +60,17 @@ class RunDir:
 
     def sample_path(self, step: int) -> Path:
         return self.samples / f"step_{step:06d}.png"
+
+    def val_sample_path(self, step: int) -> Path:
+        """The validation photos beside their outputs (validation.py); JPEG: they are full size."""
+        return self.samples / f"step_{step:06d}_val.jpg"
+
+    def latest_validation(self) -> dict[str, float]:
+        """The validation measures of the last sample step that has them ({} when none has)."""
+        for entry in reversed(self.read_log()):
+            if "val_ssim" in entry:
+                return {k: v for k, v in entry.items() if k.startswith("val_")}
+        return {}
 
     # ------------------------------------------------------------------ status
 

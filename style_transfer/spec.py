@@ -40,9 +40,10 @@ from .network import TransformerConfig
 
 # The configs the spec holds, by the name of the field that holds them.
 _NESTED: dict[str, type] = {"network": TransformerConfig, "loss": LossConfig}
-# The training data: part of what a run is, not of its recipe (a resume may not change them either,
-# but they are recorded by name only: the folders of another machine are other paths).
-DATA = ("content", "style")
+# The training data and starting point: part of what a run is, not of its recipe (they are recorded
+# by name or hash only: the folders of another machine are other paths). A spec needs the first two.
+DATA = ("content", "style", "init")
+REQUIRED = ("content", "style")
 # The budget: a larger one continues a finished run, so it is not part of the fingerprint.
 BUDGET = ("steps", "epochs")
 
@@ -50,6 +51,8 @@ BUDGET = ("steps", "epochs")
 HELP = {
     "content": "folder of content images (recursive; JPEG/PNG/WebP); repeat it to train on several folders",
     "style": "the style image",
+    "init": "start from this checkpoint's weights (fine-tuning; the same network settings) instead of a "
+            "random init (default: random)",
     "steps": "total optimizer steps (default when neither --steps nor --epochs: 40000)",
     "epochs": "passes over the content images, instead of --steps",
     "norm": "normalization layer",
@@ -81,6 +84,7 @@ class RunSpec:
 
     content: tuple[Path, ...]  # one or more folders of photos, used together
     style: Path
+    init: Path | None = None  # a checkpoint to start from; its sha256 is recorded in the result
     network: TransformerConfig = TransformerConfig()
     loss: LossConfig = LossConfig()
     steps: int | None = None  # total optimizer steps; DEFAULT_STEPS when neither steps nor epochs is given
@@ -108,6 +112,8 @@ class RunSpec:
             raise ValueError(f"content folder given twice: {', '.join(repeated)}")
         object.__setattr__(self, "content", content)
         object.__setattr__(self, "style", Path(self.style))
+        if self.init is not None:
+            object.__setattr__(self, "init", Path(self.init))
         check_precision(self.precision)
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give steps or epochs, not both")
@@ -160,6 +166,7 @@ class RunSpec:
         out = _jsonable(self.flat())
         out["content"] = [str(p.resolve()) for p in self.content]
         out["style"] = str(self.style.resolve())
+        out["init"] = str(self.init.resolve()) if self.init else None
         return out
 
     @classmethod

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import ModelInfo, file_sha256, load_train_state, save_model, save_train_state
+from .checkpoint import ModelInfo, file_sha256, load_model, load_train_state, save_model, save_train_state
 from .data import ContentImages, ResumableSampler, link_folders, steps_per_epoch
 from .device import autocast, resolve_device, resolve_precision
 from .imageio import load_rgb, save_image
@@ -32,6 +32,7 @@ from .losses import PerceptualLoss
 from .network import TransformerNet
 from .rundir import TERMS, RunDir
 from .spec import RunSpec
+from .validation import Validator, photo_lost
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,9 @@ class TrainOptions:
     sync_bn: bool = False
     save_dtype: str = "fp32"  # of the served checkpoint
     progress: bool = True
+    # Photos the run never trains on, stylized at full size at every sample step and measured
+    # (validation.py): what the finished model will do, which training crops do not show (issue 16).
+    val_photos: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("checkpoint_every", "sample_every"):
@@ -100,6 +104,7 @@ class TrainOptions:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.save_dtype not in ("fp32", "fp16"):
             raise ValueError(f"save_dtype must be fp32 or fp16, got {self.save_dtype!r}")
+        self.val_photos = tuple(Path(p) for p in self.val_photos)
 
 
 @dataclass
@@ -207,6 +212,8 @@ def _check_inputs(spec: RunSpec) -> None:
     """The data exists: checked before the data scan and the VGG load, which take a while."""
     if not spec.style.is_file():
         raise FileNotFoundError(f"style image not found: {spec.style}")
+    if spec.init is not None and not spec.init.is_file():
+        raise FileNotFoundError(f"--init checkpoint not found: {spec.init}")
     for folder in spec.content:
         if not folder.is_dir():
             raise FileNotFoundError(f"content folder not found: {folder}")
@@ -234,15 +241,34 @@ class _Trainer:
         style = load_rgb(spec.style, spec.loss.style_size).to(device)
         self.criterion = PerceptualLoss(style, spec.loss).to(device)
         self.style_sha = file_sha256(spec.style)
+        self.validator = self._validator(options.val_photos) if options.val_photos and env.main else None
+        self.last_val: dict[str, float] = {}
 
         # Seed before building the model: arms that differ only in the norm start from the same conv
         # weights (norm layers draw no random numbers), which makes norm comparisons fair.
         torch.manual_seed(spec.seed)
         self.model = TransformerNet(spec.network).to(device)
+        if spec.init is not None:
+            self._load_init(spec.init)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr)
         self.step = self.start_step = 0
         self.history: list[dict[str, float]] = []
         self.resumed = False
+
+    def _load_init(self, path: Path) -> None:
+        """Start from a trained checkpoint's weights (fine-tuning), refusing another architecture."""
+        trained, info = load_model(path)
+        if info.config != self.spec.network:
+            raise TrainingError(f"--init {path}: its network ({info.config}) is not this run's ({self.spec.network})")
+        self.model.load_state_dict(trained.state_dict())
+        self.init_sha = file_sha256(path)
+
+    def _validator(self, photos: tuple[Path, ...]) -> Validator:
+        seen = {os.path.realpath(p) for p in self.dataset.paths}
+        trained_on = [str(p) for p in photos if os.path.realpath(p) in seen]
+        if trained_on:
+            raise ValueError(f"validation photos must not be training photos: {', '.join(trained_on)}")
+        return Validator(list(photos), self.criterion, self.device)
 
     def restore(self) -> None:
         """Continue from the run's resume state, refusing one trained with another recipe."""
@@ -317,14 +343,15 @@ class _Trainer:
     def _loop(self, data: Any, bar: tqdm, log_file: Any, stop: _StopRequest) -> None:
         while self.step < self.total_steps:
             entry = self._train_step(next(data))
+            if self.step % self.options.sample_every == 0 or self.step == self.total_steps:
+                entry.update(self._sample())
             self.history.append(entry)
             if log_file:
                 log_file.write(json.dumps(entry) + "\n")
                 log_file.flush()
             bar.update(1)
-            bar.set_postfix({t: f"{entry[t]:.3g}" for t in TERMS})
-            if self.step % self.options.sample_every == 0 or self.step == self.total_steps:
-                self._sample()
+            bar.set_postfix({**{t: f"{entry[t]:.3g}" for t in TERMS},
+                             **({"kept": f"{self.last_val['val_ssim']:.2f}"} if self.last_val else {})})
             if self.step % self.options.checkpoint_every == 0 or self.step == self.total_steps:
                 if log_file:
                     os.fsync(log_file.fileno())
@@ -360,7 +387,8 @@ class _Trainer:
             config=spec.network, style_name=spec.style.stem, style_sha256=self.style_sha, steps=self.step,
             training={**spec.fingerprint(), "content_dir": self.content_name, "num_images": len(self.dataset),
                       "world_size": self.env.world, "total_steps": self.total_steps,
-                      "sync_bn": self.options.sync_bn},
+                      "sync_bn": self.options.sync_bn,
+                      **({"init_sha256": self.init_sha} if spec.init is not None else {})},
             losses=self._recent_losses(),
         )
 
@@ -375,11 +403,24 @@ class _Trainer:
                        torch.float16 if self.options.save_dtype == "fp16" else torch.float32)
         self.env.barrier()
 
-    def _sample(self) -> None:
+    def _sample(self) -> dict[str, float]:
+        """Write the step's samples; return the validation measures for its log entry ({} without any)."""
         if not self.env.main:
-            return
+            return {}
         self.model.eval()
         with torch.no_grad(), autocast(self.device, self.spec.precision):
             out = self.model(self.sample_input).float().clamp(0, 1)
         self.model.train()
         save_image(torch.cat([self.sample_input, out], dim=-1), self.run_dir.sample_path(self.step))
+        if self.validator is None:
+            return {}
+        measures, outputs = self.validator.measure(self.model, self.spec.precision)
+        self.validator.save(outputs, self.run_dir.val_sample_path(self.step))
+        self.last_val = measures
+        warning = photo_lost(measures, self.step, self.total_steps)
+        if warning:
+            log.warning("%s", warning)
+        else:
+            log.info("step %d: validation photos keep luminance SSIM %.3f, style distance %.3f of the photos'",
+                     self.step, measures["val_ssim"], measures["val_style"])
+        return measures

@@ -34,7 +34,7 @@ from typing import Any
 
 from .checkpoint import file_sha256, read_model_info
 from .rundir import RunDir
-from .spec import DATA, RunSpec, ab_group, settings
+from .spec import REQUIRED, RunSpec, ab_group, settings
 from .train import TrainOptions, train
 from .zoo import is_valid_name, read_manifest
 
@@ -109,7 +109,7 @@ def load_plan(path: Path | str) -> list[ZooModel]:
         unknown = set(entry) - _ENTRY_KEYS
         if unknown:
             raise PlanError(f"{where}: unknown key(s) {sorted(unknown)}")
-        for key in ("name", *DATA, "steps"):
+        for key in ("name", *REQUIRED, "steps"):
             if key not in entry:
                 raise PlanError(f"{where}: '{key}' is required")
         if not is_valid_name(entry["name"]):
@@ -119,6 +119,8 @@ def load_plan(path: Path | str) -> list[ZooModel]:
         values = {k: v for k, v in entry.items() if k not in ("name", "notes")}
         values["content"] = tuple(resolve(c) for c in ([content] if isinstance(content, str) else content))
         values["style"] = resolve(entry["style"])
+        if "init" in entry:
+            values["init"] = resolve(entry["init"])
         try:
             models.append(ZooModel(entry["name"], RunSpec.from_flat(values), entry.get("notes", "")))
         except (TypeError, ValueError) as exc:
@@ -180,7 +182,7 @@ def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> lis
                      "shipped_stale": (m.differences(shipped[m.name].get("settings", {}),
                                                      shipped[m.name].get("style_sha256", ""))
                                        if m.name in shipped else []),
-                     "seconds_per_step": run.seconds_per_step()})
+                     "seconds_per_step": run.seconds_per_step(), "validation": run.latest_validation()})
     known = [r["seconds_per_step"] for r in rows if r["seconds_per_step"]]
     typical = statistics.median(known) if known else None
     for r in rows:
