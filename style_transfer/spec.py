@@ -70,6 +70,8 @@ HELP = {
     "lr": "Adam learning rate",
     "clip_grad_norm": "clip the gradient's global L2 norm to this (default: no clipping; the log records the "
                       "norm of every step either way)",
+    "bn_frozen_steps": "train the last N steps with batch norm's running statistics frozen, so the network "
+                       "adapts to the statistics inference uses (batch norm only; default: none)",
     "seed": "seed for init, data order and crops",
     "precision": "autocast precision; auto = bf16 where the hardware has it, else fp32; resolved once at the "
                  "start and recorded",
@@ -96,6 +98,13 @@ class RunSpec:
     # diverged twice without it (weights/zoo.toml). Optional settings default to None ("off") and are
     # left out of the fingerprint while off, so runs from before the setting existed still resume.
     clip_grad_norm: float | None = None
+    # Train the last N steps with batch norm's population statistics frozen (eval-mode normalization),
+    # so the weights adapt to the statistics inference uses. In training mode each layer sees its own
+    # batch's statistics; at inference the population's, and the gap compounds through the layers
+    # (benchmarks/bn_holes.py: on a photo with a bright sky, 1.4x the running std after the first layer,
+    # 31x before the last) into black holes (issue 16; the train/inference discrepancy of Ioffe 2017).
+    # Acts on batch norm only, so norm A/B arms can share it.
+    bn_frozen_steps: int | None = None
     seed: int = 0
     precision: str = "auto"  # autocast; auto = bf16 where the hardware has it (resolved at the start)
 
@@ -128,6 +137,8 @@ class RunSpec:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be > 0, got {self.clip_grad_norm}")
+        if self.bn_frozen_steps is not None and (not isinstance(self.bn_frozen_steps, int) or self.bn_frozen_steps < 1):
+            raise ValueError(f"bn_frozen_steps must be a positive integer, got {self.bn_frozen_steps!r}")
 
     # ------------------------------------------------------------------ flat names
 

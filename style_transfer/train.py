@@ -30,6 +30,7 @@ from .device import autocast, resolve_device, resolve_precision
 from .imageio import load_rgb, save_image
 from .losses import PerceptualLoss
 from .network import TransformerNet
+from .norms import has_batch_statistics
 from .rundir import TERMS, RunDir
 from .spec import RunSpec
 from .validation import Validator, photo_lost
@@ -342,6 +343,7 @@ class _Trainer:
 
     def _loop(self, data: Any, bar: tqdm, log_file: Any, stop: _StopRequest) -> None:
         while self.step < self.total_steps:
+            self._freeze_batch_statistics()
             entry = self._train_step(next(data))
             if self.step % self.options.sample_every == 0 or self.step == self.total_steps:
                 entry.update(self._sample())
@@ -358,6 +360,15 @@ class _Trainer:
                 self._checkpoint()
             if stop.received is not None:
                 return
+
+    def _freeze_batch_statistics(self) -> None:
+        """In the last ``bn_frozen_steps`` steps, batch norm layers normalize with (and keep) their running
+        statistics; set before every step, since sampling puts the model back in training mode."""
+        frozen = self.spec.bn_frozen_steps
+        if frozen and self.step >= self.total_steps - frozen:
+            for module in self.model.modules():
+                if has_batch_statistics(module):
+                    module.eval()
 
     def _train_step(self, batch: torch.Tensor) -> dict[str, float]:
         """One optimizer step; its log entry. A non-finite loss stops the run before the update."""

@@ -233,3 +233,25 @@ def test_gradient_clipping_bounds_every_update_and_the_log_records_the_norm(tmp_
 
 def result_fingerprint(tmp: Path) -> dict:
     return load_train_state(tmp / "model.run" / "train_state.pt")["settings"]
+
+
+def test_bn_frozen_steps_keep_the_statistics_and_train_the_weights(tmp_path, photos):
+    """The last N steps normalize with the running statistics and leave them as they were, while the
+    weights go on learning (issue 16: the batch-norm arm's train/inference gap)."""
+    net = TransformerConfig(norm="batch", width=8, num_residual=1)
+    train(*settings(tmp_path / "a", photos, network=net, steps=2))
+    frozen = train(*settings(tmp_path / "b", photos, network=net, steps=4, bn_frozen_steps=2))
+    free = train(*settings(tmp_path / "c", photos, network=net, steps=4))
+    at_2, after_frozen = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    after_free = load_file(tmp_path / "c" / "model.safetensors")
+    stats = [k for k in at_2 if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in at_2 if k.endswith("weight") and at_2[k].dim() == 4]
+    assert stats and weights
+    assert all(torch.equal(at_2[k], after_frozen[k]) for k in stats)  # steps 3-4 left them alone
+    assert not all(torch.equal(at_2[k], after_free[k]) for k in stats)  # as they would have moved
+    assert not any(torch.equal(at_2[k], after_frozen[k]) for k in weights)  # while the weights learned
+    assert [e["total"] for e in frozen.history[:2]] == [e["total"] for e in free.history[:2]]
+    # Only batch norm has statistics to freeze: an instance-norm run is unchanged by the setting.
+    a = train(*settings(tmp_path / "d", photos, steps=3, bn_frozen_steps=2))
+    b = train(*settings(tmp_path / "e", photos, steps=3))
+    assert [e["total"] for e in a.history] == [e["total"] for e in b.history]
