@@ -19,7 +19,7 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import CheckpointError
 from .device import DEVICES, PRECISIONS
-from .imageio import IMAGE_SUFFIXES, OUTPUT_FORMATS, decode_image, find_images, save_image
+from .imageio import IMAGE_SUFFIXES, OUTPUT_FORMATS, collect_images, decode_image, save_image
 from .norms import NORM_NAMES
 from .spec import REQUIRED, RunSpec, settings
 
@@ -141,14 +141,7 @@ def _add_stylize(sub: argparse._SubParsersAction) -> None:
 
 
 def _collect_inputs(paths: list[Path]) -> list[Path]:
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files += find_images(path)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"input not found: {path}")
+    files = collect_images(paths)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
     return files

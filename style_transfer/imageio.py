@@ -210,3 +210,17 @@ def find_images(folder: Path | str) -> list[Path]:
         found += [Path(root) / f for f in files
                   if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
     return sorted(p for p in found if p.is_file())
+
+
+def collect_images(paths: list[Path] | tuple[Path, ...], what: str = "input") -> list[Path]:
+    """Image files named directly, and every image in the folders named (see find_images), in the given
+    order; a path that does not exist is an error naming it as ``what``."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += find_images(path)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{what} not found: {path}")
+    return files

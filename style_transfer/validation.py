@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .device import autocast
-from .imageio import find_images, load_rgb, save_image
+from .imageio import collect_images, load_rgb, save_image
 from .losses import PerceptualLoss
 from .metrics import luminance_ssim
 
@@ -45,15 +45,7 @@ WARMUP_FRACTION = 0.2
 
 def validation_photos(paths: Sequence[Path | str]) -> list[Path]:
     """The photos named by ``paths`` (files, or folders searched recursively), in order, each once."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += find_images(path)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise FileNotFoundError(f"validation photo or folder not found: {path}")
-    return list(dict.fromkeys(found))
+    return list(dict.fromkeys(collect_images([Path(p) for p in paths], what="validation photo or folder")))
 
 
 class Validator:

@@ -18,17 +18,9 @@ from style_transfer.metrics import DARK_SPOT_CONTENT, luminance
 from style_transfer.sidebyside import comparison_grid, photo_metrics, stylize_each_async
 from style_transfer.stylize import Stylizer
 
+from .test_metrics import smooth_image
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def smooth_image(h: int = 48, w: int = 64, seed: int = 0) -> torch.Tensor:
-    """A photo-like test image: smooth colour gradients plus texture, within [0.2, 0.8] (no clipping
-    when shifted by up to 0.2)."""
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.nn.functional.interpolate(torch.rand(1, 3, h // 4, w // 4, generator=gen), size=(h, w),
-                                            mode="bilinear", align_corners=False)
-    ramp = torch.linspace(0, 1, w).view(1, 1, 1, w).expand(1, 3, h, w)
-    return 0.2 + 0.6 * (0.5 * noise + 0.5 * ramp)
 
 
 def test_photo_metrics_of_the_photo_itself_and_of_a_hole():
