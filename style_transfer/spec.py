@@ -76,6 +76,9 @@ HELP = {
     "precision": "autocast precision; auto = bf16 where the hardware has it, else fp32; resolved once at the "
                  "start and recorded",
 }
+# Settings that act on one norm only: left out of other norms' fingerprints (they change nothing there),
+# so a norm A/B set can share them without its other arms' recipes differing.
+ONLY_FOR_NORM = {"bn_frozen_steps": "batch"}
 # CLI spellings kept from before the spec (the flag is otherwise --<name with dashes>).
 FLAGS = {"num_residual": ("--residual-blocks",)}
 
@@ -196,7 +199,7 @@ class RunSpec:
             value = getattr(self, f.name)
             if f.name in _NESTED:
                 out[f.name] = dataclasses.asdict(value)
-            elif value is not None:
+            elif value is not None and ONLY_FOR_NORM.get(f.name, self.network.norm) == self.network.norm:
                 out[f.name] = value
         return out
 
@@ -289,8 +292,8 @@ def settings() -> list[Setting]:
 # ----------------------------------------------------------------------------- norm A/B sets
 
 # Recorded keys that do not make two runs' recipes different: the norm is what an A/B set varies, and
-# sync_bn only acts on a batch norm (it is recorded for every arm, False for the others).
-_NOT_RECIPE = ("sync_bn",)
+# the settings that act on one norm only (sync_bn is recorded for every arm, False for the others).
+_NOT_RECIPE = ("sync_bn", *ONLY_FOR_NORM)
 
 
 def ab_group(training: Mapping[str, Any], style_sha256: str) -> str:

@@ -71,6 +71,18 @@ def test_flat_names_round_trip_and_replace_checks():
         spec.replace(norm="group", width=12, groups=8)
 
 
+def test_batch_norm_settings_leave_other_norms_recipes_alone():
+    spec = RunSpec(content="c", style="s.jpg", steps=10, bn_frozen_steps=3)
+    assert spec.fingerprint()["network"]["norm"] == "instance" and "bn_frozen_steps" not in spec.fingerprint()
+    assert spec.differences(spec.replace(bn_frozen_steps=None).fingerprint()) == []
+    batch = spec.replace(norm="batch")
+    assert batch.fingerprint()["bn_frozen_steps"] == 3
+    assert batch.differences(batch.replace(bn_frozen_steps=None).fingerprint()) == ["bn_frozen_steps"]
+    # ...and a batch arm with it still belongs to the A/B set of arms trained without it.
+    training = {"lr": 1e-3, "network": {"norm": "instance"}}
+    assert ab_group({**training, "network": {"norm": "batch"}, "bn_frozen_steps": 3}, "a") == ab_group(training, "a")
+
+
 def test_ab_group_is_the_recipe_without_the_norm():
     training = {"lr": 1e-3, "seed": 0, "total_steps": 3000, "sync_bn": False,
                 "network": {"norm": "instance", "width": 32}, "loss": {"style_weight": 2e-5}}
