@@ -1,0 +1,67 @@
+"""How much of the photo and of the painting the shipped models keep, on full-size held-out photos (issue 16).
+
+For every model of the plan that the weights folder ships: the validation measures of training
+(validation.py) on bsds500 test photos at full size (481x321, never trained on): ``kept`` (luminance
+SSIM of the output to the photo), ``style`` (the output's style loss relative to the photo's own: 1 =
+no closer to the painting than the photo), and dark spots (% of lit pixels painted near-black). These
+calibrate the warning threshold and the quality bar of issue 16 (docs/quality.md).
+
+    python benchmarks/quality.py                          # 24 photos spread over bsds500/test
+    python benchmarks/quality.py --max-images 4 --only starry-night
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from style_transfer.checkpoint import load_model  # noqa: E402
+from style_transfer.evaluation import pick_images  # noqa: E402
+from style_transfer.imageio import load_rgb  # noqa: E402
+from style_transfer.losses import PerceptualLoss  # noqa: E402
+from style_transfer.metrics import dark_spots  # noqa: E402
+from style_transfer.validation import Validator  # noqa: E402
+from style_transfer.zoo import list_models  # noqa: E402
+from style_transfer.zoo_build import load_plan, select  # noqa: E402
+
+PHOTOS = ROOT.parent / "shared" / "data" / "content" / "bsds500" / "test"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plan", type=Path, default=ROOT / "weights" / "zoo.toml")
+    parser.add_argument("--photos", type=Path, default=PHOTOS)
+    parser.add_argument("--max-images", type=int, default=24)
+    parser.add_argument("--size", type=int, default=512, help="long side of the photos (default: %(default)s)")
+    parser.add_argument("--only", action="append")
+    args = parser.parse_args()
+    shipped = list_models(args.plan.parent)
+    photos = pick_images(args.photos, args.max_images)
+    print(f"{len(photos)} photos from {args.photos} at <= {args.size} px; plain fp32 network")
+    print(f"{'model':<24} {'norm':<9} {'kept mean':>9} {'kept min':>9} {'style mean':>10} {'style max':>9} "
+          f"{'dark % mean':>11} {'dark % max':>10}")
+    for m in select(load_plan(args.plan), args.only):
+        if m.name not in shipped:
+            continue
+        model, _ = load_model(shipped[m.name])
+        model.eval()
+        style = load_rgb(m.spec.style, m.spec.loss.style_size)
+        validator = Validator(photos, PerceptualLoss(style, m.spec.loss), torch.device("cpu"), size=args.size)
+        results = validator.measure_each(model, "fp32")
+        kept = [r["val_ssim"] for r, _ in results]
+        styles = [r["val_style"] for r, _ in results]
+        dark = [dark_spots(out, image) for (_, out), image in zip(results, validator.images)]
+        print(f"{m.name:<24} {m.norm:<9} {statistics.mean(kept):>9.3f} {min(kept):>9.3f} "
+              f"{statistics.mean(styles):>10.3f} {max(styles):>9.3f} {statistics.mean(dark):>11.3f} {max(dark):>10.2f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
