@@ -333,3 +333,13 @@ def test_gallery_style_grid_shows_one_model_per_style(tmp_path, content_dir, sma
         (one,) = gallery(models[:1], weights, photos, tmp_path / "one", cell=64)
         with Image.open(one) as single:
             assert both.size == single.size  # the second instance model of the style is not a column
+
+
+@pytest.mark.skipif(not (REPO_PLAN.parents[2] / "shared" / "data").is_dir(), reason="../shared/data not available")
+def test_quality_study_plan_covers_every_painting_with_the_defaults():
+    plan = REPO_PLAN.parents[1] / "benchmarks" / "quality-plan.toml"
+    models = load_plan(plan)
+    styles = sorted((REPO_PLAN.parents[2] / "shared" / "data" / "styles").glob("*.jpg"))
+    assert sorted(m.spec.style for m in models) == [s.resolve() for s in styles]
+    assert all(m.steps == 1500 and m.spec.loss == models[0].spec.loss for m in models)
+    assert gallery_photos(plan) and all(p.parent.name == "test" for p in gallery_photos(plan))
