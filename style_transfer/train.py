@@ -274,7 +274,16 @@ class _Trainer:
     def restore(self) -> None:
         """Continue from the run's resume state, refusing one trained with another recipe."""
         state = load_train_state(self.run_dir.state)
-        changed = self.spec.differences(state["settings"], ignore_auto_precision=False)
+        # The data stream and the update depend on the global batch, not on how it is split over
+        # processes (data.ResumableSampler; DDP averages the gradients), so a run may resume on another
+        # number of processes (e.g. a multi-node run on one machine) with the same global batch.
+        world = int(state.get("world_size", 1))
+        recorded_global = int(state["settings"].get("batch_size", 0)) * world
+        changed = [k for k in self.spec.differences(state["settings"], ignore_auto_precision=False)
+                   if k != "batch_size"]
+        if recorded_global != self.spec.batch_size * self.env.world:
+            changed.append(f"batch_size (global: {state['settings'].get('batch_size')} x {world} process(es) = "
+                           f"{recorded_global}; now {self.spec.batch_size} x {self.env.world})")
         if changed:
             raise TrainingError(f"cannot resume {self.run_dir.state}: these settings differ from the "
                                 f"interrupted run: {changed}")
@@ -408,7 +417,7 @@ class _Trainer:
         if self.env.main:
             save_train_state(self.run_dir.state, {
                 "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": _rng_state(self.device), "settings": self.spec.fingerprint(),
+                "rng": _rng_state(self.device), "settings": self.spec.fingerprint(), "world_size": self.env.world,
             })
             save_model(self.run_dir.checkpoint, self.model, self._info(),
                        torch.float16 if self.options.save_dtype == "fp16" else torch.float32)

@@ -255,3 +255,35 @@ def test_bn_frozen_steps_keep_the_statistics_and_train_the_weights(tmp_path, pho
     a = train(*settings(tmp_path / "d", photos, steps=3, bn_frozen_steps=2))
     b = train(*settings(tmp_path / "e", photos, steps=3))
     assert [e["total"] for e in a.history] == [e["total"] for e in b.history]
+
+
+@pytest.mark.slow
+def test_two_nodes_with_c10d_rendezvous_match_one_process_and_resume_on_one(tmp_path, photos, free_port):
+    """2 "nodes" x 1 process (torchrun, c10d rendezvous on loopback, gloo) x batch 2 train like 1 process
+    x batch 4, and their resume state continues on one process with the same global batch."""
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+            "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}", "--rdzv_id", "two-nodes"]
+    out = tmp_path / "nodes.safetensors"
+    args = ["-m", "style_transfer", "train", "--content", str(photos), "--style", str(STYLE), "--out", str(out),
+            "--steps", "2", "--batch-size", "2", "--image-size", "32", "--width", "8", "--residual-blocks", "1",
+            "--style-size", "64", "--device", "cpu", "--precision", "fp32", "--checkpoint-every", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(node + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for _ in range(2)]
+    for proc in nodes:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output[-3000:]
+    assert load_train_state(tmp_path / "nodes.run" / "train_state.pt")["world_size"] == 2
+    # Resumed on one process with the global batch (4); a resume that changes the global batch is refused.
+    with pytest.raises(subprocess.CalledProcessError):
+        subprocess.run([sys.executable] + args[:-2] + ["--steps", "4", "--batch-size", "2", "--resume"],
+                       capture_output=True, check=True, timeout=300, env=env)
+    _cli_train(["--batch-size", "4", "--steps", "4", "--resume"], out, photos, [sys.executable])
+    _cli_train(["--batch-size", "4", "--steps", "4"], tmp_path / "one.safetensors", photos, [sys.executable])
+    nodes_log = [json.loads(l) for l in (tmp_path / "nodes.run" / "log.jsonl").read_text().splitlines()]
+    one_log = [json.loads(l) for l in (tmp_path / "one.run" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in nodes_log] == [1, 2, 3, 4]
+    for a, b in zip(nodes_log, one_log):
+        assert a["total"] == pytest.approx(b["total"], rel=1e-4)
+    a, b = load_file(out), load_file(tmp_path / "one.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-2
