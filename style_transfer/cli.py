@@ -1,4 +1,4 @@
-"""The command line: `style-transfer train | stylize | models | ablate | compare | zoo`.
+"""The command line: `style-transfer train | stylize | models | export | ablate | compare | zoo`.
 
 The package's only argv parser (benchmarks/ scripts have their own). Training options are generated
 from the run spec (spec.py), so `train` and `ablate` offer every setting a spec has.
@@ -206,6 +206,29 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX (checked by ONNX Runtime)",
+                       description="Write a model as an ONNX file with dynamic batch, height and width and the "
+                                   "checkpoint's metadata, after checking ONNX Runtime's output against PyTorch's.")
+    p.add_argument("model", help="checkpoint path, or a model name from the weights folder")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="(default: %(default)s)")
+    p.add_argument("--out", type=Path, help="output file (default: <model name>.onnx here)")
+    p.add_argument("--weights", type=Path, help="weights folder for model names (default: $STYLE_TRANSFER_WEIGHTS or ./weights)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+    from .zoo import resolve_model
+
+    path = resolve_model(args.model, args.weights)
+    out = args.out or Path(path.name.removesuffix(".safetensors") + ".onnx")
+    result = export_onnx(path, out)
+    print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB); ONNX Runtime vs PyTorch: "
+          + ", ".join(f"{size} {db} dB" for size, db in result["psnr_db"].items()))
+    return 0
+
+
 def _add_ablate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ablate", help="train one arm per norm (and seed) for an A/B study",
                        description="Train one network per norm and seed, identical in everything else "
@@ -407,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_stylize(sub)
     _add_models(sub)
+    _add_export(sub)
     _add_ablate(sub)
     _add_compare(sub)
     _add_zoo(sub)
