@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 WEIGHTS ?= weights
 
-.PHONY: venv serve test clean zoo zoo-background
+.PHONY: venv serve test clean zoo zoo-background container-check
 
 # The stamp is rebuilt when pyproject.toml changes, so a stale venv is refreshed automatically.
 $(BIN)/.installed: pyproject.toml
@@ -35,3 +35,8 @@ zoo-background: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# Build the Dockerfile with podman, run the image, check /readyz, one stylize and a non-root user
+# (README, Docker). Not part of .ci/run: ~5 minutes and ~7 GB of disk the first time.
+container-check:
+	../shared/tools/container-check.sh

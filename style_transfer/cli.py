@@ -312,8 +312,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .ablate import STUDY_FILE, content_images_of, load_study
     from .evaluation import EvalSettings, arms_from_checkpoints, arms_from_study, evaluate, pick_images
-    from .report import write_report
+    from .report import require_plotting, write_report
     from .zoo import list_models
+
+    require_plotting()
 
     study = None
     if len(args.models) == 1 and (args.models[0] / STUDY_FILE).is_file():

@@ -85,6 +85,14 @@ def _optimize_png(data: bytes) -> bytes:
 # ----------------------------------------------------------------------------- plots
 
 
+def require_plotting() -> None:
+    """Fail at once, before a long evaluation, when matplotlib (the 'train' extra) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise RuntimeError("the report's plots need matplotlib: pip install 'style-transfer[train]'")
+
+
 def plot_curves(evaluation: Evaluation, path: Path) -> bool:
     """Training curves: per loss term, per label, the smoothed mean over seeds with a min-max band.
 

