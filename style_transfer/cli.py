@@ -445,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe surfaces below rather than at interpreter exit
+        return code
     except (ValueError, FileNotFoundError, CheckpointError, RuntimeError) as exc:
         # A user's mistake (or a diverged run): one clear line; the traceback only with --verbose.
         log.error("%s", exc, exc_info=args.verbose)
@@ -453,6 +455,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    except BrokenPipeError:
+        # The reader went away (`style-transfer models | head`): not an error. Point stdout at devnull so
+        # the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

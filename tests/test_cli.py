@@ -134,3 +134,12 @@ def test_console_script_runs(weights, photos, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "s.png").exists()
+
+
+def test_a_closed_pipe_is_not_an_error(weights):
+    """`style-transfer models | head -1`: the reader leaves early; no traceback, exit 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "style_transfer", "models", "--weights", str(weights)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"Traceback" not in err and b"Exception ignored" not in err
