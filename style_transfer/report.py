@@ -483,7 +483,7 @@ def _html(record: dict[str, Any], title: str, tables: dict[str, tuple], has_curv
               "<p class='note'>mean ± sd over photos (sd over seeds). "
               + esc(" ".join(_metric_notes())) + "</p>",
               f"<h3>Paired differences against {esc(baseline)}</h3>", _html_table(*tables["paired_baseline"]),
-              "<p class='note'>Per photo, A − B with each arm's seeds averaged; exact two-sided tests.</p>",
+              "<p class='note'>Per photo, A − B with each arm's seeds averaged; two-sided sign and Wilcoxon tests (exact up to 50 photos, 13 with ties).</p>",
               "<details><summary>All pairs</summary>" + _html_table(*tables["paired_all"]) + "</details>",
               "<h2>Batch behaviour</h2>", _html_table(*tables["batch"]),
               "<p class='note'>Mean absolute output difference in [0, 1] units (max over pixels, and the lowest PSNR over photos). "
@@ -510,7 +510,7 @@ def _markdown(record: dict[str, Any], title: str, tables: dict[str, tuple], has_
     parts += ["## Metrics on held-out photos", "", "![metrics](metrics.png)", "", _md_table(*tables["summary"]), "",
               "mean ± sd over photos (sd over seeds). " + " ".join(_metric_notes()), "",
               f"### Paired differences against {baseline}", "", _md_table(*tables["paired_baseline"]), "",
-              "Per photo, A − B with each arm's seeds averaged; exact two-sided tests. All pairs: "
+              "Per photo, A − B with each arm's seeds averaged; two-sided sign and Wilcoxon tests (exact up to 50 photos, 13 with ties). All pairs: "
               "[paired.csv](paired.csv), [report.html](report.html).", "",
               "## Batch behaviour", "", _md_table(*tables["batch"]), "",
               "Mean absolute output difference in [0, 1] units (max over pixels, and the lowest PSNR over photos). Training mode "
