@@ -340,6 +340,9 @@ def test_quality_study_plan_covers_every_painting_with_the_defaults():
     plan = REPO_PLAN.parents[1] / "benchmarks" / "quality-plan.toml"
     models = load_plan(plan)
     styles = sorted((REPO_PLAN.parents[2] / "shared" / "data" / "styles").glob("*.jpg"))
-    assert sorted(m.spec.style for m in models) == [s.resolve() for s in styles]
+    defaults = [m for m in models if m.name.startswith("default-")]
+    assert sorted(m.spec.style for m in defaults) == [s.resolve() for s in styles]
     assert all(m.steps == 1500 and m.spec.loss == models[0].spec.loss for m in models)
+    warm = [m for m in models if m.spec.init is not None]
+    assert warm and all(m.spec.init.is_file() and m.spec.init.parent.name == "weights" for m in warm)
     assert gallery_photos(plan) and all(p.parent.name == "test" for p in gallery_photos(plan))
