@@ -42,7 +42,7 @@ import torch
 from .checkpoint import file_sha256
 from .device import resolve_device, resolve_precision
 from .imageio import atomic_write_bytes
-from .norms import NORM_NAMES
+from .norms import NORM_NAMES, STUDY_NORMS
 from .rundir import RunDir
 from .spec import RunSpec
 from .train import TrainOptions
@@ -68,7 +68,7 @@ class StudySettings:
 
     out: Path  # the study folder
     base: RunSpec
-    norms: tuple[str, ...] = NORM_NAMES
+    norms: tuple[str, ...] = STUDY_NORMS
     seeds: tuple[int, ...] = (0,)
     options: TrainOptions = field(default_factory=lambda: TrainOptions(checkpoint_every=100))
 

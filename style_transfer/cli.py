@@ -20,7 +20,7 @@ from . import __version__
 from .checkpoint import CheckpointError
 from .device import DEVICES, PRECISIONS
 from .imageio import IMAGE_SUFFIXES, OUTPUT_FORMATS, collect_images, decode_image, save_image
-from .norms import NORM_NAMES
+from .norms import NORM_NAMES, STUDY_NORMS
 from .spec import REQUIRED, RunSpec, settings
 
 
@@ -129,6 +129,10 @@ def _add_stylize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-size", type=_positive_int, help="downscale so the long side is at most this many px")
     p.add_argument("--strength", type=float, default=1.0, help="0..1 blend with the content (default: %(default)s)")
     p.add_argument("--preserve-color", action="store_true", help="keep the content's colours (luminance-only transfer)")
+    p.add_argument("--style", dest="style_name", metavar="NAME",
+                   help="a multi-style (conditional_instance) model's style (default: its first)")
+    p.add_argument("--mix", metavar="NAME=W,...", help="blend a multi-style model's styles, e.g. "
+                   "starry=0.6,wave=0.4 (weights >= 0 that sum to 1)")
     p.add_argument("--tile", type=_positive_int, help="stylize in tiles of this many px (for very large images)")
     p.add_argument("--tile-overlap", type=int, help="overlap between tiles in px (default: min(128, tile/4))")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -148,14 +152,15 @@ def _collect_inputs(paths: list[Path]) -> list[Path]:
 
 
 def _cmd_stylize(args: argparse.Namespace) -> int:
-    from .stylize import StylizeOptions, Stylizer
+    from .stylize import StylizeOptions, Stylizer, parse_mix, style_mix
     from .zoo import resolve_model
 
-    options = StylizeOptions(strength=args.strength, preserve_color=args.preserve_color, max_size=args.max_size,
-                             tile=args.tile, tile_overlap=args.tile_overlap)
     files = _collect_inputs(args.inputs)
     model_path = resolve_model(args.model, args.weights)
     stylizer = Stylizer.from_checkpoint(model_path, args.device, args.precision, args.fast, args.compile)
+    style = style_mix(stylizer.info, args.style_name, parse_mix(args.mix) if args.mix else None)
+    options = StylizeOptions(strength=args.strength, preserve_color=args.preserve_color, max_size=args.max_size,
+                             tile=args.tile, tile_overlap=args.tile_overlap, style=style)
     single_file_out = len(files) == 1 and args.out.suffix.lower() in OUTPUT_FORMATS
     suffix = "." + (args.format or (args.out.suffix.lower().lstrip(".") if single_file_out else "png"))
     suffix = ".jpg" if suffix == ".jpeg" else suffix
@@ -214,16 +219,21 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("onnx",), default="onnx", help="(default: %(default)s)")
     p.add_argument("--out", type=Path, help="output file (default: <model name>.onnx here)")
     p.add_argument("--weights", type=Path, help="weights folder for model names (default: $STYLE_TRANSFER_WEIGHTS or ./weights)")
+    p.add_argument("--style", dest="style_name", metavar="NAME", help="a multi-style model: export this style")
+    p.add_argument("--mix", metavar="NAME=W,...", help="a multi-style model: export this blend of its styles")
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import read_model_info
     from .export import export_onnx
+    from .stylize import parse_mix, style_mix
     from .zoo import resolve_model
 
     path = resolve_model(args.model, args.weights)
+    style = style_mix(read_model_info(path), args.style_name, parse_mix(args.mix) if args.mix else None)
     out = args.out or Path(path.name.removesuffix(".safetensors") + ".onnx")
-    result = export_onnx(path, out)
+    result = export_onnx(path, out, style)
     print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB); ONNX Runtime vs PyTorch: "
           + ", ".join(f"{size} {db} dB" for size, db in result["psnr_db"].items()))
     return 0
@@ -237,7 +247,7 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="the study folder")
     p.add_argument("--resume", action="store_true",
                    help="continue the study in --out with its recorded settings (no other option needed)")
-    p.add_argument("--norms", default=",".join(NORM_NAMES),
+    p.add_argument("--norms", default=",".join(STUDY_NORMS),
                    help="comma-separated norms, one arm each (default: %(default)s)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds, one arm per norm each (default: %(default)s)")
     # Every other setting of a run spec; a new study needs --content, --style and --steps.

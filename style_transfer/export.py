@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,9 +61,22 @@ def _probe(h: int, w: int) -> torch.Tensor:
                         0.5 + 0.4 * torch.cos(8 * x * y)])[None].clamp(0, 1)
 
 
-def export_onnx(checkpoint: Path | str, out: Path | str) -> dict[str, Any]:
+class _Styled(torch.nn.Module):
+    """A conditional network with its style mix fixed: the exported graph takes the image alone."""
+
+    def __init__(self, model: TransformerNet, style: tuple[float, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("style", torch.tensor([style]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.style)
+
+
+def export_onnx(checkpoint: Path | str, out: Path | str, style: tuple[float, ...] | None = None) -> dict[str, Any]:
     """Write ``checkpoint`` as an ONNX model to ``out`` after checking it with ONNX Runtime; returns
-    ``{"path", "psnr_db": {"HxW": dB}, "bytes"}``. A model below MIN_PSNR at any checked size is not kept."""
+    ``{"path", "psnr_db": {"HxW": dB}, "bytes"}``. A model below MIN_PSNR at any checked size is not kept.
+    ``style``: a multi-style model's mix (stylize.style_mix), fixed in the graph; None: its first style."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -70,6 +84,8 @@ def export_onnx(checkpoint: Path | str, out: Path | str) -> dict[str, Any]:
     trained, info = load_model(checkpoint)
     model = TransformerNet(info.config, rewrites=False)
     model.load_state_dict(trained.state_dict())
+    if style is not None:
+        model = _Styled(model, style)
     model.eval()
     height = torch.export.Dim("height", min=TransformerNet.MIN_SIZE)
     width = torch.export.Dim("width", min=TransformerNet.MIN_SIZE)
@@ -83,7 +99,7 @@ def export_onnx(checkpoint: Path | str, out: Path | str) -> dict[str, Any]:
     except ImportError as exc:  # onnxscript / onnx
         raise _missing(exc) from None
     proto = program.model_proto
-    metadata = {**info.to_metadata(), "input": "image: float32 (B, 3, H, W) RGB in [0, 1], H, W >= 8",
+    metadata = {**info.to_metadata(), **({"style_mix": json.dumps(list(style))} if style else {}), "input": "image: float32 (B, 3, H, W) RGB in [0, 1], H, W >= 8",
                 "output": "stylized: float32 (B, 3, H, W) RGB, clamp to [0, 1]"}
     del proto.metadata_props[:]
     for key, value in metadata.items():

@@ -35,11 +35,11 @@ class FastModel(nn.Module):
         net = _rewrite(model).to(dtype)
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
         x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x).float()
+        return self.net(x, style).float()
 
 
 def optimize(model: TransformerNet, device: torch.device, dtype: torch.dtype,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import ReflectionPad2d, space_to_depth_conv, space_to_depth_index, upsample2x_conv3x3
-from .norms import DEFAULT_GROUPS, NormLayer, get_norm_layer, norm_name
+from .norms import DEFAULT_GROUPS, ConditionalInstanceNorm2d, NormLayer, get_norm_layer, norm_name
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,17 @@ class TransformerConfig:
     width: int = 32  # channels after the first conv (Johnson et al.); 16 gives the half-width variant
     num_residual: int = 5  # residual blocks at 1/4 resolution (Johnson et al. use 5)
     groups: int = DEFAULT_GROUPS  # only used by the group norm; see norms.DEFAULT_GROUPS
+    # Only used by the conditional instance norm: the styles the network holds, one (gamma, beta) each.
+    num_styles: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", norm_name(self.norm))
         if self.width < 1 or self.num_residual < 0:
             raise ValueError(f"width must be >= 1 and num_residual >= 0, got {self.width}, {self.num_residual}")
+        if self.num_styles < 1:
+            raise ValueError(f"num_styles must be >= 1, got {self.num_styles}")
+        if self.num_styles > 1 and self.norm != "conditional_instance":
+            raise ValueError(f"several styles in one network need the conditional_instance norm, not {self.norm}")
         # Refused here rather than when the network is built, which a training run reaches only after
         # scanning the data and loading VGG. Every layer has width, 2*width or 4*width channels, so
         # norms.get_norm_layer's rule (groups >= 1 dividing the channel count) holds for all of them
@@ -55,7 +61,10 @@ class TransformerConfig:
                 )
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        data = dataclasses.asdict(self)
+        if self.norm != "conditional_instance":
+            del data["num_styles"]  # meaningless there; and configs read as they did before it existed
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TransformerConfig":
@@ -170,7 +179,7 @@ class TransformerNet(nn.Module):
     def __init__(self, config: TransformerConfig = TransformerConfig(), *, rewrites: bool = True) -> None:
         super().__init__()
         self.config = config
-        norm = get_norm_layer(config.norm, groups=config.groups)
+        norm = get_norm_layer(config.norm, groups=config.groups, num_styles=config.num_styles)
         w = config.width
         self.head = ConvNormAct(3, w, 9, norm_layer=norm)
         self.down1 = ConvNormAct(w, 2 * w, 3, stride=2, norm_layer=norm)
@@ -181,7 +190,11 @@ class TransformerNet(nn.Module):
         # No norm and no activation on the last layer: the output is an image, not a feature map.
         self.tail = OutputConv(w, 3, 9, space_to_depth=rewrites)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        """``style``: for a conditional instance norm network, (N,), (1, N) or (B, N) convex weights over
+        its N styles (None: the first style); other networks take None only."""
+        if style is not None:
+            return self._conditioned(x, style)
         h, w = x.shape[-2:]
         if h < self.MIN_SIZE or w < self.MIN_SIZE:
             pad_h, pad_w = max(0, self.MIN_SIZE - h), max(0, self.MIN_SIZE - w)
@@ -192,6 +205,20 @@ class TransformerNet(nn.Module):
         y = self.up1(y, y1.shape[-2:])
         y = self.up2(y, y0.shape[-2:])
         return self.tail(y)
+
+
+    def _conditioned(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        layers = [m for m in self.modules() if isinstance(m, ConditionalInstanceNorm2d)]
+        if not layers:
+            raise ValueError(f"a style mix needs a conditional_instance network; this one is {self.config.norm}")
+        style = style.reshape(-1, self.config.num_styles).to(x.device)
+        for layer in layers:
+            layer.style = style
+        try:
+            return self.forward(x)
+        finally:
+            for layer in layers:
+                layer.style = None
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -58,6 +58,36 @@ class InstanceNorm2d(nn.InstanceNorm2d):
         return super().forward(x)
 
 
+class ConditionalInstanceNorm2d(nn.Module):
+    """Conditional instance normalization (Dumoulin, Shlens & Kudlur 2017, "A Learned Representation for
+    Artistic Style"): instance norm whose affine (gamma, beta) is one of ``num_styles`` learned pairs, so
+    one network holds several styles and shares every convolution.
+
+    Which style: ``self.style``, (B, N) or (1, N) convex weights that the network sets for each call
+    (TransformerNet.forward); a mix of pairs blends the styles continuously, weight 1 on one style is
+    exactly that style. None means the first style. The statistics are the inner instance norm's, so
+    tiling (frozen_statistics) treats it like instance norm.
+    """
+
+    def __init__(self, channels: int, num_styles: int = 1) -> None:
+        super().__init__()
+        if num_styles < 1:
+            raise ValueError(f"conditional instance norm needs at least one style, got {num_styles}")
+        self.norm = InstanceNorm2d(channels, affine=False)
+        self.weight = nn.Parameter(torch.ones(num_styles, channels))
+        self.bias = nn.Parameter(torch.zeros(num_styles, channels))
+        self.style: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(x)
+        if self.style is None:
+            gamma, beta = self.weight[:1], self.bias[:1]  # (1, C)
+        else:
+            mix = self.style.to(self.weight.dtype)
+            gamma, beta = mix @ self.weight, mix @ self.bias  # (B or 1, C)
+        return y * gamma[:, :, None, None].to(y.dtype) + beta[:, :, None, None].to(y.dtype)
+
+
 def _instance(channels: int) -> nn.Module:
     # Ulyanov et al. 2016: per-image, per-channel statistics, also at test time; affine as in
     # their improved texture networks.
@@ -91,9 +121,14 @@ _FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "group": _group,
     "layer": _layer,
     "none": NoNorm,
+    "conditional_instance": ConditionalInstanceNorm2d,
 }
 
 NORM_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+# A norm study's arms by default: one network per norm, one style each. A one-style conditional
+# instance norm network trains exactly like instance norm (its only (gamma, beta) pair is instance
+# norm's affine), so it is left out unless asked for; its own study is N styles in one network.
+STUDY_NORMS: tuple[str, ...] = tuple(n for n in NORM_NAMES if n != "conditional_instance")
 
 
 def norm_name(text: str) -> str:
@@ -109,13 +144,15 @@ def norm_name(text: str) -> str:
     return key
 
 
-def get_norm_layer(name: str, *, groups: int = DEFAULT_GROUPS) -> NormLayer:
+def get_norm_layer(name: str, *, groups: int = DEFAULT_GROUPS, num_styles: int = 1) -> NormLayer:
     """Return a ``channels -> nn.Module`` factory for the norm called ``name`` (see norm_name)."""
     key = norm_name(name)
     if key == "group":
         if groups < 1:
             raise ValueError(f"group norm needs at least one group, got {groups}")
         return functools.partial(_group, groups=groups)
+    if key == "conditional_instance":
+        return functools.partial(ConditionalInstanceNorm2d, num_styles=num_styles)
     return _FACTORIES[key]
 
 
@@ -140,7 +177,7 @@ def _group_stats(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tens
 
 
 @contextlib.contextmanager
-def frozen_statistics(model: nn.Module, reference: torch.Tensor) -> Iterator[None]:
+def frozen_statistics(model: nn.Module, reference: torch.Tensor, **forward: object) -> Iterator[None]:
     """Run ``model`` once on ``reference`` and normalize every later call with those statistics.
 
     Per-image norms (instance, group, layer) compute their mean/variance from whatever they see, so
@@ -173,7 +210,7 @@ def frozen_statistics(model: nn.Module, reference: torch.Tensor) -> Iterator[Non
     handles = [m.register_forward_hook(record) for m, _ in layers]
     try:
         with torch.no_grad():
-            model(reference)
+            model(reference, **forward)  # e.g. the style of a conditional network, as the tiles will have
     finally:
         for h in handles:
             h.remove()

@@ -27,7 +27,8 @@ from .imageio import atomic_write_bytes
 from .rundir import TERMS
 
 # Fixed colours per norm (colour-blind-safe Okabe-Ito palette); other labels cycle through the rest.
-NORM_COLOURS = {"instance": "#0072B2", "batch": "#D55E00", "group": "#009E73", "layer": "#CC79A7", "none": "#555555"}
+NORM_COLOURS = {"instance": "#0072B2", "batch": "#D55E00", "group": "#009E73", "layer": "#CC79A7", "none": "#555555",
+                "conditional_instance": "#56B4E9"}
 _OTHER_COLOURS = ("#E69F00", "#56B4E9", "#F0E442", "#000000")
 CURVE_POINTS = 1000  # rows per arm in curves.csv
 

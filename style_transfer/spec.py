@@ -78,7 +78,10 @@ HELP = {
 }
 # Settings that act on one norm only: left out of other norms' fingerprints (they change nothing there),
 # so a norm A/B set can share them without its other arms' recipes differing.
-ONLY_FOR_NORM = {"bn_frozen_steps": "batch"}
+ONLY_FOR_NORM = {"bn_frozen_steps": "batch", "num_styles": "conditional_instance"}
+# Settings a spec derives rather than reads (not options, not plan keys): a conditional instance
+# network holds one style per style image given (multi-style training: issue 17).
+DERIVED = ("num_styles",)
 # CLI spellings kept from before the spec (the flag is otherwise --<name with dashes>).
 FLAGS = {"num_residual": ("--residual-blocks",)}
 
@@ -160,7 +163,7 @@ class RunSpec:
     def from_flat(cls, values: Mapping[str, Any]) -> "RunSpec":
         """Build from flat names (what the CLI, a zoo plan entry and a study record hold); defaults for
         the rest. An unknown name is an error that lists the known ones."""
-        known = {s.name for s in settings()}
+        known = {s.name for s in settings()} | set(DERIVED)
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown setting(s) {unknown}; known: {', '.join(sorted(known))}")
@@ -198,7 +201,8 @@ class RunSpec:
                 continue
             value = getattr(self, f.name)
             if f.name in _NESTED:
-                out[f.name] = dataclasses.asdict(value)
+                out[f.name] = {k: v for k, v in dataclasses.asdict(value).items()
+                               if ONLY_FOR_NORM.get(k, self.network.norm) == self.network.norm}
             elif value is not None and ONLY_FOR_NORM.get(f.name, self.network.norm) == self.network.norm:
                 out[f.name] = value
         return out
@@ -286,7 +290,7 @@ def settings() -> list[Setting]:
     out: list[Setting] = []
     for s in _fields(RunSpec, None):
         out += _fields(_NESTED[s.name], s.name) if s.name in _NESTED else [s]
-    return out
+    return [s for s in out if s.name not in DERIVED]
 
 
 # ----------------------------------------------------------------------------- norm A/B sets
@@ -307,6 +311,7 @@ def ab_group(training: Mapping[str, Any], style_sha256: str) -> str:
     clipping), so grouping by style alone would compare norms across recipes.
     """
     recipe = {k: v for k, v in training.items() if k not in _NOT_RECIPE}
-    recipe["network"] = {k: v for k, v in (training.get("network") or {}).items() if k != "norm"}
+    recipe["network"] = {k: v for k, v in (training.get("network") or {}).items()
+                         if k != "norm" and k not in _NOT_RECIPE}
     key = json.dumps({"style_sha256": style_sha256, "training": recipe}, sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:12]

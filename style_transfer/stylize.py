@@ -59,6 +59,9 @@ class StylizeOptions:
     max_size: int | None = None  # downscale so the long side is at most this (None: keep the size)
     tile: int | None = None  # stylize in tiles of this many px (None: the whole image at once)
     tile_overlap: int | None = None  # px shared by neighbouring tiles (None: default_overlap(tile))
+    # A conditional instance norm network's style: convex weights over its styles, in the order of its
+    # metadata (style_mix builds them from names); None: its first style, or the only one.
+    style: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.strength <= 1.0 or math.isnan(self.strength):
@@ -70,6 +73,9 @@ class StylizeOptions:
                 raise ValueError(f"tile must be at least 32 px, got {self.tile}")
             if self.tile_overlap is not None and not 0 <= self.tile_overlap < self.tile // 2:
                 raise ValueError(f"tile_overlap must be in [0, tile/2), got {self.tile_overlap} for tile {self.tile}")
+        if self.style is not None:
+            object.__setattr__(self, "style", tuple(float(w) for w in self.style))
+            _check_mix(dict(enumerate(self.style)))
 
     def capped(self, cap: int | None) -> "StylizeOptions":
         """These options with ``max_size`` at most ``cap`` (a service's limit: a caller can only ask for less)."""
@@ -80,6 +86,56 @@ class StylizeOptions:
     def tiles(self, height: int, width: int) -> bool:
         """Whether an image of this size (after ``max_size``) is stylized in tiles: only past the tile size."""
         return self.tile is not None and max(height, width) > self.tile
+
+
+def style_names(info: ModelInfo) -> list[str]:
+    """The styles a model holds, in the order of its (gamma, beta) pairs: several for a conditional
+    instance norm network (its metadata's ``styles``), else its one style."""
+    return list(info.extra.get("styles") or [info.style_name])
+
+
+def _check_mix(mix: dict) -> None:
+    if not mix:
+        raise ValueError("a style mix needs at least one style")
+    negative = sorted(str(k) for k, w in mix.items() if not w >= 0)
+    if negative:
+        raise ValueError(f"style mix weights must be >= 0 ({', '.join(negative)} are not)")
+    total = sum(mix.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"style mix weights must sum to 1 (convex, as in Dumoulin et al. 2017), got {total:g}")
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``"starry=0.6,wave=0.4"`` -> {"starry": 0.6, "wave": 0.4}; malformed text is an error that says how."""
+    mix: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, weight = part.rpartition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            mix[name.strip()] = float(weight)
+        except ValueError:
+            raise ValueError(f"--mix: expected NAME=WEIGHT[,NAME=WEIGHT...], got {part!r}") from None
+    return mix
+
+
+def style_mix(info: ModelInfo, style: str | None = None, mix: dict[str, float] | None = None
+              ) -> tuple[float, ...] | None:
+    """The ``StylizeOptions.style`` weights for a style name or a mix of names; None for a model's only
+    style. Unknown names, negative weights and weights that do not sum to 1 are errors."""
+    if style is not None and mix:
+        raise ValueError("give a style or a mix, not both")
+    if style is None and not mix:
+        return None
+    mix = {style: 1.0} if style is not None else dict(mix or {})
+    names = style_names(info)
+    unknown = sorted(set(mix) - set(names))
+    if unknown:
+        raise ValueError(f"unknown style(s) {', '.join(unknown)}; this model has: {', '.join(names)}")
+    _check_mix(mix)
+    if len(names) == 1:
+        return None
+    return tuple(float(mix.get(name, 0.0)) for name in names)
 
 
 def fit_image(image: LoadedImage, max_size: int | None) -> LoadedImage:
@@ -193,14 +249,24 @@ class Stylizer:
         # uses autocast, and it keeps cuDNN's default algorithm choice.
         return conv_autotune(self.device) if self.fast else autocast(self.device, self.precision)
 
+    def _style(self, style: tuple[float, ...] | None) -> torch.Tensor | None:
+        if style is None:
+            return None
+        styles = self.model.config.num_styles
+        if self.model.config.norm != "conditional_instance" or len(style) != styles:
+            raise ValueError(f"a mix of {len(style)} style(s) does not fit this model "
+                             f"({self.model.config.norm} norm, {styles} style(s))")
+        return torch.tensor(style, device=self.device)
+
     @torch.no_grad()
-    def run(self, images: torch.Tensor) -> torch.Tensor:
+    def run(self, images: torch.Tensor, style: tuple[float, ...] | None = None) -> torch.Tensor:
         """The network on a batch: (B, 3, H, W) -> (B, 3, H, W) in [0, 1], on the input's device."""
         x = images.to(self.device)
+        mix = self._style(style)
         with self._kernels():
-            out = self.runner(x)
+            out = self.runner(x) if mix is None else self.runner(x, mix)
         if self._overflowed(out):
-            out = self.model(x.float())
+            out = self.model(x.float(), mix)
         return out.float().clamp(0, 1).to(images.device)
 
     def _overflowed(self, out: torch.Tensor) -> bool:
@@ -213,7 +279,8 @@ class Stylizer:
         return True
 
     @torch.no_grad()
-    def run_tiled(self, image: torch.Tensor, tile: int, overlap: int | None = None) -> torch.Tensor:
+    def run_tiled(self, image: torch.Tensor, tile: int, overlap: int | None = None,
+                  style: tuple[float, ...] | None = None) -> torch.Tensor:
         """Stylize one image tile by tile, with shared norm statistics and aligned, overlapping tiles.
 
         Per-image norms (instance/group/layer) would normalize each tile with its own statistics and
@@ -232,14 +299,15 @@ class Stylizer:
         reference = resize_max(image, TILE_REFERENCE_SIZE).to(self.device)
         out = torch.zeros(1, 3, h, w)
         # Hooks go on the uncompiled network (compiled graphs would not see them).
-        with self._kernels(), frozen_statistics(self.net, reference):
+        mix = self._style(style)
+        with self._kernels(), frozen_statistics(self.net, reference, style=mix):
             for (top, bottom), wr in zip(rows, row_w):
                 for (left, right), wc in zip(cols, col_w):
                     patch = image[..., top:bottom, left:right].to(self.device)
-                    styled = self.net(patch)
+                    styled = self.net(patch, mix)
                     if self._overflowed(styled):
                         plain = Stylizer(self.model, self.info, self.device, precision="fp32", fast=False)
-                        return plain.run_tiled(image, tile, overlap)
+                        return plain.run_tiled(image, tile, overlap, style)
                     styled = styled.float().clamp(0, 1).cpu()
                     out[..., top:bottom, left:right] += styled * (wr[:, None] * wc[None, :])
         return out.to(image.dtype)
@@ -252,9 +320,9 @@ class Stylizer:
         if options.strength == 0.0:
             return content.clone()
         if options.tiles(*content.shape[-2:]):
-            styled = self.run_tiled(content, options.tile, options.tile_overlap)
+            styled = self.run_tiled(content, options.tile, options.tile_overlap, options.style)
         else:
-            styled = self.run(content)
+            styled = self.run(content, options.style)
         return finish(styled, content, options)
 
     def stylize_batch(self, images: torch.Tensor, options: StylizeOptions = StylizeOptions()) -> torch.Tensor:
@@ -263,7 +331,7 @@ class Stylizer:
         The network is in eval mode, so every norm (batch norm included, with its running statistics)
         treats each image on its own: an output does not depend on the rest of the batch.
         """
-        return finish(self.run(images), images, options)
+        return finish(self.run(images, options.style), images, options)
 
     def stylize_image(self, image: LoadedImage, options: StylizeOptions = StylizeOptions()) -> LoadedImage:
         """Stylize a decoded file, carrying its alpha channel over (resized with the image)."""

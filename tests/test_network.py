@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from style_transfer.kernels import pad2d
 from style_transfer.network import TransformerConfig, TransformerNet, count_parameters
-from style_transfer.norms import NORM_NAMES
+from style_transfer.norms import NORM_NAMES, ConditionalInstanceNorm2d
 
 
 def _net(norm: str, width: int = 8, num_residual: int = 1, seed: int = 0) -> TransformerNet:
@@ -74,7 +74,8 @@ def test_each_residual_block_adds_two_3x3_convs(norm):
     w = 8
     c = 4 * w
     conv = 2 * (9 * c * c + c)  # two 3x3 convs with bias
-    affine = {"instance": 2 * 2 * c, "batch": 2 * 2 * c, "group": 2 * 2 * c, "layer": 2 * 2 * c, "none": 0}[norm]
+    affine = {"instance": 2 * 2 * c, "batch": 2 * 2 * c, "group": 2 * 2 * c, "layer": 2 * 2 * c, "none": 0,
+              "conditional_instance": 2 * 2 * c}[norm]  # one style: one (gamma, beta) pair
     one = count_parameters(_net(norm, width=w, num_residual=1))
     three = count_parameters(_net(norm, width=w, num_residual=3))
     assert three - one == 2 * (conv + affine)
@@ -106,7 +107,9 @@ def test_config_json_round_trip(norm):
     config = TransformerConfig(norm=norm, width=8, num_residual=2, groups=4)
     text = config.to_json()
     data = json.loads(text)
-    assert data == {"norm": norm, "width": 8, "num_residual": 2, "groups": 4}
+    # num_styles only where it means something, so other networks' configs read as before it existed.
+    styles = {"num_styles": 1} if norm == "conditional_instance" else {}
+    assert data == {"norm": norm, "width": 8, "num_residual": 2, "groups": 4, **styles}
     assert TransformerConfig.from_dict(data) == config
 
 
@@ -247,7 +250,7 @@ def test_channels_last_stays_channels_last_through_every_layer(norm):
         return hook
 
     for name, module in model.named_modules():
-        if name and not list(module.children()):
+        if name and (not list(module.children()) or isinstance(module, ConditionalInstanceNorm2d)):
             module.register_forward_hook(record(name))
     for name in ("up1", "up2", "tail"):
         getattr(model, name).register_forward_hook(record(name))

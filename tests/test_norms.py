@@ -35,8 +35,8 @@ def _mean_std(x: torch.Tensor, dims) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(dim=dims), x.std(dim=dims, unbiased=False)
 
 
-def test_norm_names_are_the_five_documented_norms():
-    assert set(NORM_NAMES) == {"instance", "batch", "group", "layer", "none"}
+def test_norm_names_are_the_documented_norms():
+    assert set(NORM_NAMES) == {"instance", "batch", "group", "layer", "none", "conditional_instance"}
 
 
 @pytest.mark.parametrize("name", NORM_NAMES)
