@@ -437,7 +437,7 @@ class _Trainer:
         measures, outputs = self.validator.measure(self.model, self.spec.precision)
         self.validator.save(outputs, self.run_dir.val_sample_path(self.step))
         self.last_val = measures
-        warning = photo_lost(measures, self.step, self.total_steps)
+        warning = photo_lost(measures, self.step, self.total_steps, self.spec.network.norm)
         if warning:
             log.warning("%s", warning)
         else:

@@ -94,11 +94,17 @@ class Validator:
         save_image(torch.cat(rows, dim=-2), path)
 
 
-def photo_lost(measures: dict[str, float], step: int, total_steps: int) -> str | None:
+def photo_lost(measures: dict[str, float], step: int, total_steps: int, norm: str = "instance") -> str | None:
     """The warning to give when the run is losing the photo at ``step``; None when it is not (or too early)."""
     ssim = measures.get("val_ssim")
     if ssim is None or step < WARMUP_FRACTION * total_steps or ssim >= LOST_PHOTO_SSIM:
         return None
-    return (f"the photo is being lost at step {step}: the validation photos keep luminance SSIM {ssim:.2f} "
-            f"(below {LOST_PHOTO_SSIM}; the shipped models keep 0.49-0.60). Lower --style-weight (e.g. halve "
-            "it) or raise --content-weight, and watch the samples/*_val.jpg images.")
+    message = (f"the photo is being lost at step {step}: the validation photos keep luminance SSIM {ssim:.2f} "
+               f"(below {LOST_PHOTO_SSIM}; the shipped models keep 0.49-0.60). Lower --style-weight (e.g. halve "
+               "it) or raise --content-weight, and watch the samples/*_val.jpg images.")
+    if norm == "batch":
+        # Validation runs in inference mode, with the running statistics: before any frozen steps a
+        # batch-norm network's gap to them shows here as black holes (docs/quality.md), not as texture.
+        message += (" Batch norm: if the *_val.jpg images show black areas rather than texture, it is the gap "
+                    "to the running statistics; --bn-frozen-steps closes it in the last steps.")
+    return message

@@ -52,6 +52,8 @@ def test_the_warning_waits_for_the_warm_up_and_names_the_fix():
     assert photo_lost({}, step=90, total_steps=100) is None  # no validation photos
     message = photo_lost({"val_ssim": 0.12}, step=int(WARMUP_FRACTION * 100), total_steps=100)
     assert "0.12" in message and "--style-weight" in message
+    assert "--bn-frozen-steps" not in message
+    assert "--bn-frozen-steps" in photo_lost({"val_ssim": 0.12}, step=90, total_steps=100, norm="batch")
 
 
 def test_measures_are_logged_at_sample_steps_and_change_nothing(tmp_path, content_dir, small_style_path, val_photos):
