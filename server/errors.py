@@ -14,7 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from style_transfer.imageio import CorruptImage, ImageTooLarge, UnsupportedImageFormat
 
-from .inference import Busy, DeadlineExceeded, InferenceFailed, InvalidModelName, NotReady, UnknownModel
+from .inference import (Busy, DeadlineExceeded, InferenceFailed, InvalidModelName, InvalidStyle, NotReady,
+                        UnknownModel)
 
 
 class RequestError(Exception):
@@ -47,6 +48,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     ImageTooLarge: (413, "image_too_large"),
     UnsupportedImageFormat: (415, "unsupported_media_type"),
     InvalidField: (422, "invalid_request"),
+    InvalidStyle: (422, "invalid_style"),  # a bad form value, like InvalidField; its own code for clients
     CorruptImage: (422, "corrupt_image"),
     InferenceFailed: (500, "inference_failed"),
     NotReady: (503, "not_ready"),

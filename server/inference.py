@@ -4,15 +4,18 @@
   serves :class:`Job` s one batch at a time; the routes ask it for a request's :class:`StylizeOptions`
   (the server's size cap and tile size, applied by :mod:`style_transfer.stylize`), check a request
   once before decoding its upload (:meth:`~InferenceWorker.check_ready`, :meth:`~InferenceWorker.check_model`,
-  :meth:`~InferenceWorker.check_capacity`) and :meth:`~InferenceWorker.submit` its jobs.
+  :meth:`~InferenceWorker.style_weights`, :meth:`~InferenceWorker.check_capacity`) and
+  :meth:`~InferenceWorker.submit` its jobs.
 * Its refusals are typed (:class:`InferenceError` and its subclasses: not ready, invalid or unknown
-  model name, busy, deadline exceeded, inference failed); ``errors.py`` alone turns them into HTTP
-  statuses and JSON codes. Nothing here knows HTTP.
+  model name, invalid style, busy, deadline exceeded, inference failed); ``errors.py`` alone turns them
+  into HTTP statuses and JSON codes. Nothing here knows HTTP.
 
 Heavy work never runs on the event loop. A full queue is refused at once (:class:`Busy`); a job that
 waited past its deadline is answered :class:`DeadlineExceeded` and not run. Same-size jobs for the same
 model and options may be batched (``max_batch_size`` > 1); models are in eval mode, so a job's output
 never depends on what else was in its batch (batch norm uses its running statistics, not the batch's).
+The options include a multi-style model's style weights, so jobs for different styles or mixes never
+share a batch (a batch runs with one set of weights: its first job's).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,7 @@ from style_transfer.device import resolve_device
 from style_transfer.imageio import LoadedImage
 from style_transfer.network import count_parameters
 from style_transfer.spec import ab_group
-from style_transfer.stylize import Stylizer, StylizeOptions, default_max_size
+from style_transfer.stylize import Stylizer, StylizeOptions, default_max_size, parse_mix, style_mix, style_names
 from style_transfer.zoo import is_valid_name, list_models
 
 from .metrics import Metrics
@@ -62,6 +66,11 @@ class InvalidModelName(InferenceError):
 
 class UnknownModel(InferenceError):
     """A valid name, but no such model is loaded."""
+
+
+class InvalidStyle(InferenceError):
+    """A style or mix a model cannot take: an unknown style name, a malformed mix, weights that are
+    negative or do not sum to 1, or a style and a mix at once."""
 
 
 class Busy(InferenceError):
@@ -97,7 +106,8 @@ class Job:
         if self.options.tiles(h, w) or (self.options.max_size is not None and max(h, w) > self.options.max_size):
             return None
         # The image already fits, so max_size no longer changes the output: requests that asked for
-        # different bounds batch together.
+        # different bounds batch together. Every other option stays in the key, the style weights
+        # included: a batch runs with its first job's options.
         return (self.model, tuple(self.image.rgb.shape), dataclasses.replace(self.options, max_size=None))
 
 
@@ -160,6 +170,7 @@ class InferenceWorker:
             info = stylizer.info
             self.summaries[name] = {"name": name, "bytes": path.stat().st_size,
                                     **info.summary(count_parameters(stylizer.model)),
+                                    "styles": style_names(info),
                                     "ab_group": ab_group(info.training, info.style_sha256)}
             log.info("loaded %s (%s norm, style %s)", name, info.norm, info.style_name)
 
@@ -284,11 +295,11 @@ class InferenceWorker:
     # ------------------------------------------------------------------ API for the routes
 
     def options(self, strength: float = 1.0, preserve_color: bool = False,
-                max_size: int | None = None) -> StylizeOptions:
+                max_size: int | None = None, style: tuple[float, ...] | None = None) -> StylizeOptions:
         """A request's options under this server's limits: its ``max_size`` capped at ``self.max_size``,
-        and images past ``tile_size`` stylized in tiles (bounded memory)."""
+        and images past ``tile_size`` stylized in tiles (bounded memory); ``style`` from :meth:`style_weights`."""
         return StylizeOptions(strength=strength, preserve_color=preserve_color, max_size=max_size,
-                              tile=self.settings.tile_size).capped(self.max_size)
+                              tile=self.settings.tile_size, style=style).capped(self.max_size)
 
     def info(self, name: str) -> ModelInfo | None:
         """What a loaded model says about itself."""
@@ -309,6 +320,41 @@ class InferenceWorker:
                                    "paths are not accepted")
         if name not in self.stylizers:
             raise self._unknown(name)
+
+    def style_weights(self, names: Sequence[str], style: str | None = None, mix: str | None = None
+                      ) -> dict[str, tuple[float, ...] | None]:
+        """Each (checked) model's ``StylizeOptions.style`` for a request's ``style`` name or ``mix``
+        (``"starry=0.6,wave=0.4"``), by the library's rules (:func:`~style_transfer.stylize.style_mix`,
+        as the CLI's ``--style``/``--mix``); InvalidStyle when they do not fit.
+
+        One model: the style or mix must name its styles (an ordinary model's only style is accepted,
+        and changes nothing). Several models (a comparison): the style or mix applies to the multi-style
+        models among them, each of which must have every named style; the single-style models beside
+        them run their one style. A comparison puts a style or a blend next to ordinary models (the
+        same style trained alone, other norms); refusing them would forbid exactly that, and their
+        style names are the style images' (``vangogh_starry_night_1889``), not the multi-style model's
+        (``starry``). A comparison with no multi-style model is checked like a single model, so a
+        style or mix is never silently dropped.
+        """
+        if style is None and mix is None:
+            return {name: None for name in names}
+        if style is not None and mix is not None:
+            raise InvalidStyle("give a style or a mix, not both")
+        try:
+            parsed = parse_mix(mix, "mix") if mix is not None else None
+        except ValueError as exc:
+            raise InvalidStyle(str(exc)) from None
+        if mix is not None and not parsed:
+            raise InvalidStyle("mix: give at least one NAME=WEIGHT")
+        infos = {name: self.info(name) for name in names}
+        targets = [name for name, info in infos.items() if len(style_names(info)) > 1] or list(names)
+        weights: dict[str, tuple[float, ...] | None] = {name: None for name in names}
+        for name in targets:
+            try:
+                weights[name] = style_mix(infos[name], style, parsed)
+            except ValueError as exc:
+                raise InvalidStyle(f"{name}: {exc}" if len(names) > 1 else str(exc)) from None
+        return weights
 
     def _unknown(self, name: str) -> UnknownModel:
         return UnknownModel(f"no model named {name!r}; available: {', '.join(self.stylizers) or 'none'}")

@@ -105,8 +105,9 @@ def _check_mix(mix: dict) -> None:
         raise ValueError(f"style mix weights must sum to 1 (convex, as in Dumoulin et al. 2017), got {total:g}")
 
 
-def parse_mix(text: str) -> dict[str, float]:
-    """``"starry=0.6,wave=0.4"`` -> {"starry": 0.6, "wave": 0.4}; malformed text is an error that says how."""
+def parse_mix(text: str, source: str = "--mix") -> dict[str, float]:
+    """``"starry=0.6,wave=0.4"`` -> {"starry": 0.6, "wave": 0.4}; malformed text is an error that says how
+    (naming ``source``, where the text came from: the CLI's option, the server's form field)."""
     mix: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, weight = part.rpartition("=")
@@ -115,7 +116,7 @@ def parse_mix(text: str) -> dict[str, float]:
                 raise ValueError
             mix[name.strip()] = float(weight)
         except ValueError:
-            raise ValueError(f"--mix: expected NAME=WEIGHT[,NAME=WEIGHT...], got {part!r}") from None
+            raise ValueError(f"{source}: expected NAME=WEIGHT[,NAME=WEIGHT...], got {part!r}") from None
     return mix
 
 

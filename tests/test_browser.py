@@ -3,14 +3,16 @@
 Skipped unless /usr/bin/chromium exists and the ``playwright`` Python package is importable (Playwright
 drives the system Chromium through ``executable_path``; it never downloads a browser). The server runs
 as a subprocess (``python -m server``) on a free port with two tiny untrained models; the A/B button is
-tested on a second one serving the shipped Starry Night models and a few tiny ones. The browser may
-only talk to the server: any other request is aborted and fails the test (no CDN, no internet).
+tested on a second one serving the shipped Starry Night models and a few tiny ones, the style blend of a
+multi-style model on a third. The browser may only talk to the server: any other request is aborted and
+fails the test (no CDN, no internet).
 
 A full-page screenshot is written to tests/artifacts/browser.png and to the test's tmp folder.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -29,6 +31,8 @@ from PIL import Image
 
 from style_transfer.checkpoint import ModelInfo, save_model
 from style_transfer.network import TransformerConfig, TransformerNet
+
+from .test_conditional import STYLES, three_style_model
 
 pytestmark = pytest.mark.slow
 
@@ -245,6 +249,7 @@ def test_compare_two_models_in_the_browser(page, tmp_path):
     photo = _write_photo(tmp_path / "photo.png")
     assert "cpu" in page.inner_text("#device").lower()
     assert page.locator("#models input[name=model]").count() == len(MODELS)
+    assert page.locator("#style-mix").is_hidden()  # ordinary models: no style selector
 
     _upload_and_select(page, photo, list(MODELS))
     assert "2" in page.inner_text("#run")  # "Compare 2 models"
@@ -349,3 +354,127 @@ def test_the_ab_button_selects_one_norm_ab_set(browser, ab_server, style, expect
         button.click()
         assert _checked(page) == expected
         assert str(len(expected)) in page.inner_text("#run")  # "Compare N models"
+
+
+# ----------------------------------------------------------------------------- a multi-style model
+
+
+@pytest.fixture(scope="module")
+def styles_server(playwright_factory, tmp_path_factory, free_port):
+    """A tiny 3-style conditional instance norm model (starry, wave, scream) beside an ordinary one."""
+    root = tmp_path_factory.mktemp("browser_styles_server")
+    weights = root / "weights"
+    weights.mkdir()
+    model = three_style_model()
+    save_model(weights / "multi.safetensors", model,
+               ModelInfo(model.config, style_name=" + ".join(STYLES), steps=5, extra={"styles": STYLES}))
+    _write_model(weights / "tiny-instance.safetensors", "instance")
+    with _serve(weights, free_port(), root / "server.log") as base:
+        yield base
+
+
+def _form_fields(request) -> dict[str, str]:
+    """The text fields of a multipart request (the file left out)."""
+    body = request.post_data_buffer
+    boundary = body.split(b"\r\n", 1)[0]
+    fields = {}
+    for part in body.split(boundary)[1:-1]:
+        head, _, value = part[2:-2].partition(b"\r\n\r\n")  # each part: CRLF, headers, blank line, value, CRLF
+        name = re.search(rb'name="([^"]*)"', head)
+        if name and b"filename=" not in head:
+            fields[name.group(1).decode()] = value.decode()
+    return fields
+
+
+def _shown_image(page, model: str) -> bytes:
+    """The bytes of the stylized image a result card shows (a blob: or data: URL)."""
+    encoded = page.locator(f'#results .result[data-model="{model}"] img.stylized').evaluate(
+        """async (img) => {
+            const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
+            let s = '';
+            for (const b of bytes) s += String.fromCharCode(b);
+            return btoa(s);
+        }""")
+    return base64.b64decode(encoded)
+
+
+def _select_only(page, names: list[str]) -> None:
+    for box in page.locator("#models input[name=model]").all():
+        box.set_checked(box.get_attribute("value") in names)
+
+
+def _posted(path: str):
+    return lambda request: request.method == "POST" and request.url.endswith(path)
+
+
+def _wait_for_new_image(page, model: str, old_src: str) -> None:
+    page.wait_for_function(
+        """([model, old]) => {
+            const img = document.querySelector(`#results .result[data-model="${model}"] img.stylized`);
+            return img && img.src !== old && img.complete && img.naturalWidth > 0;
+        }""",
+        arg=[model, old_src], timeout=60_000)
+
+
+def test_the_style_blend_of_a_multi_style_model(browser, styles_server, tmp_path):
+    photo = _write_photo(tmp_path / "photo.png")
+    with _open_page(browser, styles_server) as page:
+        panel = page.locator("#style-mix")
+        _select_only(page, ["tiny-instance"])
+        assert panel.is_hidden()  # an ordinary model: the page as without multi-style models
+        _select_only(page, ["multi"])
+        assert panel.is_visible()
+        assert page.eval_on_selector_all("#style-a option", "els => els.map((e) => e.value)") == STYLES
+        assert page.input_value("#style-a") == "starry" and page.input_value("#style-b") == "wave"
+        for control, label in (("style-a", "Style A"), ("style-b", "Style B"), ("blend", "Blend")):
+            assert page.inner_text(f'label[for="{control}"]') == label  # every control is labelled
+
+        page.set_input_files("#file-input", str(photo))
+        page.wait_for_function("document.querySelector('#original-preview').naturalWidth > 0")
+        with page.expect_request(_posted("/v1/stylize")) as first:
+            page.click("#run")
+        assert _form_fields(first.value)["style"] == "starry" and "mix" not in _form_fields(first.value)
+        _wait_for_results(page, 1)
+        card = page.locator('#results .result[data-model="multi"]')
+        assert card.locator(".style-chip").inner_text() == "Starry"
+        before, src = _shown_image(page, "multi"), card.locator("img.stylized").get_attribute("src")
+
+        # Moving the slider stylizes again with that mix, and the card shows the new image: the server's.
+        with page.expect_request(_posted("/v1/stylize")) as moved:
+            page.locator("#blend").fill("0.4")
+        fields = _form_fields(moved.value)
+        assert fields["mix"] == "starry=0.60,wave=0.40" and "style" not in fields
+        assert page.inner_text("#blend-value") == "0.40"
+        _wait_for_new_image(page, "multi", src)
+        after = _shown_image(page, "multi")
+        assert after != before
+        expected = page.request.post(styles_server + "/v1/stylize", multipart={
+            "file": {"name": "photo.png", "mimeType": "image/png", "buffer": photo.read_bytes()},
+            "model": "multi", "mix": "wave=0.4,starry=0.6"})
+        assert expected.ok and after == expected.body()
+        assert card.locator(".style-chip").inner_text() == "Starry 60% · Wave 40%"
+
+        # All the way to B is style B alone; another B is offered by the second selector.
+        src = card.locator("img.stylized").get_attribute("src")
+        with page.expect_request(_posted("/v1/stylize")) as end:
+            page.locator("#blend").fill("1")
+        assert _form_fields(end.value)["style"] == "wave"
+        _wait_for_new_image(page, "multi", src)
+        src = card.locator("img.stylized").get_attribute("src")
+        with page.expect_request(_posted("/v1/stylize")) as other:
+            page.select_option("#style-b", "scream")
+        assert _form_fields(other.value)["style"] == "scream"
+        _wait_for_new_image(page, "multi", src)
+        assert _shown_image(page, "multi") not in (before, after)
+
+        # Beside an ordinary model: one comparison, the blend applied to the multi-style model.
+        _select_only(page, ["multi", "tiny-instance"])
+        assert panel.is_visible()
+        page.locator("#blend").fill("0.5")
+        with page.expect_request(_posted("/v1/compare")) as compared:
+            page.click("#run")
+        assert _form_fields(compared.value)["mix"] == "starry=0.50,scream=0.50"
+        _wait_for_results(page, 2)
+        assert page.get_attribute('#results .result[data-model="multi"]', "data-style") == "starry=0.5,scream=0.5"
+        assert page.get_attribute('#results .result[data-model="tiny-instance"]', "data-style") == "test-style"
+        assert _error_text(page) == "", _error_text(page)

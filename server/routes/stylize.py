@@ -1,4 +1,9 @@
-"""The stylization API: list models, stylize one image, compare several models on one image."""
+"""The stylization API: list models, stylize one image, compare several models on one image.
+
+A multi-style model (conditional instance norm, Dumoulin et al. 2017; issue 17) takes a ``style`` name or
+a ``mix`` of its styles, as the CLI's ``--style``/``--mix``; the worker resolves them
+(:meth:`~server.inference.InferenceWorker.style_weights`, which also says how a comparison applies them).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,10 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from style_transfer.checkpoint import ModelInfo
 from style_transfer.imageio import LoadedImage, UnsupportedImageFormat, decode_image, encode_image
 from style_transfer.sidebyside import comparison_grid, photo_metrics, stylize_each_async
-from style_transfer.stylize import StylizeOptions, fit_image
+from style_transfer.stylize import StylizeOptions, fit_image, style_names
 
 from ..deps import SettingsDep, WorkerDep
 from ..errors import EmptyUpload, InvalidField
@@ -29,7 +35,7 @@ ERROR_RESPONSES = {
     404: {"description": "unknown model"},
     413: {"description": "upload or pixel count over the limit"},
     415: {"description": "not a PNG, JPEG or WebP image"},
-    422: {"description": "invalid field, or a corrupt image"},
+    422: {"description": "invalid field (code invalid_request), style or mix (invalid_style), or a corrupt image"},
     503: {"description": "not ready, or at capacity (see Retry-After)"},
     504: {"description": "waited in the queue past the deadline"},
 }
@@ -46,6 +52,9 @@ class ModelSummary(BaseModel):
     config: dict
     training: dict
     losses: dict
+    styles: list[str] = Field(description="the styles the model can be asked for with `style` or `mix`, in the "
+                                          "order of its (gamma, beta) pairs: several for a multi-style "
+                                          "(conditional_instance) model, else its one style")
     ab_group: str = Field(description="the norm A/B set the model belongs to: equal for models trained on the "
                                       "same style image with every recorded setting equal but the norm "
                                       "(style_transfer.spec.ab_group)")
@@ -61,7 +70,8 @@ class ModelList(BaseModel):
 class CompareResult(BaseModel):
     model: str
     norm: str
-    style: str
+    style: str = Field(description="the model's style; for a multi-style model the style it ran: a name, or a "
+                                   "mix as NAME=WEIGHT,...")
     elapsed_ms: float
     ssim: float = Field(description="luminance SSIM of the output to the uploaded photo: how much of its "
                                     "structure the model kept (1 = all)")
@@ -82,6 +92,11 @@ PreserveColor = Annotated[bool, Form(description="keep the photo's colours (lumi
 MaxSize = Annotated[int | None, Form(ge=8, description="bound the long side (px); the server caps it too")]
 Format = Annotated[Literal["png", "jpeg"], Form(description="output format")]
 Upload = Annotated[UploadFile, File(description="a PNG, JPEG or WebP image")]
+Style = Annotated[str | None, Form(description="a multi-style model's style, by name (its `styles` in GET "
+                                               "/v1/models); default: its first style. Not with `mix`")]
+Mix = Annotated[str | None, Form(description="a blend of a multi-style model's styles, `NAME=WEIGHT,...`, e.g. "
+                                             "`starry=0.6,wave=0.4`: weights >= 0 that sum to 1 (a weight of 1 is "
+                                             "exactly that style). Not with `style`")]
 
 
 @router.get("/models", response_model=ModelList, summary="The loaded models and their metadata")
@@ -109,11 +124,13 @@ async def _read_photo(upload: UploadFile, settings: Settings, options: StylizeOp
 async def stylize(settings: SettingsDep, worker: WorkerDep, file: Upload,
                   model: Annotated[str, Form(description="model name, from GET /v1/models")],
                   strength: Strength = 1.0, preserve_color: PreserveColor = False,
-                  max_size: MaxSize = None, format: Format = "png") -> Response:
+                  max_size: MaxSize = None, format: Format = "png", style: Style = None, mix: Mix = None,
+                  ) -> Response:
     worker.check_ready()
     worker.check_model(model)
+    weights = worker.style_weights([model], style, mix)[model]
     worker.check_capacity()
-    options = worker.options(strength, preserve_color, max_size)
+    options = worker.options(strength, preserve_color, max_size, weights)
     image = await _read_photo(file, settings, options)
     result = await worker.submit(model, image, options)
     out = result.image
@@ -122,6 +139,19 @@ async def stylize(settings: SettingsDep, worker: WorkerDep, file: Upload,
     return Response(data, media_type=MEDIA_TYPES[format], headers={
         "X-Model": model, "X-Elapsed-Ms": f"{result.elapsed_s * 1e3:.1f}", "X-Image-Size": f"{w}x{h}",
         "Cache-Control": "no-store"})
+
+
+def _style_label(info: ModelInfo, weights: tuple[float, ...] | None) -> str:
+    """What a model's output was stylized with: an ordinary model's style; a multi-style model's style
+    name (its first when none was asked for) or its mix, ``NAME=WEIGHT,...`` (weights above 0)."""
+    names = style_names(info)
+    if len(names) == 1:
+        return info.style_name
+    if weights is None:
+        return names[0]
+    if 1.0 in weights:
+        return names[weights.index(1.0)]
+    return ",".join(f"{name}={w:g}" for name, w in zip(names, weights) if w > 0)
 
 
 def _data_url(data: bytes, fmt: str) -> str:
@@ -138,7 +168,7 @@ async def compare(settings: SettingsDep, worker: WorkerDep, file: Upload,
                   strength: Strength = 1.0, preserve_color: PreserveColor = False, max_size: MaxSize = None,
                   format: Format = "png",
                   output: Annotated[Literal["json", "image"], Form(description="JSON or one grid image")] = "json",
-                  ) -> Response | CompareResponse:
+                  style: Style = None, mix: Mix = None) -> Response | CompareResponse:
     worker.check_ready()
     names = list(dict.fromkeys(n.strip() for n in models.split(",") if n.strip()))
     if not names:
@@ -147,11 +177,15 @@ async def compare(settings: SettingsDep, worker: WorkerDep, file: Upload,
         raise InvalidField(f"models: at most {settings.max_compare_models} per comparison")
     for name in names:
         worker.check_model(name)
+    # A style or mix applies to the multi-style models among them; the others run their one style.
+    weights = worker.style_weights(names, style, mix)
     worker.check_capacity(len(names))
-    options = worker.options(strength, preserve_color, max_size)
-    image = await _read_photo(file, settings, options)
+    options = {name: worker.options(strength, preserve_color, max_size, weights[name]) for name in names}
+    image = await _read_photo(file, settings, options[names[0]])  # max_size is the same for every model
     # One photo through many models (style_transfer.sidebyside); the worker owns the device.
-    outputs = await stylize_each_async(names, lambda name: worker.submit(name, image, options), worker.info)
+    outputs = await stylize_each_async(names, lambda name: worker.submit(name, image, options[name]), worker.info)
+    for out in outputs:  # a multi-style model's output says which style or mix it ran
+        out.style = _style_label(worker.info(out.name), weights[out.name])
     if output == "image":
         grid = await run_in_threadpool(comparison_grid, image.rgb, outputs, 512)
         buf = io.BytesIO()

@@ -5,6 +5,8 @@
  *   GET  v1/models     -> device + model metadata (the model picker)
  *   POST v1/stylize    -> one model: the image bytes, timing in X-Elapsed-Ms
  *   POST v1/compare    -> several models: JSON with data: URLs and timings
+ * A multi-style model (several `styles` in v1/models) adds the `style` or `mix` field: style A, style B
+ * and a blend slider (the weight of B); moving the slider stylizes the photo again.
  * Errors are JSON bodies {"error": {"code", "message"}} and are shown in #error.
  */
 (() => {
@@ -29,6 +31,14 @@
     models: $('#models'),
     selectAll: $('#select-all'),
     selectNone: $('#select-none'),
+    styleMix: $('#style-mix'),
+    styleModel: $('#style-model'),
+    styleA: $('#style-a'),
+    styleB: $('#style-b'),
+    blend: $('#blend'),
+    blendValue: $('#blend-value'),
+    blendA: $('#blend-a'),
+    blendB: $('#blend-b'),
     strength: $('#strength'),
     strengthValue: $('#strength-value'),
     preserve: $('#preserve-color'),
@@ -63,6 +73,9 @@
     abort: null,
     resultURLs: [],        // object URLs owned by the results on screen
     sliderPos: 50,
+    styleModel: null,      // the multi-style model whose styles the selectors show
+    shownStyle: null,      // the style/mix fields of the last run (JSON), to skip identical re-runs
+    rerun: false,          // the blend moved while a request ran: stylize again when it ends
   };
 
   // ------------------------------------------------------------------ formatting
@@ -92,6 +105,15 @@
     if (!name) return 'Untitled style';
     return name.replace(/[_-]+/g, ' ').replace(/\s+/g, ' ').trim()
       .replace(/\b([a-z])/g, (m) => m.toUpperCase());
+  }
+
+  // A style or a mix as the server names it ("wave", "starry=0.6,wave=0.4") -> "Wave", "Starry 60% · Wave 40%".
+  function styleLabel(text) {
+    if (!text || !text.includes('=')) return prettyStyle(text);
+    return text.split(',').map((part) => {
+      const cut = part.lastIndexOf('=');
+      return `${prettyStyle(part.slice(0, cut))} ${Math.round(Number(part.slice(cut + 1)) * 100)}%`;
+    }).join(' · ');
   }
 
   function fileStem(name) {
@@ -419,6 +441,98 @@
     setSelection((input) => names.has(input.value));
   }
 
+  // ------------------------------------------------------------------ styles of a multi-style model
+
+  // A multi-style model (conditional instance norm, issue 17) lists several `styles` in v1/models; an
+  // ordinary model one (none from an older server). The panel is hidden unless one is selected, and the
+  // page then sends exactly what it sent before.
+  function isMultiStyle(m) {
+    return Boolean(m) && Array.isArray(m.styles) && m.styles.length > 1;
+  }
+
+  function styledModel() {
+    // The first selected multi-style model. In a comparison the server applies the style or mix to
+    // every multi-style model, and runs the ordinary ones beside it in their one style.
+    return selectedModels().map(modelByName).find(isMultiStyle) || null;
+  }
+
+  function fillStyles(select, styles, chosen) {
+    select.replaceChildren(...styles.map((name) => {
+      const option = document.createElement('option');
+      option.value = name;
+      option.textContent = prettyStyle(name);
+      return option;
+    }));
+    select.value = chosen;
+  }
+
+  function updateStylePanel() {
+    const model = styledModel();
+    els.styleMix.hidden = !model;
+    if (!model) {
+      state.styleModel = null;
+      return;
+    }
+    if (state.styleModel === model.name) return;
+    state.styleModel = model.name;
+    els.styleModel.textContent = model.name;
+    fillStyles(els.styleA, model.styles, model.styles[0]);  // the model's default style
+    fillStyles(els.styleB, model.styles, model.styles[1]);
+    els.blend.value = '0';
+    showBlend();
+  }
+
+  // The request fields: style A alone, style B alone, or their mix (the blend is the weight of B).
+  function readStyle() {
+    if (els.styleMix.hidden) return {};
+    const a = els.styleA.value;
+    const b = els.styleB.value;
+    const w = Math.min(1, Math.max(0, Number(els.blend.value)));
+    if (w <= 0 || a === b) return { style: a };
+    if (w >= 1) return { style: b };
+    return { mix: `${a}=${(1 - w).toFixed(2)},${b}=${w.toFixed(2)}` };
+  }
+
+  function showBlend() {
+    const w = Number(els.blend.value);
+    const a = prettyStyle(els.styleA.value);
+    const b = prettyStyle(els.styleB.value);
+    els.blendValue.textContent = w.toFixed(2);
+    els.blend.style.setProperty('--fill', `${w * 100}%`);
+    els.blend.setAttribute('aria-valuetext', `${Math.round((1 - w) * 100)}% ${a}, ${Math.round(w * 100)}% ${b}`);
+    els.blendA.textContent = a;
+    els.blendB.textContent = b;
+  }
+
+  let restyleTimer = null;
+
+  function restyleSoon(delay) {
+    clearTimeout(restyleTimer);
+    restyleTimer = setTimeout(stylizeAgain, delay);
+  }
+
+  // Stylize again with the current style fields: at once when idle, else right after the running request.
+  function stylizeAgain() {
+    if (!state.ready || !state.file || !selectedModels().length) return;
+    if (JSON.stringify(readStyle()) === state.shownStyle) return;
+    if (state.running) {
+      state.rerun = true;
+      return;
+    }
+    run({ restyle: true });
+  }
+
+  els.blend.addEventListener('input', () => {
+    showBlend();
+    restyleSoon(200);  // while dragging: once it rests
+  });
+  for (const select of [els.styleA, els.styleB]) {
+    select.addEventListener('change', () => {
+      showBlend();
+      restyleSoon(0);
+    });
+  }
+
   // ------------------------------------------------------------------ photo
 
   function setFile(file) {
@@ -534,6 +648,8 @@
     els.maxSize.value = '';
     $('input[name="format"][value="png"]').checked = true;
     showStrength();
+    state.styleModel = null;  // back to the model's first two styles, blend 0
+    updateStylePanel();
   });
 
   function readOptions() {
@@ -557,6 +673,7 @@
   // ------------------------------------------------------------------ run
 
   function updateRun() {
+    updateStylePanel();
     const n = selectedModels().length;
     if (state.running) {
       els.runLabel.textContent = n > 1 ? 'Comparing…' : 'Stylizing…';
@@ -629,7 +746,7 @@
     return saved;
   }
 
-  async function run() {
+  async function run({ restyle = false } = {}) {
     if (els.run.disabled) return;
     const names = selectedModels();
     clearError();
@@ -642,17 +759,20 @@
       els.maxSize.focus();
       return;
     }
+    const styleFields = readStyle();
     const form = new FormData();
     form.append('file', state.file, state.file.name || 'photo.png');
-    for (const [k, v] of Object.entries(opts)) form.append(k, v);
+    for (const [k, v] of Object.entries({ ...opts, ...styleFields })) form.append(k, v);
 
     state.running = true;
     const controller = new AbortController();
     state.abort = controller;
     updateRun();
     startProgress(names);
-    const saved = showSkeletons(names);
-    revealProgress();
+    // From the blend slider: keep the results in place (dimmed) rather than skeletons, and stay put.
+    const saved = restyle ? null : showSkeletons(names);
+    els.results.classList.toggle('is-updating', restyle);
+    if (!restyle) revealProgress();
     const t0 = performance.now();
     const file = state.file;
     const newURLs = [];
@@ -670,7 +790,8 @@
         items = [{
           model: res.headers.get('X-Model') || names[0],
           norm: info.norm || '',
-          style: info.style || '',
+          // A multi-style model ran the style or mix sent (as /v1/compare reports it).
+          style: isMultiStyle(info) ? (styleFields.style || styleFields.mix) : (info.style || ''),
           elapsedMs: parseFloat(res.headers.get('X-Elapsed-Ms')),
           image: url,
           original,
@@ -699,10 +820,11 @@
       }
       for (const u of state.resultURLs) URL.revokeObjectURL(u);
       state.resultURLs = newURLs;
-      renderResults(items, { roundTripMs: performance.now() - t0, fileName: file.name });
+      state.shownStyle = JSON.stringify(styleFields);
+      renderResults(items, { roundTripMs: performance.now() - t0, fileName: file.name, restyle });
     } catch (err) {
       for (const u of newURLs) URL.revokeObjectURL(u);
-      els.results.replaceChildren(saved);
+      if (saved) els.results.replaceChildren(saved);
       els.emptyState.hidden = Boolean($('.result', els.results));
       if (err && err.name === 'AbortError') {
         showError({ title: 'Cancelled', message: 'The request was cancelled; the server may still finish it.' });
@@ -714,8 +836,13 @@
     } finally {
       state.running = false;
       state.abort = null;
+      els.results.classList.remove('is-updating');
       stopProgress();
       updateRun();
+      if (state.rerun) {
+        state.rerun = false;
+        stylizeAgain();
+      }
     }
   }
 
@@ -735,8 +862,9 @@
 
   // ------------------------------------------------------------------ results
 
-  function renderResults(items, { roundTripMs, fileName }) {
+  function renderResults(items, { roundTripMs, fileName, restyle = false }) {
     els.results.replaceChildren();
+    els.results.classList.toggle('is-restyled', restyle);
     const times = items.map((i) => i.elapsedMs).filter(Number.isFinite);
     const fastest = items.length > 1 && times.length ? Math.min(...times) : null;
     const stem = fileStem(fileName);
@@ -750,8 +878,9 @@
       norm.textContent = item.norm || 'norm ?';
       norm.dataset.norm = item.norm || '';
       const style = $('.style-chip', card);
-      style.textContent = prettyStyle(item.style);
+      style.textContent = styleLabel(item.style);
       style.title = item.style || '';
+      card.dataset.style = item.style || '';
 
       const elapsed = $('.elapsed', card);
       elapsed.textContent = formatMs(item.elapsedMs);
