@@ -138,7 +138,7 @@ class Study:
 
     @property
     def style_image(self) -> Path:
-        return self.base.style
+        return self.base.style[0]  # a study has one style (its arms differ in the norm only)
 
     @property
     def steps(self) -> int:
@@ -220,13 +220,17 @@ def prepare_study(settings: StudySettings) -> Study:
         precision = (existing.base.precision if existing
                      else resolve_precision("auto", resolve_device(settings.options.device), training=True))
         base = base.replace(precision=precision)
-    if not base.style.is_file():
-        raise StudyError(f"style image not found: {base.style}")
+    if len(base.style) != 1:
+        # Every arm trains on the same data; a norm that learns one style cannot take several. A
+        # multi-style network against single-style ones is another comparison (docs/multi-style.md).
+        raise StudyError("a norm study trains every arm on one style image; give --style once")
+    if not base.style[0].is_file():
+        raise StudyError(f"style image not found: {base.style[0]}")
     for folder in base.content:
         if not folder.is_dir():
             raise StudyError(f"content folder not found: {folder}")
     shared = _shared(base)
-    style_sha = file_sha256(base.style)
+    style_sha = file_sha256(base.style[0])
     if existing:
         before = _shared(existing.base)
         changed = [k for k in shared if before.get(k) != shared[k]]

@@ -214,6 +214,20 @@ def _timed(fn: Callable[[], torch.Tensor], repeats: int = 1) -> tuple[torch.Tens
     return out, best
 
 
+def _style_for(info: ModelInfo, style_image: Path, style_sha: str) -> tuple[float, ...] | None:
+    """For a multi-style network, the style weights of the compared painting (found by its sha256,
+    else by its file name), so it is compared in that style (issue 17: an N-style network against
+    single-style ones, painting by painting); None for other networks, or when it lacks the painting
+    (then its first style is compared, and the style mismatch is warned about)."""
+    names = info.extra.get("styles") or []
+    if len(names) < 2:
+        return None
+    shas = info.extra.get("style_sha256s") or []
+    index = shas.index(style_sha) if style_sha in shas else (
+        names.index(style_image.stem) if style_image.stem in names else None)
+    return None if index is None else tuple(float(i == index) for i in range(len(names)))
+
+
 def evaluate(arms: Sequence[EvalArm], images: Sequence[Path], style_image: Path,
              settings: EvalSettings = EvalSettings(), progress: bool = True,
              training_images: set[str] | None = None, study: dict[str, Any] | None = None) -> Evaluation:
@@ -249,7 +263,8 @@ def evaluate(arms: Sequence[EvalArm], images: Sequence[Path], style_image: Path,
     for arm in bar:
         bar.set_postfix_str(arm.name)
         model, info = load_model(arm.checkpoint, device)
-        if info.style_sha256 and info.style_sha256 != style_sha:
+        chosen = _style_for(info, style_image, style_sha)  # a multi-style network runs in this painting's style
+        if chosen is None and info.style_sha256 and info.style_sha256 != style_sha:
             warnings.append(f"{arm.name} was trained on another style image ({info.style_name}) than "
                             f"{style_image.name}: its style loss and colour distance are against {style_image.name}")
         loss_cfg = LossConfig(**info.training["loss"]) if "loss" in info.training else LossConfig()
@@ -262,13 +277,13 @@ def evaluate(arms: Sequence[EvalArm], images: Sequence[Path], style_image: Path,
         plain = Stylizer(model, info, device, precision="fp32", fast=False)
         fast = Stylizer(copy.deepcopy(model), info, device, precision="auto", fast=True) if settings.time_fast else None
         # Warm-up (allocations, one-time kernel choices) on the first image, untimed.
-        plain.run(contents[0])
+        plain.run(contents[0], chosen)
         if fast is not None:
-            fast.run(contents[0])
+            fast.run(contents[0], chosen)
         outputs = []
         for path, content in zip(images, contents):
-            out, t_plain = _timed(lambda: plain.run(content), settings.timing_repeats)
-            t_fast = _timed(lambda: fast.run(content), settings.timing_repeats)[1] if fast is not None else None
+            out, t_plain = _timed(lambda: plain.run(content, chosen), settings.timing_repeats)
+            t_fast = _timed(lambda: fast.run(content, chosen), settings.timing_repeats)[1] if fast is not None else None
             with torch.no_grad():
                 terms = criterion(out.to(device), content.to(device))
             row = {"label": arm.label, "arm": arm.name, "norm": arm.norm, "seed": arm.seed, "image": path.name,

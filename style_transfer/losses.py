@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -107,27 +108,39 @@ class PerceptualLoss(nn.Module):
     gradient. Returns a dict of weighted terms plus ``total``.
     """
 
-    def __init__(self, style_image: torch.Tensor, config: LossConfig = LossConfig()) -> None:
+    def __init__(self, style_image: torch.Tensor | Sequence[torch.Tensor], config: LossConfig = LossConfig()) -> None:
+        """``style_image``: one (1, 3, H, W) painting, or several (a multi-style network's, in the order
+        of its styles; sizes may differ)."""
         super().__init__()
         self.config = config
+        styles = [style_image] if isinstance(style_image, torch.Tensor) else list(style_image)
+        if not styles:
+            raise ValueError("the loss needs at least one style image")
+        self.num_styles = len(styles)
         self.vgg = VGG19Features(list(dict.fromkeys(config.content_layers + config.style_layers)))
-        self.vgg.to(style_image.device)
+        self.vgg.to(styles[0].device)
         with torch.no_grad():
-            feats = self.vgg(style_image)
+            feats = [self.vgg(s, config.style_layers) for s in styles]
         for i, name in enumerate(config.style_layers):
-            self.register_buffer(f"style_gram_{i}", gram_matrix(feats[name]))  # (1, C, C)
+            # (N, C, C): one Gram per style.
+            self.register_buffer(f"style_gram_{i}", torch.cat([gram_matrix(f[name]) for f in feats]))
 
-    def style_grams(self) -> list[torch.Tensor]:
-        return [getattr(self, f"style_gram_{i}") for i in range(len(self.config.style_layers))]
+    def style_grams(self, style: int = 0) -> list[torch.Tensor]:
+        """One style's Gram matrices, (1, C, C) per style layer."""
+        if not 0 <= style < self.num_styles:
+            raise IndexError(f"style {style} of {self.num_styles}")
+        return [getattr(self, f"style_gram_{i}")[style : style + 1] for i in range(len(self.config.style_layers))]
 
-    def style_distance(self, images: torch.Tensor) -> torch.Tensor:
+    def style_distance(self, images: torch.Tensor, style: int = 0) -> torch.Tensor:
         """Per image, the unweighted style term: the sum over style layers of the mean squared difference
-        between its Gram matrices and the style image's; (B,). What training's style term averages."""
+        between its Gram matrices and the style image's (``style``: which one); (B,). What training's
+        style term averages."""
         feats = self.vgg(images, self.config.style_layers)
         return sum((gram_matrix(feats[n]) - g).pow(2).mean((1, 2))
-                   for n, g in zip(self.config.style_layers, self.style_grams()))
+                   for n, g in zip(self.config.style_layers, self.style_grams(style)))
 
-    def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, output: torch.Tensor, content: torch.Tensor, style: int = 0) -> dict[str, torch.Tensor]:
+        """The terms of ``output`` against its ``content`` images and style number ``style``."""
         cfg = self.config
         with torch.no_grad():
             # Only up to the content layers: for relu2_2 most of the VGG work on the targets is
@@ -137,7 +150,7 @@ class PerceptualLoss(nn.Module):
         content_loss = sum(F.mse_loss(feats[n].float(), target[n].float()) for n in cfg.content_layers)
         style_loss = sum(
             F.mse_loss(gram_matrix(feats[n]), g.expand(output.shape[0], -1, -1))
-            for n, g in zip(cfg.style_layers, self.style_grams())
+            for n, g in zip(cfg.style_layers, self.style_grams(style))
         )
         tv = total_variation(output.float())
         terms = {

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import file_sha256
 from .device import check_precision
 from .losses import LossConfig
 from .network import TransformerConfig
@@ -50,7 +51,8 @@ BUDGET = ("steps", "epochs")
 # One line of help per setting, shown by the CLI. A setting without one still works everywhere.
 HELP = {
     "content": "folder of content images (recursive; JPEG/PNG/WebP); repeat it to train on several folders",
-    "style": "the style image",
+    "style": "the style image; repeat it to train one conditional_instance network on several paintings "
+             "(one style per step in turn; the styles are named by their file names)",
     "init": "start from this checkpoint's weights (fine-tuning; the same network settings) instead of a "
             "random init (default: random)",
     "steps": "total optimizer steps (default when neither --steps nor --epochs: 40000)",
@@ -91,7 +93,9 @@ class RunSpec:
     """What a training run is: its data, its recipe and its budget. Validated at construction."""
 
     content: tuple[Path, ...]  # one or more folders of photos, used together
-    style: Path
+    # The painting, or several for a conditional instance norm network (issue 17): one (gamma, beta) per
+    # painting, in this order, each named by its file name.
+    style: tuple[Path, ...]
     init: Path | None = None  # a checkpoint to start from; its sha256 is recorded in the result
     network: TransformerConfig = TransformerConfig()
     loss: LossConfig = LossConfig()
@@ -126,7 +130,7 @@ class RunSpec:
         if repeated:
             raise ValueError(f"content folder given twice: {', '.join(repeated)}")
         object.__setattr__(self, "content", content)
-        object.__setattr__(self, "style", Path(self.style))
+        self._set_styles()
         if self.init is not None:
             object.__setattr__(self, "init", Path(self.init))
         check_precision(self.precision)
@@ -145,6 +149,46 @@ class RunSpec:
             raise ValueError(f"clip_grad_norm must be > 0, got {self.clip_grad_norm}")
         if self.bn_frozen_steps is not None and (not isinstance(self.bn_frozen_steps, int) or self.bn_frozen_steps < 1):
             raise ValueError(f"bn_frozen_steps must be a positive integer, got {self.bn_frozen_steps!r}")
+
+    def _set_styles(self) -> None:
+        """The style images as a tuple; the network holds one style per image (``num_styles`` is derived
+        from them, never given on its own)."""
+        styles = (self.style,) if isinstance(self.style, (str, Path)) else tuple(self.style)
+        styles = tuple(Path(p) for p in styles)
+        if not styles:
+            raise ValueError("give a style image")
+        repeated = sorted({str(p) for p in styles if styles.count(p) > 1})
+        if repeated:
+            raise ValueError(f"style image given twice: {', '.join(repeated)}")
+        names = [p.stem for p in styles]
+        clashing = sorted({n for n in names if names.count(n) > 1})
+        if clashing:
+            # A multi-style model's styles are chosen by name (stylize --style NAME), so names must differ.
+            raise ValueError(f"two style images are both named {', '.join(clashing)}: rename one (a style is "
+                             "chosen by its file name)")
+        if len(styles) > 1 and self.network.norm != "conditional_instance":
+            raise ValueError(f"{len(styles)} style images need --norm conditional_instance (one network, "
+                             f"one (gamma, beta) per style); {self.network.norm} norm learns one style")
+        object.__setattr__(self, "style", styles)
+        if self.network.num_styles != len(styles):
+            if self.network.num_styles != 1:  # given explicitly (a record): it must agree
+                raise ValueError(f"num_styles is {self.network.num_styles} but {len(styles)} style image(s) "
+                                 "are given")
+            object.__setattr__(self, "network", dataclasses.replace(self.network, num_styles=len(styles)))
+
+    @property
+    def style_names(self) -> list[str]:
+        """The styles by name (their file names), in the order of the network's (gamma, beta) pairs."""
+        return [p.stem for p in self.style]
+
+    def style_files_exist(self) -> bool:
+        return all(p.is_file() for p in self.style)
+
+    def style_sha256(self) -> str:
+        """What a checkpoint records as its ``style_sha256``: the image's sha256, or for several styles the
+        sha256 of their hashes in order (another painting, or another order, is another model)."""
+        shas = [file_sha256(p) for p in self.style]
+        return shas[0] if len(shas) == 1 else hashlib.sha256(",".join(shas).encode()).hexdigest()
 
     # ------------------------------------------------------------------ flat names
 
@@ -176,13 +220,18 @@ class RunSpec:
 
     def replace(self, **changes: Any) -> "RunSpec":
         """A copy with some settings changed, by flat name (``spec.replace(norm="batch", seed=1)``)."""
-        return RunSpec.from_flat({**self.flat(), **changes})
+        values = {**self.flat(), **changes}
+        if "style" in changes and "num_styles" not in changes:
+            del values["num_styles"]  # derived from the styles again
+        return RunSpec.from_flat(values)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready flat record (absolute paths, lists for tuples); :meth:`from_dict` reads it back."""
         out = _jsonable(self.flat())
         out["content"] = [str(p.resolve()) for p in self.content]
-        out["style"] = str(self.style.resolve())
+        # One style: a string, as records from before multi-style training hold it.
+        styles = [str(p.resolve()) for p in self.style]
+        out["style"] = styles[0] if len(styles) == 1 else styles
         out["init"] = str(self.init.resolve()) if self.init else None
         return out
 

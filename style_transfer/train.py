@@ -1,4 +1,5 @@
-"""Training a transformer network for one style (Johnson et al. 2016), single process or torchrun/DDP.
+"""Training a transformer network (Johnson et al. 2016), single process or torchrun/DDP: for one style,
+or for several in one conditional instance norm network (Dumoulin et al. 2017; issue 17).
 
 ``train(spec, run, options)``: the :class:`~style_transfer.spec.RunSpec` says what is trained (data,
 recipe, budget), the :class:`~style_transfer.rundir.RunDir` where it is kept (checkpoint, resume state,
@@ -171,11 +172,15 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
 
 
 def loss_terms(net: torch.nn.Module, criterion: PerceptualLoss, batch: torch.Tensor, device: torch.device,
-               precision: str) -> dict[str, torch.Tensor]:
-    """Forward pass of one training step: the network under autocast, the loss terms (Grams in fp32)."""
+               precision: str, style: int | None = None) -> dict[str, torch.Tensor]:
+    """Forward pass of one training step: the network under autocast, the loss terms (Grams in fp32).
+    ``style``: for a multi-style network, the number of the style this step trains (None: the only one)."""
     with autocast(device, precision):
-        output = net(batch)
-        return criterion(output, batch)
+        if style is None:
+            output = net(batch)
+            return criterion(output, batch)
+        output = net(batch, torch.eye(criterion.num_styles, device=batch.device)[style])
+        return criterion(output, batch, style)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, clip: float | None = None) -> float:
@@ -211,8 +216,9 @@ def train(spec: RunSpec, run: RunDir, options: TrainOptions = TrainOptions(), re
 
 def _check_inputs(spec: RunSpec) -> None:
     """The data exists: checked before the data scan and the VGG load, which take a while."""
-    if not spec.style.is_file():
-        raise FileNotFoundError(f"style image not found: {spec.style}")
+    for style in spec.style:
+        if not style.is_file():
+            raise FileNotFoundError(f"style image not found: {style}")
     if spec.init is not None and not spec.init.is_file():
         raise FileNotFoundError(f"--init checkpoint not found: {spec.init}")
     for folder in spec.content:
@@ -239,9 +245,10 @@ class _Trainer:
         self.content_name = content_root.name
         self.total_steps = spec.total_steps(lambda: steps_per_epoch(len(self.dataset), spec.batch_size, env.world))
 
-        style = load_rgb(spec.style, spec.loss.style_size).to(device)
-        self.criterion = PerceptualLoss(style, spec.loss).to(device)
-        self.style_sha = file_sha256(spec.style)
+        styles = [load_rgb(p, spec.loss.style_size).to(device) for p in spec.style]
+        self.criterion = PerceptualLoss(styles, spec.loss).to(device)
+        self.style_sha = spec.style_sha256()
+        self.num_styles = len(styles)
         self.validator = self._validator(options.val_photos) if options.val_photos and env.main else None
         self.last_val: dict[str, float] = {}
 
@@ -269,7 +276,7 @@ class _Trainer:
         trained_on = [str(p) for p in photos if os.path.realpath(p) in seen]
         if trained_on:
             raise ValueError(f"validation photos must not be training photos: {', '.join(trained_on)}")
-        return Validator(list(photos), self.criterion, self.device)
+        return Validator(list(photos), self.criterion, self.device, style_names=self.spec.style_names)
 
     def restore(self) -> None:
         """Continue from the run's resume state, refusing one trained with another recipe."""
@@ -284,6 +291,8 @@ class _Trainer:
         if recorded_global != self.spec.batch_size * self.env.world:
             changed.append(f"batch_size (global: {state['settings'].get('batch_size')} x {world} process(es) = "
                            f"{recorded_global}; now {self.spec.batch_size} x {self.env.world})")
+        if state.get("style_sha256") not in (None, self.style_sha):  # recorded since multi-style training
+            changed.append("style (another image, or another order of the style images)")
         if changed:
             raise TrainingError(f"cannot resume {self.run_dir.state}: these settings differ from the "
                                 f"interrupted run: {changed}")
@@ -379,11 +388,19 @@ class _Trainer:
                 if has_batch_statistics(module):
                     module.eval()
 
+    def _style_of_step(self) -> int | None:
+        """The style the next step trains, for a multi-style network: each in turn, so every style gets
+        its share of the steps (within one) and a resumed run continues the same sequence. One style
+        per batch, as in Dumoulin et al. 2017, so a step's style loss is one style's (the log's
+        ``style_index``)."""
+        return self.step % self.num_styles if self.num_styles > 1 else None
+
     def _train_step(self, batch: torch.Tensor) -> dict[str, float]:
         """One optimizer step; its log entry. A non-finite loss stops the run before the update."""
         t0 = time.perf_counter()
         batch = batch.to(self.device, non_blocking=True)
-        terms = loss_terms(self.net, self.criterion, batch, self.device, self.spec.precision)
+        style = self._style_of_step()
+        terms = loss_terms(self.net, self.criterion, batch, self.device, self.spec.precision, style)
         values = self.env.mean(torch.stack([terms[t].detach().float() for t in TERMS]))
         if not torch.isfinite(values).all():
             raise TrainingError(
@@ -395,21 +412,34 @@ class _Trainer:
         grad_norm = optimizer_step(self.optimizer, terms["total"], self.spec.clip_grad_norm)
         self.step += 1
         return {"step": self.step, **{t: float(v) for t, v in zip(TERMS, values.tolist())},
-                "grad_norm": grad_norm, "seconds": time.perf_counter() - t0}
+                "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
+                **({"style_index": style} if style is not None else {})}
 
     def _recent_losses(self) -> dict[str, float]:
+        """Each term's mean over the last 50 steps; for a multi-style network also each style's own style
+        term (``style/<name>``) over its last 50 steps."""
         window = self.history[-50:]
-        return {t: sum(e[t] for e in window) / len(window) for t in TERMS} if window else {}
+        out = {t: sum(e[t] for e in window) / len(window) for t in TERMS} if window else {}
+        if self.num_styles > 1:
+            for k, name in enumerate(self.spec.style_names):
+                own = [e["style"] for e in self.history if e.get("style_index") == k][-50:]
+                if own:
+                    out[f"style/{name}"] = sum(own) / len(own)
+        return out
 
     def _info(self) -> ModelInfo:
         spec = self.spec
         return ModelInfo(
-            config=spec.network, style_name=spec.style.stem, style_sha256=self.style_sha, steps=self.step,
+            config=spec.network, style_name=" + ".join(spec.style_names), style_sha256=self.style_sha, steps=self.step,
             training={**spec.fingerprint(), "content_dir": self.content_name, "num_images": len(self.dataset),
                       "world_size": self.env.world, "total_steps": self.total_steps,
                       "sync_bn": self.options.sync_bn,
                       **({"init_sha256": self.init_sha} if spec.init is not None else {})},
             losses=self._recent_losses(),
+            # A conditional network's styles, in the order of its (gamma, beta) pairs: what stylize --style
+            # and the server choose from (stylize.style_names).
+            extra={"styles": spec.style_names, "style_sha256s": [file_sha256(p) for p in spec.style]}
+            if spec.network.norm == "conditional_instance" else {},
         )
 
     def _checkpoint(self) -> None:
@@ -418,6 +448,7 @@ class _Trainer:
             save_train_state(self.run_dir.state, {
                 "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "rng": _rng_state(self.device), "settings": self.spec.fingerprint(), "world_size": self.env.world,
+                "style_sha256": self.style_sha,
             })
             save_model(self.run_dir.checkpoint, self.model, self._info(),
                        torch.float16 if self.options.save_dtype == "fp16" else torch.float32)
@@ -429,9 +460,13 @@ class _Trainer:
             return {}
         self.model.eval()
         with torch.no_grad(), autocast(self.device, self.spec.precision):
-            out = self.model(self.sample_input).float().clamp(0, 1)
+            # The crop beside its output in every style the network holds.
+            outs = [self.model(self.sample_input) if self.num_styles == 1
+                    else self.model(self.sample_input, torch.eye(self.num_styles, device=self.device)[k])
+                    for k in range(self.num_styles)]
         self.model.train()
-        save_image(torch.cat([self.sample_input, out], dim=-1), self.run_dir.sample_path(self.step))
+        outs = [o.float().clamp(0, 1) for o in outs]
+        save_image(torch.cat([self.sample_input, *outs], dim=-1), self.run_dir.sample_path(self.step))
         if self.validator is None:
             return {}
         measures, outputs = self.validator.measure(self.model, self.spec.precision)

@@ -50,45 +50,63 @@ def validation_photos(paths: Sequence[Path | str]) -> list[Path]:
 
 
 class Validator:
-    """Stylizes the validation photos and measures them against the photos and the painting."""
+    """Stylizes the validation photos and measures them against the photos and the painting.
+
+    For a multi-style network (its criterion holds N paintings) every photo is stylized in each style
+    and measured against that style's painting; the measures are then the means over the styles, with
+    each style's own under ``val_ssim/<name>`` and ``val_style/<name>``.
+    """
 
     def __init__(self, photos: Sequence[Path], criterion: PerceptualLoss, device: torch.device,
-                 size: int = VAL_SIZE) -> None:
+                 size: int = VAL_SIZE, style_names: Sequence[str] = ()) -> None:
         if not photos:
             raise ValueError("the validator needs at least one photo")
         self.photos = list(photos)
         self.criterion = criterion
         self.device = device
+        self.style_names = list(style_names) if criterion.num_styles > 1 else []
+        if self.style_names and len(self.style_names) != criterion.num_styles:
+            raise ValueError(f"{len(self.style_names)} style names for {criterion.num_styles} styles")
         self.images = [load_rgb(p, size).to(device) for p in self.photos]
         with torch.no_grad():
-            # The photos' own distance to the painting: the unit of val_style.
-            self.photo_style = [float(criterion.style_distance(img)) for img in self.images]
+            # The photos' own distance to each painting: the unit of val_style.
+            self.photo_style = [[float(criterion.style_distance(img, k)) for img in self.images]
+                                for k in range(criterion.num_styles)]
 
     @torch.no_grad()
-    def measure_each(self, model: torch.nn.Module, precision: str) -> list[tuple[dict[str, float], torch.Tensor]]:
-        """Per photo: ``{"val_ssim": ..., "val_style": ...}`` and the output (1, 3, H, W) in [0, 1]."""
+    def measure_each(self, model: torch.nn.Module, precision: str, style: int = 0
+                     ) -> list[tuple[dict[str, float], torch.Tensor]]:
+        """Per photo, in style number ``style``: ``{"val_ssim": ..., "val_style": ...}`` and the output
+        (1, 3, H, W) in [0, 1]."""
         was_training = model.training
         model.eval()
+        onehot = torch.eye(self.criterion.num_styles, device=self.device)[style] \
+            if self.criterion.num_styles > 1 else None
         results = []
-        for image, photo_style in zip(self.images, self.photo_style):
+        for image, photo_style in zip(self.images, self.photo_style[style]):
             with autocast(self.device, precision):
-                out = model(image)
+                out = model(image) if onehot is None else model(image, onehot)
             out = out.float().clamp(0, 1)
             measures = {"val_ssim": float(luminance_ssim(out, image)),
-                        "val_style": float(self.criterion.style_distance(out)) / max(photo_style, 1e-12)}
+                        "val_style": float(self.criterion.style_distance(out, style)) / max(photo_style, 1e-12)}
             results.append((measures, out))
         model.train(was_training)
         return results
 
-    def measure(self, model: torch.nn.Module, precision: str) -> tuple[dict[str, float], list[torch.Tensor]]:
-        """The measures' means over the photos, and the outputs."""
-        results = self.measure_each(model, precision)
-        means = {k: sum(m[k] for m, _ in results) / len(results) for k in ("val_ssim", "val_style")}
-        return means, [out for _, out in results]
+    def measure(self, model: torch.nn.Module, precision: str) -> tuple[dict[str, float], list[list[torch.Tensor]]]:
+        """The measures' means over the photos (and styles), and the outputs: per photo, one per style."""
+        keys = ("val_ssim", "val_style")
+        per_style = [self.measure_each(model, precision, k) for k in range(self.criterion.num_styles)]
+        means: dict[str, float] = {}
+        for name, results in zip(self.style_names, per_style):
+            means.update({f"{key}/{name}": sum(m[key] for m, _ in results) / len(results) for key in keys})
+        every = [m for results in per_style for m, _ in results]
+        means.update({key: sum(m[key] for m in every) / len(every) for key in keys})
+        return means, [[results[i][1] for results in per_style] for i in range(len(self.images))]
 
-    def save(self, outputs: Sequence[torch.Tensor], path: Path) -> None:
-        """Photo beside output, one row per photo (rows padded to the widest)."""
-        rows = [torch.cat([img, out], dim=-1) for img, out in zip(self.images, outputs)]
+    def save(self, outputs: Sequence[Sequence[torch.Tensor]], path: Path) -> None:
+        """Photo beside its outputs (one per style), one row per photo (rows padded to the widest)."""
+        rows = [torch.cat([img, *outs], dim=-1) for img, outs in zip(self.images, outputs)]
         width = max(r.shape[-1] for r in rows)
         rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1]), value=1.0) for r in rows]
         save_image(torch.cat(rows, dim=-2), path)

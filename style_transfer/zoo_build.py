@@ -81,7 +81,7 @@ class ZooModel:
         precision when the plan says 'auto' and the data folders (recorded only by their link name).
         """
         keys = self.spec.differences(training)
-        if style_sha256 and self.spec.style.is_file() and file_sha256(self.spec.style) != style_sha256:
+        if style_sha256 and self.spec.style_files_exist() and self.spec.style_sha256() != style_sha256:
             keys.append("style")
         return keys
 
@@ -118,7 +118,8 @@ def load_plan(path: Path | str) -> list[ZooModel]:
         resolve = lambda p: (path.parent / p).resolve()  # noqa: E731 - relative to the plan file
         values = {k: v for k, v in entry.items() if k not in ("name", "notes")}
         values["content"] = tuple(resolve(c) for c in ([content] if isinstance(content, str) else content))
-        values["style"] = resolve(entry["style"])
+        style = entry["style"]
+        values["style"] = tuple(resolve(s) for s in ([style] if isinstance(style, str) else style))
         if "init" in entry:
             values["init"] = resolve(entry["init"])
         try:
@@ -175,7 +176,7 @@ def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> lis
     for m in models:
         run = m.run(runs_dir)
         done = run.steps_done()
-        rows.append({"name": m.name, "norm": m.norm, "style": m.spec.style.stem, "steps_done": done,
+        rows.append({"name": m.name, "norm": m.norm, "style": " + ".join(m.spec.style_names), "steps_done": done,
                      "steps": m.steps, "finished": done >= m.steps,
                      "shipped_steps": shipped.get(m.name, {}).get("steps"),
                      "stale": m.stale(runs_dir),
@@ -311,7 +312,7 @@ def gallery(models: Sequence[ZooModel], weights_dir: Path, photos: Sequence[Path
             instance.append(m)
     if instance:
         blank = torch.ones(1, 3, 8, 8)
-        header = [blank] + [load_rgb(m.spec.style, max_size=cell) for m in instance]
+        header = [blank] + [load_rgb(m.spec.style[0], max_size=cell) for m in instance]
         rows = [header] + [[img] + [outputs[m.name][i] for m in instance] for i, img in enumerate(images)]
         save(rows, ["photo"] + [m.name for m in instance], "styles.jpg")
     by_name = {m.name: m for m in present}

@@ -79,7 +79,7 @@ style_layers = ["relu1_2", "relu2_2"]
     assert (two.steps, two.spec.loss.style_weight, two.norm) == (20, 1e-4, "group")
     assert two.spec.loss.style_layers == ("relu1_2", "relu2_2")
     # Relative paths are relative to the plan file, not to the working directory.
-    assert one.spec.style == (tmp_path / "s.jpg").resolve()
+    assert one.spec.style == ((tmp_path / "s.jpg").resolve(),)
     assert one.spec.content == ((tmp_path / "photos").resolve(),)
 
 
@@ -341,7 +341,7 @@ def test_quality_study_plan_covers_every_painting_with_the_defaults():
     models = load_plan(plan)
     styles = sorted((REPO_PLAN.parents[2] / "shared" / "data" / "styles").glob("*.jpg"))
     defaults = [m for m in models if m.name.startswith("default-")]
-    assert sorted(m.spec.style for m in defaults) == [s.resolve() for s in styles]
+    assert sorted(m.spec.style[0] for m in defaults) == [s.resolve() for s in styles]
     assert all(m.steps == 1500 and m.spec.loss == models[0].spec.loss for m in models)
     warm = [m for m in models if m.spec.init is not None]
     assert warm and all(m.spec.init.is_file() and m.spec.init.parent.name == "weights" for m in warm)

@@ -1,0 +1,200 @@
+"""Multi-style training (issue 17, part 1): one conditional instance norm network learns several
+paintings, each in turn; its checkpoint names them in order, resumes bit-exactly, and stylizes each
+style and mixes of them; the spec, the zoo plan, compare and ablate accept it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from style_transfer.ablate import StudyError, StudySettings, run_study
+from style_transfer.checkpoint import ModelInfo, file_sha256, load_model, read_model_info
+from style_transfer.cli import main
+from style_transfer.evaluation import _style_for
+from style_transfer.imageio import decode_image, load_rgb
+from style_transfer.losses import LossConfig, PerceptualLoss
+from style_transfer.network import TransformerConfig
+from style_transfer.rundir import RunDir
+from style_transfer.spec import RunSpec
+from style_transfer.train import TrainingError, TrainOptions, train
+from style_transfer.zoo_build import load_plan
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+STYLES_DIR = SHARED / "styles"
+pytestmark = pytest.mark.skipif(not STYLES_DIR.is_dir(), reason="../shared/data not available")
+
+NET = TransformerConfig(norm="conditional_instance", width=8, num_residual=1)
+LOSS = LossConfig(style_size=64)
+
+
+@pytest.fixture(scope="module")
+def styles(tmp_path_factory) -> tuple[Path, Path]:
+    """Two paintings, downscaled (fast to decode): starry and wave."""
+    folder = tmp_path_factory.mktemp("styles")
+    out = []
+    for src, name in [("vangogh_starry_night_1889.jpg", "starry.jpg"), ("hokusai_great_wave_c1831.jpg", "wave.jpg")]:
+        with Image.open(STYLES_DIR / src) as img:
+            img = img.convert("RGB")
+            img.thumbnail((96, 96))
+            img.save(folder / name, quality=95)
+        out.append(folder / name)
+    return tuple(out)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for src in sorted((SHARED / "content" / "bsds500" / "train").glob("*.jpg"))[:6]:
+        with Image.open(src) as img:
+            img.thumbnail((80, 80))
+            img.save(folder / src.name, quality=95)
+    return folder
+
+
+def tiny(tmp: Path, photos: Path, styles, **changes) -> tuple[RunSpec, RunDir, TrainOptions]:
+    spec = RunSpec(content=photos, style=styles, network=NET, loss=LOSS, steps=4, image_size=32, batch_size=2)
+    options = TrainOptions(device="cpu", checkpoint_every=2, sample_every=2, progress=False)
+    options_changes = {k: changes.pop(k) for k in list(changes) if k in TrainOptions.__dataclass_fields__}
+    return (spec.replace(**changes), RunDir.of(tmp / "multi.safetensors"),
+            TrainOptions(**{**options.__dict__, **options_changes}))
+
+
+# ----------------------------------------------------------------------------- the spec
+
+
+def test_the_spec_derives_the_style_count_and_refuses_what_cannot_work(tmp_path, styles):
+    spec = RunSpec(content=tmp_path, style=styles, network=NET)
+    assert spec.style == styles and spec.network.num_styles == 2 and spec.style_names == ["starry", "wave"]
+    assert spec.fingerprint()["network"]["num_styles"] == 2
+    # Recorded as a list (one style stays a string, as records from before multi-style hold it).
+    record = spec.to_dict()
+    assert record["style"] == [str(p) for p in styles] and RunSpec.from_dict(record) == spec
+    assert RunSpec(content=tmp_path, style=styles[0]).to_dict()["style"] == str(styles[0])
+    # Another set of styles re-derives the count; the order is part of what the network is.
+    assert spec.replace(style=styles[:1]).network.num_styles == 1
+    assert spec.replace(style=styles[::-1]).style_names == ["wave", "starry"]
+    with pytest.raises(ValueError, match="conditional_instance"):
+        RunSpec(content=tmp_path, style=styles)  # instance norm learns one style
+    with pytest.raises(ValueError, match="given twice"):
+        RunSpec(content=tmp_path, style=(styles[0], styles[0]), network=NET)
+    other = tmp_path / "elsewhere" / "starry.jpg"
+    with pytest.raises(ValueError, match="both named starry"):
+        RunSpec(content=tmp_path, style=(styles[0], other), network=NET)
+    with pytest.raises(ValueError, match="num_styles is 3"):
+        RunSpec.from_flat({"content": tmp_path, "style": list(styles), "norm": "conditional_instance",
+                           "num_styles": 3})
+
+
+def test_the_loss_holds_one_gram_set_per_style_and_scores_against_the_one_asked(styles):
+    images = [load_rgb(p, 64) for p in styles]
+    both = PerceptualLoss(images, LOSS)
+    photo = torch.rand(2, 3, 40, 48)
+    for k, image in enumerate(images):
+        alone = PerceptualLoss(image, LOSS)
+        assert torch.allclose(both.style_distance(photo, k), alone.style_distance(photo), rtol=1e-5)
+        assert torch.allclose(both(photo, photo, k)["style"], alone(photo, photo)["style"], rtol=1e-5)
+    assert not torch.allclose(both.style_distance(photo, 0), both.style_distance(photo, 1))
+    with pytest.raises(IndexError):
+        both.style_grams(2)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_a_two_style_network_trains_each_style_in_turn_and_records_them(tmp_path, photos, styles):
+    val = sorted((SHARED / "content" / "bsds500" / "test").glob("*.jpg"))[:1]
+    result = train(*tiny(tmp_path, photos, styles, val_photos=tuple(val)))
+    assert [e.get("style_index") for e in result.history] == [0, 1, 0, 1]
+    model, info = load_model(tmp_path / "multi.safetensors")
+    assert info.extra["styles"] == ["starry", "wave"]
+    assert info.extra["style_sha256s"] == [file_sha256(p) for p in styles]
+    assert info.style_name == "starry + wave" and info.config.num_styles == 2
+    assert {"style/starry", "style/wave"} <= set(info.losses)
+    # Each style's own loss is the mean of the steps that trained it.
+    assert info.losses["style/wave"] == pytest.approx((result.history[1]["style"] + result.history[3]["style"]) / 2)
+    # The sample shows the crop and its output in each style; validation measures each style.
+    sample = decode_image(tmp_path / "multi.run" / "samples" / "step_000004.png").rgb
+    assert sample.shape[-2:] == (32, 3 * 32)
+    last = RunDir.of(tmp_path / "multi.safetensors").latest_validation()
+    assert {"val_ssim", "val_style", "val_ssim/starry", "val_style/wave"} <= set(last)
+    assert last["val_ssim"] == pytest.approx((last["val_ssim/starry"] + last["val_ssim/wave"]) / 2)
+    # The two styles came apart: the network's outputs differ by style.
+    x = torch.rand(1, 3, 40, 40)
+    with torch.no_grad():
+        assert (model(x, torch.tensor([1.0, 0.0])) - model(x, torch.tensor([0.0, 1.0]))).abs().max() > 1e-4
+
+
+def test_multi_style_resume_is_bit_exact_and_refuses_other_styles(tmp_path, photos, styles):
+    straight = train(*tiny(tmp_path / "a", photos, styles, steps=6, checkpoint_every=3))
+    train(*tiny(tmp_path / "b", photos, styles, steps=3, checkpoint_every=3))
+    resumed = train(*tiny(tmp_path / "b", photos, styles, steps=6, checkpoint_every=3), resume=True)
+    a, b = load_file(tmp_path / "a" / "multi.safetensors"), load_file(tmp_path / "b" / "multi.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [e["total"] for e in resumed.history] == [e["total"] for e in straight.history]
+    assert [e["style_index"] for e in resumed.history] == [0, 1, 0, 1, 0, 1]
+    # The same styles in another order would be another network: refused, not silently continued.
+    with pytest.raises(TrainingError, match="style"):
+        train(*tiny(tmp_path / "b", photos, styles[::-1], steps=8, checkpoint_every=3), resume=True)
+
+
+def test_cli_trains_with_style_repeated_and_stylizes_each_style_and_a_mix(tmp_path, photos, styles, make_image_file):
+    model = tmp_path / "multi.safetensors"
+    assert main(["train", "--content", str(photos), "--style", str(styles[0]), "--style", str(styles[1]),
+                 "--norm", "conditional_instance", "--width", "8", "--residual-blocks", "1", "--style-size", "64",
+                 "--image-size", "32", "--batch-size", "2", "--steps", "4", "--out", str(model),
+                 "--device", "cpu"]) == 0
+    assert read_model_info(model).extra["styles"] == ["starry", "wave"]
+    photo = make_image_file(tmp_path / "p.png", size=(40, 32))
+    outs = {}
+    for name, args in {"starry": ["--style", "starry"], "wave": ["--style", "wave"],
+                       "wave1": ["--mix", "starry=0,wave=1"], "half": ["--mix", "starry=0.5,wave=0.5"]}.items():
+        out = tmp_path / f"{name}.png"
+        assert main(["stylize", str(photo), "--model", str(model), "--out", str(out), "--no-fast", *args]) == 0
+        outs[name] = decode_image(out).rgb
+    assert torch.equal(outs["wave"], outs["wave1"])
+    assert not torch.equal(outs["starry"], outs["wave"]) and not torch.equal(outs["half"], outs["wave"])
+    # Two styles without the conditional norm: a clear error before any work.
+    assert main(["train", "--content", str(photos), "--style", str(styles[0]), "--style", str(styles[1]),
+                 "--steps", "1", "--out", str(tmp_path / "x.safetensors"), "--device", "cpu"]) == 2
+
+
+# ----------------------------------------------------------------------------- the zoo, compare, ablate
+
+
+def test_a_zoo_plan_entry_takes_a_list_of_styles(tmp_path, styles):
+    for p in styles:
+        shutil.copy(p, tmp_path / p.name)
+    (tmp_path / "photos").mkdir()
+    plan = tmp_path / "zoo.toml"
+    plan.write_text('[[models]]\nname = "two"\ncontent = "photos"\nstyle = ["starry.jpg", "wave.jpg"]\n'
+                    'norm = "conditional_instance"\nsteps = 10\n')
+    (model,) = load_plan(plan)
+    assert model.spec.style_names == ["starry", "wave"] and model.spec.network.num_styles == 2
+    # Its recorded sha is of both images in order: the run is stale if either changes.
+    training = model.spec.fingerprint()
+    assert model.differences(training, model.spec.style_sha256()) == []
+    assert model.differences(training, model.spec.replace(style=(tmp_path / "wave.jpg", tmp_path / "starry.jpg"))
+                             .style_sha256()) == ["style"]
+
+
+def test_compare_runs_a_multi_style_network_in_the_compared_paintings_style(tmp_path, styles):
+    shas = [file_sha256(p) for p in styles]
+    multi = ModelInfo(TransformerConfig(norm="conditional_instance", num_styles=2),
+                      extra={"styles": ["starry", "wave"], "style_sha256s": shas})
+    assert _style_for(multi, styles[1], shas[1]) == (0.0, 1.0)
+    renamed = tmp_path / "wave.jpg"  # same name, other bytes: found by name
+    assert _style_for(multi, renamed, "0" * 64) == (0.0, 1.0)
+    assert _style_for(multi, tmp_path / "udnie.jpg", "1" * 64) is None
+    assert _style_for(ModelInfo(TransformerConfig()), styles[0], shas[0]) is None
+
+
+def test_a_norm_study_takes_one_style(tmp_path, photos, styles):
+    base = RunSpec(content=photos, style=styles, network=NET, steps=1)
+    with pytest.raises(StudyError, match="one style"):
+        run_study(StudySettings(out=tmp_path / "study", base=base, norms=["conditional_instance"], seeds=[0]))
+    assert not (tmp_path / "study" / "study.json").exists()
