@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import file_sha256
+from .checkpoint import file_sha256, read_model_info
 from .device import check_precision
 from .losses import LossConfig
 from .network import TransformerConfig
@@ -43,7 +43,7 @@ from .network import TransformerConfig
 _NESTED: dict[str, type] = {"network": TransformerConfig, "loss": LossConfig}
 # The training data and starting point: part of what a run is, not of its recipe (they are recorded
 # by name or hash only: the folders of another machine are other paths). A spec needs the first two.
-DATA = ("content", "style", "init")
+DATA = ("content", "style", "init", "extend")
 REQUIRED = ("content", "style")
 # The budget: a larger one continues a finished run, so it is not part of the fingerprint.
 BUDGET = ("steps", "epochs")
@@ -55,6 +55,9 @@ HELP = {
              "(one style per step in turn; the styles are named by their file names)",
     "init": "start from this checkpoint's weights (fine-tuning; the same network settings) instead of a "
             "random init (default: random)",
+    "extend": "add the --style painting(s) to this trained conditional_instance model: only the new styles' "
+              "(gamma, beta) are trained, every other weight is frozen, so its styles stay exactly as they were; "
+              "the network and loss settings default to the model's",
     "steps": "total optimizer steps (default when neither --steps nor --epochs: 40000)",
     "epochs": "passes over the content images, instead of --steps",
     "norm": "normalization layer",
@@ -80,10 +83,12 @@ HELP = {
 }
 # Settings that act on one norm only: left out of other norms' fingerprints (they change nothing there),
 # so a norm A/B set can share them without its other arms' recipes differing.
-ONLY_FOR_NORM = {"bn_frozen_steps": "batch", "num_styles": "conditional_instance"}
+ONLY_FOR_NORM = {"bn_frozen_steps": "batch", "num_styles": "conditional_instance",
+                 "base_styles": "conditional_instance"}
 # Settings a spec derives rather than reads (not options, not plan keys): a conditional instance
 # network holds one style per style image given (multi-style training: issue 17).
-DERIVED = ("num_styles",)
+# ``base_styles``: the styles an extended model already holds (``extend``), read from its checkpoint.
+DERIVED = ("num_styles", "base_styles")
 # CLI spellings kept from before the spec (the flag is otherwise --<name with dashes>).
 FLAGS = {"num_residual": ("--residual-blocks",)}
 
@@ -97,6 +102,10 @@ class RunSpec:
     # painting, in this order, each named by its file name.
     style: tuple[Path, ...]
     init: Path | None = None  # a checkpoint to start from; its sha256 is recorded in the result
+    # A trained multi-style checkpoint to add ``style`` to (issue 17, part 3): its convolutions and styles
+    # are frozen and only the new (gamma, beta) pairs train. Its network, and its loss unless given, are
+    # the run's (from_flat reads them from its metadata); ``base_styles`` holds its styles' names.
+    extend: Path | None = None
     network: TransformerConfig = TransformerConfig()
     loss: LossConfig = LossConfig()
     steps: int | None = None  # total optimizer steps; DEFAULT_STEPS when neither steps nor epochs is given
@@ -117,6 +126,7 @@ class RunSpec:
     bn_frozen_steps: int | None = None
     seed: int = 0
     precision: str = "auto"  # autocast; auto = bf16 where the hardware has it (resolved at the start)
+    base_styles: tuple[str, ...] | None = None  # derived from ``extend``: the styles it already holds
 
     # 40k steps of batch 4 is two epochs of COCO, Johnson et al.'s budget.
     DEFAULT_STEPS: typing.ClassVar[int] = 40_000
@@ -131,8 +141,11 @@ class RunSpec:
             raise ValueError(f"content folder given twice: {', '.join(repeated)}")
         object.__setattr__(self, "content", content)
         self._set_styles()
-        if self.init is not None:
-            object.__setattr__(self, "init", Path(self.init))
+        for name in ("init", "extend"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.extend is not None and self.init is not None:
+            raise ValueError("give --init or --extend, not both (an extended model starts from its own weights)")
         check_precision(self.precision)
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give steps or epochs, not both")
@@ -166,20 +179,28 @@ class RunSpec:
             # A multi-style model's styles are chosen by name (stylize --style NAME), so names must differ.
             raise ValueError(f"two style images are both named {', '.join(clashing)}: rename one (a style is "
                              "chosen by its file name)")
-        if len(styles) > 1 and self.network.norm != "conditional_instance":
+        base = tuple(self.base_styles or ())
+        object.__setattr__(self, "base_styles", base or None)
+        if (len(styles) > 1 or base) and self.network.norm != "conditional_instance":
             raise ValueError(f"{len(styles)} style images need --norm conditional_instance (one network, "
                              f"one (gamma, beta) per style); {self.network.norm} norm learns one style")
+        if base and self.extend is None:
+            raise ValueError("base_styles come from --extend's model only")
+        taken = sorted(set(base) & set(names))
+        if taken:
+            raise ValueError(f"the extended model already has a style named {', '.join(taken)}")
         object.__setattr__(self, "style", styles)
-        if self.network.num_styles != len(styles):
+        count = len(base) + len(styles)
+        if self.network.num_styles != count:
             if self.network.num_styles != 1:  # given explicitly (a record): it must agree
-                raise ValueError(f"num_styles is {self.network.num_styles} but {len(styles)} style image(s) "
-                                 "are given")
-            object.__setattr__(self, "network", dataclasses.replace(self.network, num_styles=len(styles)))
+                raise ValueError(f"num_styles is {self.network.num_styles} but {count} style(s) are given")
+            object.__setattr__(self, "network", dataclasses.replace(self.network, num_styles=count))
 
     @property
     def style_names(self) -> list[str]:
-        """The styles by name (their file names), in the order of the network's (gamma, beta) pairs."""
-        return [p.stem for p in self.style]
+        """The styles by name (their file names), in the order of the network's (gamma, beta) pairs: an
+        extended model's own first, then the new ones."""
+        return [*(self.base_styles or ()), *(p.stem for p in self.style)]
 
     def style_files_exist(self) -> bool:
         return all(p.is_file() for p in self.style)
@@ -187,8 +208,7 @@ class RunSpec:
     def style_sha256(self) -> str:
         """What a checkpoint records as its ``style_sha256``: the image's sha256, or for several styles the
         sha256 of their hashes in order (another painting, or another order, is another model)."""
-        shas = [file_sha256(p) for p in self.style]
-        return shas[0] if len(shas) == 1 else hashlib.sha256(",".join(shas).encode()).hexdigest()
+        return combined_sha256([file_sha256(p) for p in self.style])
 
     # ------------------------------------------------------------------ flat names
 
@@ -211,6 +231,8 @@ class RunSpec:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown setting(s) {unknown}; known: {', '.join(sorted(known))}")
+        if values.get("extend") is not None:
+            values = _extension(values)
         nested = {group: {f.name: values[f.name] for f in dataclasses.fields(config) if f.name in values}
                   for group, config in _NESTED.items()}
         own = {k: v for k, v in values.items() if k not in {f for n in nested.values() for f in n}}
@@ -233,6 +255,7 @@ class RunSpec:
         styles = [str(p.resolve()) for p in self.style]
         out["style"] = styles[0] if len(styles) == 1 else styles
         out["init"] = str(self.init.resolve()) if self.init else None
+        out["extend"] = str(self.extend.resolve()) if self.extend else None
         return out
 
     @classmethod
@@ -283,6 +306,42 @@ class RunSpec:
         if self.epochs is not None:
             return math.ceil(self.epochs * steps_per_epoch())
         return self.DEFAULT_STEPS
+
+
+def combined_sha256(shas: list[str]) -> str:
+    """One hash for a list of style images' hashes, in order: the image's own for one."""
+    return shas[0] if len(shas) == 1 else hashlib.sha256(",".join(shas).encode()).hexdigest()
+
+
+def _extension(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a run that extends a trained multi-style model (``extend``): its network (with room
+    for the new styles), its styles as ``base_styles``, and its loss settings unless given, from its
+    checkpoint's metadata. A network setting given otherwise than the model's is an error: the frozen
+    convolutions are the model's."""
+    path = Path(values["extend"])
+    try:
+        info = read_model_info(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--extend: checkpoint not found: {path}") from None
+    if info.config.norm != "conditional_instance":
+        raise ValueError(f"--extend needs a conditional_instance model; {path.name} has {info.config.norm} norm")
+    base = list(info.extra.get("styles") or [info.style_name])
+    values = dict(values)
+    given_base = values.get("base_styles")
+    if given_base is not None and list(given_base) != base:
+        raise ValueError(f"base_styles {list(given_base)} are not {path.name}'s styles {base}")
+    values["base_styles"] = tuple(base)
+    network = dataclasses.asdict(info.config)
+    for name, value in network.items():
+        if name == "num_styles":
+            continue  # base + new, derived from the styles
+        if name in values and _jsonable({"v": values[name]}) != _jsonable({"v": value}):
+            raise ValueError(f"--extend: {name} is {value!r} in {path.name}; an extension keeps the model's "
+                             f"network (got {values[name]!r})")
+        values[name] = value
+    for name, value in (info.training.get("loss") or {}).items():
+        values.setdefault(name, value)
+    return values
 
 
 def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:

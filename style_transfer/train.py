@@ -31,9 +31,9 @@ from .device import autocast, resolve_device, resolve_precision
 from .imageio import load_rgb, save_image
 from .losses import PerceptualLoss
 from .network import TransformerNet
-from .norms import has_batch_statistics
+from .norms import ConditionalInstanceNorm2d, has_batch_statistics
 from .rundir import TERMS, RunDir
-from .spec import RunSpec
+from .spec import RunSpec, combined_sha256
 from .validation import Validator, photo_lost
 
 log = logging.getLogger(__name__)
@@ -172,15 +172,16 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
 
 
 def loss_terms(net: torch.nn.Module, criterion: PerceptualLoss, batch: torch.Tensor, device: torch.device,
-               precision: str, style: int | None = None) -> dict[str, torch.Tensor]:
+               precision: str, style: tuple[torch.Tensor, int] | None = None) -> dict[str, torch.Tensor]:
     """Forward pass of one training step: the network under autocast, the loss terms (Grams in fp32).
-    ``style``: for a multi-style network, the number of the style this step trains (None: the only one)."""
+    ``style``: for a multi-style network, the network's style weights for this step and the number of
+    its painting in ``criterion`` (None: the only style)."""
     with autocast(device, precision):
         if style is None:
             output = net(batch)
             return criterion(output, batch)
-        output = net(batch, torch.eye(criterion.num_styles, device=batch.device)[style])
-        return criterion(output, batch, style)
+        weights, painting = style
+        return criterion(net(batch, weights), batch, painting)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, clip: float | None = None) -> float:
@@ -226,6 +227,11 @@ def _check_inputs(spec: RunSpec) -> None:
             raise FileNotFoundError(f"content folder not found: {folder}")
 
 
+def _owner(model: torch.nn.Module, parameter: str) -> torch.nn.Module:
+    """The module that holds a parameter, by its dotted name."""
+    return model.get_submodule(parameter.rpartition(".")[0])
+
+
 class _Trainer:
     """One training run: the model, its optimizer, the data stream and the run folder, stepped until the
     budget is spent, checkpointing and sampling on the way."""
@@ -248,7 +254,10 @@ class _Trainer:
         styles = [load_rgb(p, spec.loss.style_size).to(device) for p in spec.style]
         self.criterion = PerceptualLoss(styles, spec.loss).to(device)
         self.style_sha = spec.style_sha256()
-        self.num_styles = len(styles)
+        # The network's styles; the paintings trained here are its last len(styles) (all of them unless
+        # the run extends a model, whose own styles come first and stay frozen).
+        self.num_styles = spec.network.num_styles if spec.network.norm == "conditional_instance" else 1
+        self.first_trained = self.num_styles - len(styles)
         self.validator = self._validator(options.val_photos) if options.val_photos and env.main else None
         self.last_val: dict[str, float] = {}
 
@@ -258,7 +267,9 @@ class _Trainer:
         self.model = TransformerNet(spec.network).to(device)
         if spec.init is not None:
             self._load_init(spec.init)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr)
+        if spec.extend is not None:
+            self._load_extended(spec.extend)
+        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=spec.lr)
         self.step = self.start_step = 0
         self.history: list[dict[str, float]] = []
         self.resumed = False
@@ -271,12 +282,38 @@ class _Trainer:
         self.model.load_state_dict(trained.state_dict())
         self.init_sha = file_sha256(path)
 
+    def _load_extended(self, path: Path) -> None:
+        """Start from a multi-style model to extend (issue 17, part 3): its weights, its styles' (gamma,
+        beta) in the first rows, the new styles' rows starting at the mean of its styles (a neutral
+        point among styles the network already renders), and everything but the norm affines frozen.
+        Its styles' rows never change: a step trains one new style, whose one-hot weights give the other
+        rows an exactly zero gradient, and Adam moves nothing with zero gradients and zero moments."""
+        trained, info = load_model(path)
+        base = len(self.spec.base_styles or ())
+        state = trained.state_dict()
+        with torch.no_grad():
+            for name, param in self.model.named_parameters():
+                old = state[name]
+                if isinstance(_owner(self.model, name), ConditionalInstanceNorm2d):
+                    param[:base] = old
+                    param[base:] = old.mean(0, keepdim=True)
+                else:
+                    param.copy_(old)
+                    param.requires_grad_(False)
+            for name, buffer in self.model.named_buffers():
+                if name in state:  # persistent buffers (batch statistics; none in a conditional network yet)
+                    buffer.copy_(state[name])
+        self.extend_sha = file_sha256(path)
+        self.base_style_sha256s = list(info.extra.get("style_sha256s") or [info.style_sha256])
+
     def _validator(self, photos: tuple[Path, ...]) -> Validator:
         seen = {os.path.realpath(p) for p in self.dataset.paths}
         trained_on = [str(p) for p in photos if os.path.realpath(p) in seen]
         if trained_on:
             raise ValueError(f"validation photos must not be training photos: {', '.join(trained_on)}")
-        return Validator(list(photos), self.criterion, self.device, style_names=self.spec.style_names)
+        return Validator(list(photos), self.criterion, self.device,
+                         style_names=self.spec.style_names[self.first_trained:],
+                         network_styles=self.num_styles, first_style=self.first_trained)
 
     def restore(self) -> None:
         """Continue from the run's resume state, refusing one trained with another recipe."""
@@ -393,14 +430,20 @@ class _Trainer:
         its share of the steps (within one) and a resumed run continues the same sequence. One style
         per batch, as in Dumoulin et al. 2017, so a step's style loss is one style's (the log's
         ``style_index``)."""
-        return self.step % self.num_styles if self.num_styles > 1 else None
+        trained = self.num_styles - self.first_trained
+        return self.first_trained + self.step % trained if self.num_styles > 1 else None
+
+    def _style_weights(self, style: int) -> torch.Tensor:
+        """The network's one-hot style weights for its style number ``style``."""
+        return torch.eye(self.num_styles, device=self.device)[style]
 
     def _train_step(self, batch: torch.Tensor) -> dict[str, float]:
         """One optimizer step; its log entry. A non-finite loss stops the run before the update."""
         t0 = time.perf_counter()
         batch = batch.to(self.device, non_blocking=True)
         style = self._style_of_step()
-        terms = loss_terms(self.net, self.criterion, batch, self.device, self.spec.precision, style)
+        terms = loss_terms(self.net, self.criterion, batch, self.device, self.spec.precision,
+                           None if style is None else (self._style_weights(style), style - self.first_trained))
         values = self.env.mean(torch.stack([terms[t].detach().float() for t in TERMS]))
         if not torch.isfinite(values).all():
             raise TrainingError(
@@ -421,7 +464,7 @@ class _Trainer:
         window = self.history[-50:]
         out = {t: sum(e[t] for e in window) / len(window) for t in TERMS} if window else {}
         if self.num_styles > 1:
-            for k, name in enumerate(self.spec.style_names):
+            for k, name in enumerate(self.spec.style_names[self.first_trained:], self.first_trained):
                 own = [e["style"] for e in self.history if e.get("style_index") == k][-50:]
                 if own:
                     out[f"style/{name}"] = sum(own) / len(own)
@@ -430,17 +473,25 @@ class _Trainer:
     def _info(self) -> ModelInfo:
         spec = self.spec
         return ModelInfo(
-            config=spec.network, style_name=" + ".join(spec.style_names), style_sha256=self.style_sha, steps=self.step,
+            config=spec.network, style_name=" + ".join(spec.style_names), steps=self.step,
+            style_sha256=combined_sha256(self._style_sha256s()) if spec.extend is not None else self.style_sha,
             training={**spec.fingerprint(), "content_dir": self.content_name, "num_images": len(self.dataset),
                       "world_size": self.env.world, "total_steps": self.total_steps,
                       "sync_bn": self.options.sync_bn,
-                      **({"init_sha256": self.init_sha} if spec.init is not None else {})},
+                      **({"init_sha256": self.init_sha} if spec.init is not None else {}),
+                      **({"extend_sha256": self.extend_sha} if spec.extend is not None else {})},
             losses=self._recent_losses(),
             # A conditional network's styles, in the order of its (gamma, beta) pairs: what stylize --style
             # and the server choose from (stylize.style_names).
-            extra={"styles": spec.style_names, "style_sha256s": [file_sha256(p) for p in spec.style]}
+            extra={"styles": spec.style_names, "style_sha256s": self._style_sha256s()}
             if spec.network.norm == "conditional_instance" else {},
         )
+
+    def _style_sha256s(self) -> list[str]:
+        """The hashes of a conditional network's style images, in the order of its styles (an extended
+        model's own first)."""
+        return [*(self.base_style_sha256s if self.spec.extend is not None else []),
+                *(file_sha256(p) for p in self.spec.style)]
 
     def _checkpoint(self) -> None:
         # Rank 0 writes; the other ranks hold identical weights (DDP keeps them in sync).
@@ -462,8 +513,8 @@ class _Trainer:
         with torch.no_grad(), autocast(self.device, self.spec.precision):
             # The crop beside its output in every style the network holds.
             outs = [self.model(self.sample_input) if self.num_styles == 1
-                    else self.model(self.sample_input, torch.eye(self.num_styles, device=self.device)[k])
-                    for k in range(self.num_styles)]
+                    else self.model(self.sample_input, self._style_weights(k))
+                    for k in range(self.first_trained, self.num_styles)]
         self.model.train()
         outs = [o.float().clamp(0, 1) for o in outs]
         save_image(torch.cat([self.sample_input, *outs], dim=-1), self.run_dir.sample_path(self.step))

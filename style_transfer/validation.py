@@ -54,16 +54,21 @@ class Validator:
 
     For a multi-style network (its criterion holds N paintings) every photo is stylized in each style
     and measured against that style's painting; the measures are then the means over the styles, with
-    each style's own under ``val_ssim/<name>`` and ``val_style/<name>``.
+    each style's own under ``val_ssim/<name>`` and ``val_style/<name>``. The criterion's paintings are
+    the network's styles from ``first_style`` on (of ``network_styles``; all by default): a run that
+    extends a model measures the styles it trains.
     """
 
     def __init__(self, photos: Sequence[Path], criterion: PerceptualLoss, device: torch.device,
-                 size: int = VAL_SIZE, style_names: Sequence[str] = ()) -> None:
+                 size: int = VAL_SIZE, style_names: Sequence[str] = (), network_styles: int | None = None,
+                 first_style: int = 0) -> None:
         if not photos:
             raise ValueError("the validator needs at least one photo")
         self.photos = list(photos)
         self.criterion = criterion
         self.device = device
+        self.network_styles = network_styles or criterion.num_styles
+        self.first_style = first_style
         self.style_names = list(style_names) if criterion.num_styles > 1 else []
         if self.style_names and len(self.style_names) != criterion.num_styles:
             raise ValueError(f"{len(self.style_names)} style names for {criterion.num_styles} styles")
@@ -76,12 +81,12 @@ class Validator:
     @torch.no_grad()
     def measure_each(self, model: torch.nn.Module, precision: str, style: int = 0
                      ) -> list[tuple[dict[str, float], torch.Tensor]]:
-        """Per photo, in style number ``style``: ``{"val_ssim": ..., "val_style": ...}`` and the output
-        (1, 3, H, W) in [0, 1]."""
+        """Per photo, in the style of the criterion's painting number ``style``: ``{"val_ssim": ...,
+        "val_style": ...}`` and the output (1, 3, H, W) in [0, 1]."""
         was_training = model.training
         model.eval()
-        onehot = torch.eye(self.criterion.num_styles, device=self.device)[style] \
-            if self.criterion.num_styles > 1 else None
+        onehot = torch.eye(self.network_styles, device=self.device)[self.first_style + style] \
+            if self.network_styles > 1 else None
         results = []
         for image, photo_style in zip(self.images, self.photo_style[style]):
             with autocast(self.device, precision):

@@ -120,8 +120,9 @@ def load_plan(path: Path | str) -> list[ZooModel]:
         values["content"] = tuple(resolve(c) for c in ([content] if isinstance(content, str) else content))
         style = entry["style"]
         values["style"] = tuple(resolve(s) for s in ([style] if isinstance(style, str) else style))
-        if "init" in entry:
-            values["init"] = resolve(entry["init"])
+        for key in ("init", "extend"):
+            if key in entry:
+                values[key] = resolve(entry[key])
         try:
             models.append(ZooModel(entry["name"], RunSpec.from_flat(values), entry.get("notes", "")))
         except (TypeError, ValueError) as exc:

@@ -198,3 +198,88 @@ def test_a_norm_study_takes_one_style(tmp_path, photos, styles):
     with pytest.raises(StudyError, match="one style"):
         run_study(StudySettings(out=tmp_path / "study", base=base, norms=["conditional_instance"], seeds=[0]))
     assert not (tmp_path / "study" / "study.json").exists()
+
+
+# ----------------------------------------------------------------------------- extending a model
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory, photos, styles) -> Path:
+    """A tiny trained 2-style model (starry, wave)."""
+    tmp = tmp_path_factory.mktemp("base")
+    train(*tiny(tmp, photos, styles))
+    return tmp / "multi.safetensors"
+
+
+@pytest.fixture(scope="module")
+def udnie(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("new") / "udnie.jpg"
+    with Image.open(STYLES_DIR / "picabia_udnie_1913.jpg") as img:
+        img = img.convert("RGB")
+        img.thumbnail((96, 96))
+        img.save(out, quality=95)
+    return out
+
+
+def test_extend_trains_only_the_new_styles_affine_and_keeps_the_old_styles_exactly(tmp_path, photos, base_model, udnie):
+    spec = RunSpec.from_flat({"content": photos, "style": udnie, "extend": base_model, "steps": 4,
+                              "image_size": 32, "batch_size": 2})
+    # The network and loss are the model's; the new style comes after its own.
+    base, base_info = load_model(base_model)
+    assert spec.network == TransformerConfig(**{**base_info.config.__dict__, "num_styles": 3})
+    assert spec.loss == LOSS and spec.style_names == ["starry", "wave", "udnie"]
+    result = train(spec, RunDir.of(tmp_path / "ext.safetensors"),
+                   TrainOptions(device="cpu", checkpoint_every=2, sample_every=2, progress=False))
+    assert [e["style_index"] for e in result.history] == [2, 2, 2, 2]
+    extended, info = load_model(tmp_path / "ext.safetensors")
+    assert info.extra["styles"] == ["starry", "wave", "udnie"]
+    assert info.extra["style_sha256s"] == [*base_info.extra["style_sha256s"], file_sha256(udnie)]
+    assert info.training["extend_sha256"] == file_sha256(base_model)
+    old, new = base.state_dict(), extended.state_dict()
+    for name, value in new.items():
+        if name.endswith((".weight", ".bias")) and value.shape[0] == 3 and value.dim() == 2:  # a norm's pairs
+            assert torch.equal(value[:2], old[name]), name  # the model's own styles: untouched
+            assert not torch.equal(value[2], old[name].mean(0)), name  # the new one: trained from the mean
+        else:
+            assert torch.equal(value, old[name]), name  # every convolution: frozen
+    # So the old styles render exactly as before, through the whole stylize path.
+    x = torch.rand(1, 3, 36, 44)
+    with torch.no_grad():
+        for k in range(2):
+            assert torch.equal(extended(x, torch.eye(3)[k]), base(x, torch.eye(2)[k]))
+
+
+def test_extend_resumes_bit_exactly(tmp_path, photos, base_model, udnie):
+    def run(tmp: Path, steps: int, resume: bool = False):
+        spec = RunSpec.from_flat({"content": photos, "style": udnie, "extend": base_model, "steps": steps,
+                                  "image_size": 32, "batch_size": 2})
+        return train(spec, RunDir.of(tmp / "ext.safetensors"),
+                     TrainOptions(device="cpu", checkpoint_every=2, sample_every=10, progress=False), resume=resume)
+
+    straight = run(tmp_path / "a", 4)
+    run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 4, resume=True)
+    assert [e["total"] for e in resumed.history] == [e["total"] for e in straight.history]
+    a, b = load_file(tmp_path / "a" / "ext.safetensors"), load_file(tmp_path / "b" / "ext.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_extend_and_what_it_refuses(tmp_path, photos, base_model, udnie, styles):
+    out = tmp_path / "ext.safetensors"
+    common = ["--content", str(photos), "--steps", "1", "--image-size", "32", "--batch-size", "2", "--device", "cpu"]
+    assert main(["train", "--extend", str(base_model), "--style", str(udnie), "--out", str(out), *common]) == 0
+    assert read_model_info(out).extra["styles"] == ["starry", "wave", "udnie"]
+    refused = {
+        "a style it has": ["--extend", str(base_model), "--style", str(styles[0])],
+        "another network": ["--extend", str(base_model), "--style", str(udnie), "--width", "16"],
+        "with --init": ["--extend", str(base_model), "--init", str(base_model), "--style", str(udnie)],
+        "a missing model": ["--extend", str(tmp_path / "none.safetensors"), "--style", str(udnie)],
+    }
+    for why, args in refused.items():
+        assert main(["train", *args, "--out", str(tmp_path / "x.safetensors"), *common]) == 2, why
+    assert not (tmp_path / "x.safetensors").exists()
+    with pytest.raises(ValueError, match="conditional_instance model"):
+        single = tmp_path / "single.safetensors"
+        train(*tiny(tmp_path / "s", photos, styles[:1], norm="instance", steps=1))
+        shutil.copy(tmp_path / "s" / "multi.safetensors", single)
+        RunSpec.from_flat({"content": photos, "style": udnie, "extend": single})

@@ -40,7 +40,7 @@ def test_every_setting_is_an_option_of_train_and_ablate_and_a_plan_key(tmp_path)
                "style_layers": '["relu2_2"]', "content_weight": 2.0, "style_weight": 3.0, "tv_weight": 0.5,
                "style_size": 128, "epochs": 2.5, "image_size": 64, "batch_size": 8, "lr": 0.01, "clip_grad_norm": 5.0,
                "bn_frozen_steps": 2, "seed": 7, "precision": '"bf16"'}
-    assert set(changed) | {"content", "style", "init", "steps"} == {s.name for s in settings()}
+    assert set(changed) | {"content", "style", "init", "extend", "steps"} == {s.name for s in settings()}
     del changed["epochs"]  # a plan gives steps (required), and a spec refuses both
     body = "\n".join(f"{k} = {v}" for k, v in changed.items())
     plan = tmp_path / "zoo.toml"
