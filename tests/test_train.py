@@ -171,12 +171,16 @@ def _cli_train(args: list[str], out: Path, photos: Path, launcher: list[str]) ->
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_gloo_matches_one_process(tmp_path, photos, free_port):
-    """2 processes x batch 2 (DDP, gloo) see the same images as 1 process x batch 4 and learn the same."""
+@pytest.mark.parametrize("network", [[], ["--norm", "conditional_instance", "--style", str(SHARED / "styles" /
+                                                                                      "hokusai_great_wave_c1831.jpg")]],
+                         ids=["instance", "two-style conditional"])
+def test_torchrun_two_processes_gloo_matches_one_process(tmp_path, photos, free_port, network):
+    """2 processes x batch 2 (DDP, gloo) see the same images as 1 process x batch 4 and learn the same;
+    a multi-style network too (every process trains the same style at each step)."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                 "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
-    _cli_train(["--batch-size", "2"], tmp_path / "ddp.safetensors", photos, torchrun)
-    _cli_train(["--batch-size", "4"], tmp_path / "one.safetensors", photos, [sys.executable])
+    _cli_train(["--batch-size", "2", *network], tmp_path / "ddp.safetensors", photos, torchrun)
+    _cli_train(["--batch-size", "4", *network], tmp_path / "one.safetensors", photos, [sys.executable])
     ddp_log = [json.loads(l) for l in (tmp_path / "ddp.run" / "log.jsonl").read_text().splitlines()]
     one_log = [json.loads(l) for l in (tmp_path / "one.run" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in ddp_log] == [1, 2, 3]  # rank 0 alone writes the log
