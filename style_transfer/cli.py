@@ -89,7 +89,7 @@ def _val_photos(args: argparse.Namespace) -> tuple[Path, ...]:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a network for one style",
+    p = sub.add_parser("train", help="train a network for one style (or several: conditional_instance)",
                        description="Train a feed-forward style network on folders of content photos.")
     p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
     p.add_argument("--workdir", type=Path, help="resume state, log.jsonl and samples (default: <out>.run/)")
