@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -25,14 +25,20 @@ log = logging.getLogger("server")
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app. The inference worker starts (and loads models in its own thread) in the lifespan."""
+def create_app(settings: Settings | None = None,
+               worker_factory: Callable[[Settings, Metrics], InferenceWorker] = InferenceWorker) -> FastAPI:
+    """Build the app. The inference worker starts (and loads models in its own thread) in the lifespan.
+
+    ``worker_factory`` builds that worker; the default loads every model of the weights folder. Ray Serve
+    (:mod:`server.ray_serve`) passes one whose models load on demand, so the routes, errors and metrics
+    stay the same code on either engine.
+    """
     settings = settings or Settings()
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        worker = InferenceWorker(settings, metrics)
+        worker = worker_factory(settings, metrics)
         app.state.worker = worker
         log.info("serving models from %s on %s", Path(settings.weights).resolve(), worker.describe_device())
         # Loading and warm-up run in the worker thread: /healthz answers at once, /readyz says 503
