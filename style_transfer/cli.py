@@ -199,14 +199,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no models in {folder}")
         return 0
-    header = f"{'name':<28} {'style':<32} {'norm':<9} {'steps':>7} {'MB':>6}"
+    header = f"{'name':<28} {'style':<32} {'norm':<20} {'steps':>7} {'MB':>6}"
     print(header)
     print("-" * len(header))
     for row in rows:
         if "error" in row:
             print(f"{row['name']:<28} unreadable: {row['error']}")
         else:
-            print(f"{row['name']:<28} {row['style'][:32]:<32} {row['norm']:<9} {row['steps']:>7} "
+            print(f"{row['name']:<28} {row['style'][:32]:<32} {row['norm']:<20} {row['steps']:>7} "
                   f"{row['bytes'] / 1e6:>6.1f}")
     return 0
 
@@ -388,14 +388,15 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     if args.action == "status":
         rows = status(models, args.runs, weights)
         hours = lambda s: "?" if s is None else f"{s / 3600:.1f} h"  # noqa: E731
-        print(f"{'name':<24} {'norm':<9} {'steps':>13} {'shipped':>8} {'s/step':>7} {'left':>7} {'kept':>5} "
+        norm_width = max([9, *(len(row["norm"]) for row in rows)])
+        print(f"{'name':<24} {'norm':<{norm_width}} {'steps':>13} {'shipped':>8} {'s/step':>7} {'left':>7} {'kept':>5} "
               f"{'style':>5}")
         for row in rows:
             shipped = row["shipped_steps"] if row["shipped_steps"] is not None else "-"
             rate = f"{row['seconds_per_step']:.2f}" if row["seconds_per_step"] else "-"
             val = row["validation"]
             kept, style = (f"{val['val_ssim']:.2f}", f"{val['val_style']:.2f}") if val else ("-", "-")
-            print(f"{row['name']:<24} {row['norm']:<9} {row['steps_done']:>6}/{row['steps']:<6} {shipped:>8} "
+            print(f"{row['name']:<24} {row['norm']:<{norm_width}} {row['steps_done']:>6}/{row['steps']:<6} {shipped:>8} "
                   f"{rate:>7} {hours(row['remaining_s']):>7} {kept:>5} {style:>5}")
             if row["stale"]:
                 print(f"  run differs from the plan in: {', '.join(row['stale'])} (move it away to retrain)")
