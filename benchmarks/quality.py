@@ -29,9 +29,23 @@ from style_transfer.losses import PerceptualLoss  # noqa: E402
 from style_transfer.metrics import dark_spots  # noqa: E402
 from style_transfer.validation import Validator  # noqa: E402
 from style_transfer.zoo import list_models  # noqa: E402
-from style_transfer.zoo_build import load_plan, select  # noqa: E402
+from style_transfer.zoo_build import ZooModel, load_plan, select  # noqa: E402
 
 PHOTOS = ROOT.parent / "shared" / "data" / "content" / "bsds500" / "test"
+
+
+def measure_model(model: torch.nn.Module, m: ZooModel, photos: list[Path], size: int) -> dict[str, list[dict]]:
+    """Per style of plan model ``m`` (one, or a multi-style network's every style, by name): per photo,
+    ``kept``, ``style`` and ``dark`` (% of lit pixels painted near-black), in the plain fp32 network."""
+    paintings = [load_rgb(p, m.spec.loss.style_size) for p in m.spec.style]
+    validator = Validator(photos, PerceptualLoss(paintings, m.spec.loss), torch.device("cpu"), size=size,
+                          style_names=m.spec.style_names)
+    out = {}
+    for k, name in enumerate(m.spec.style_names):
+        results = validator.measure_each(model, "fp32", k)
+        out[name] = [{"kept": r["val_ssim"], "style": r["val_style"], "dark": dark_spots(o, image)}
+                     for (r, o), image in zip(results, validator.images)]
+    return out
 
 
 def main() -> None:
@@ -52,15 +66,13 @@ def main() -> None:
             continue
         model, _ = load_model(shipped[m.name])
         model.eval()
-        style = load_rgb(m.spec.style, m.spec.loss.style_size)
-        validator = Validator(photos, PerceptualLoss(style, m.spec.loss), torch.device("cpu"), size=args.size)
-        results = validator.measure_each(model, "fp32")
-        kept = [r["val_ssim"] for r, _ in results]
-        styles = [r["val_style"] for r, _ in results]
-        dark = [dark_spots(out, image) for (_, out), image in zip(results, validator.images)]
-        print(f"{m.name:<24} {m.norm:<9} {statistics.mean(kept):>9.3f} {min(kept):>9.3f} "
-              f"{statistics.mean(styles):>10.3f} {max(styles):>9.3f} {statistics.mean(dark):>11.3f} {max(dark):>10.2f}",
-              flush=True)
+        per_style = measure_model(model, m, photos, args.size)
+        for name, rows in per_style.items():
+            label = m.name if len(per_style) == 1 else f"{m.name}/{name}"  # a multi-style network: each style
+            kept, styles, dark = ([r[k] for r in rows] for k in ("kept", "style", "dark"))
+            print(f"{label:<24} {m.norm:<9} {statistics.mean(kept):>9.3f} {min(kept):>9.3f} "
+                  f"{statistics.mean(styles):>10.3f} {max(styles):>9.3f} {statistics.mean(dark):>11.3f} "
+                  f"{max(dark):>10.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -283,3 +283,42 @@ def test_cli_extend_and_what_it_refuses(tmp_path, photos, base_model, udnie, sty
         train(*tiny(tmp_path / "s", photos, styles[:1], norm="instance", steps=1))
         shutil.copy(tmp_path / "s" / "multi.safetensors", single)
         RunSpec.from_flat({"content": photos, "style": udnie, "extend": single})
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+def test_the_study_runs_the_multi_style_network_in_each_paintings_style(tmp_path, photos, styles, base_model):
+    """Each single-style model here is the multi-style network's own style cut out of it (its (gamma,
+    beta) row as an instance norm's affine), so a study that runs the right style finds no difference."""
+    from benchmarks.multistyle_study import singles_for, study, table
+    from style_transfer.checkpoint import save_model
+    from style_transfer.network import TransformerNet
+
+    multi, info = load_model(base_model)
+    names = ["starry", "wave"]
+    plan = tmp_path / "zoo.toml"
+    body = [f'[defaults]\ncontent = "{photos}"\nsteps = 4\nwidth = 8\nnum_residual = 1\nstyle_size = 64\n']
+    for name, path in zip(names, styles):
+        body.append(f'[[models]]\nname = "single-{name}"\nstyle = "{path}"\n')
+    body.append(f'[[models]]\nname = "multi"\nnorm = "conditional_instance"\nstyle = ["{styles[0]}", "{styles[1]}"]\n')
+    plan.write_text("\n".join(body))
+    models = {m.name: m for m in load_plan(plan)}
+    assert {n: m.name for n, m in singles_for(models["multi"], list(models.values())).items()} == \
+        {"starry": "single-starry", "wave": "single-wave"}
+    singles = {}
+    for k, name in enumerate(names):
+        single = TransformerNet(TransformerConfig(norm="instance", width=8, num_residual=1))
+        state = {key: value[k] if value.dim() == 2 and single.state_dict()[key].dim() == 1 else value
+                 for key, value in multi.state_dict().items() if key in single.state_dict()}
+        single.load_state_dict(state)
+        path = tmp_path / f"single-{name}.safetensors"
+        save_model(path, single, ModelInfo(single.config, style_name=name))
+        singles[name] = (models[f"single-{name}"], path)
+    val = sorted((SHARED / "content" / "bsds500" / "test").glob("*.jpg"))[:2]
+    rows = study(models["multi"], base_model, singles, val, size=96)
+    assert [r["painting"] for r in rows] == names
+    for r in rows:
+        assert abs(r["kept"]["diff"]) < 1e-4 and abs(r["style"]["diff"]) < 1e-3 * r["style"]["single"], r
+    assert rows[0]["style"]["single"] != rows[1]["style"]["single"]  # each measured against its painting
+    assert "| starry | single-starry |" in table(rows)
