@@ -115,3 +115,26 @@ def test_init_starts_from_a_checkpoint_and_refuses_another_network(tmp_path, con
     with pytest.raises(TrainingError, match="is not this run's"):
         train(spec.replace(width=16), RunDir.of(tmp_path / "w.safetensors"), _options())
 
+
+
+def test_quality_curves_read_every_runs_validation_per_step(tmp_path):
+    """benchmarks/quality_curves.py: the logged measures per run and step, steps a run lacks left blank."""
+    from benchmarks.quality_curves import curves, plot, table
+
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "s.jpg")
+    (tmp_path / "plan.toml").write_text('[defaults]\ncontent = "photos"\nstyle = "s.jpg"\nsteps = 500\n'
+                                        '[[models]]\nname = "a"\n[[models]]\nname = "b"\n[[models]]\nname = "c"\n')
+    logs = {"a": [{"step": 1, "total": 1.0}, {"step": 250, "val_ssim": 0.3, "val_style": 0.5},
+                  {"step": 500, "val_ssim": 0.45, "val_style": 0.2}],
+            "b": [{"step": 250, "val_ssim": 0.5, "val_style": 0.9}]}  # c: not started
+    for name, entries in logs.items():
+        run = tmp_path / "runs" / f"{name}.run"
+        run.mkdir(parents=True)
+        (run / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    data = curves(tmp_path / "plan.toml", tmp_path / "runs")
+    assert data == {"a": {"val_ssim": {250: 0.3, 500: 0.45}, "val_style": {250: 0.5, 500: 0.2}},
+                    "b": {"val_ssim": {250: 0.5}, "val_style": {250: 0.9}}}
+    assert table(data, "val_ssim").splitlines()[2:] == ["| a | 0.300 | 0.450 |", "| b | 0.500 |  |"]
+    plot(data, tmp_path / "curves.png")
+    assert Image.open(tmp_path / "curves.png").size[0] > 100

@@ -1,0 +1,87 @@
+"""Quality per training step (issue 16, part 4): the validation measures each run of a plan logged.
+
+Every sample step of a run with validation photos logs ``val_ssim`` (kept: luminance SSIM of the
+outputs to the held-out photos) and ``val_style`` (their style loss relative to the photos' own; lower
+= more of the painting) in its log.jsonl (validation.py). This reads them for every run of a plan and
+prints one table per measure (a row per run, a column per sample step) and, with ``--plot``, draws both
+against the step, so recipes can be compared at equal steps: which reaches today's 3000-step quality in
+1500 steps or fewer.
+
+    python benchmarks/quality_curves.py --plan benchmarks/quality-plan.toml --runs runs/quality
+    python benchmarks/quality_curves.py --plan benchmarks/quality-plan.toml --runs runs/quality --plot docs/quality-curves.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from style_transfer.zoo_build import load_plan, select  # noqa: E402
+
+MEASURES = {"val_ssim": "kept (luminance SSIM; higher keeps more of the photo)",
+            "val_style": "style (relative to the photo's own; lower = more of the painting)"}
+
+
+def curves(plan: Path, runs: Path, only: list[str] | None = None) -> dict[str, dict[str, dict[int, float]]]:
+    """Run name -> measure -> {step: value}, for every run of the plan that has logged validation."""
+    out: dict[str, dict[str, dict[int, float]]] = {}
+    for m in select(load_plan(plan), only):
+        entries = [e for e in m.run(runs).read_log() if "val_ssim" in e]
+        if entries:
+            out[m.name] = {key: {int(e["step"]): float(e[key]) for e in entries} for key in MEASURES}
+    return out
+
+
+def table(data: dict[str, dict[str, dict[int, float]]], measure: str) -> str:
+    """One measure as a Markdown table: a row per run, a column per step any run logged."""
+    steps = sorted({s for run in data.values() for s in run[measure]})
+    lines = ["| run | " + " | ".join(str(s) for s in steps) + " |", "| --- |" + " ---: |" * len(steps)]
+    for name, run in data.items():
+        cells = [f"{run[measure][s]:.3f}" if s in run[measure] else "" for s in steps]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(data: dict[str, dict[str, dict[int, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(6 * len(MEASURES), 4), constrained_layout=True)
+    for ax, (key, title) in zip(axes, MEASURES.items()):
+        for name, run in data.items():
+            steps = sorted(run[key])
+            ax.plot(steps, [run[key][s] for s in steps], marker="o", label=name)
+        ax.set_xlabel("step")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].axhline(0.40, color="grey", linestyle="--", linewidth=1)  # validation.LOST_PHOTO_SSIM
+    axes[0].legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plan", type=Path, default=ROOT / "benchmarks" / "quality-plan.toml")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "quality")
+    parser.add_argument("--only", action="append")
+    parser.add_argument("--plot", type=Path, help="also draw the curves into this PNG")
+    args = parser.parse_args()
+    data = curves(args.plan, args.runs, args.only)
+    if not data:
+        raise SystemExit(f"no run of {args.plan} in {args.runs} has logged validation measures yet")
+    for key, title in MEASURES.items():
+        print(f"\n{title}\n\n{table(data, key)}")
+    if args.plot:
+        plot(data, args.plot)
+        print(f"\nwrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
