@@ -132,14 +132,7 @@ class RunSpec:
     DEFAULT_STEPS: typing.ClassVar[int] = 40_000
 
     def __post_init__(self) -> None:
-        content = (self.content,) if isinstance(self.content, (str, Path)) else tuple(self.content)
-        content = tuple(Path(p) for p in content)
-        if not content:
-            raise ValueError("give at least one content folder")
-        repeated = sorted({str(p) for p in content if content.count(p) > 1})
-        if repeated:
-            raise ValueError(f"content folder given twice: {', '.join(repeated)}")
-        object.__setattr__(self, "content", content)
+        object.__setattr__(self, "content", _paths(self.content, "content folder"))
         self._set_styles()
         for name in ("init", "extend"):
             if getattr(self, name) is not None:
@@ -166,13 +159,7 @@ class RunSpec:
     def _set_styles(self) -> None:
         """The style images as a tuple; the network holds one style per image (``num_styles`` is derived
         from them, never given on its own)."""
-        styles = (self.style,) if isinstance(self.style, (str, Path)) else tuple(self.style)
-        styles = tuple(Path(p) for p in styles)
-        if not styles:
-            raise ValueError("give a style image")
-        repeated = sorted({str(p) for p in styles if styles.count(p) > 1})
-        if repeated:
-            raise ValueError(f"style image given twice: {', '.join(repeated)}")
+        styles = _paths(self.style, "style image")
         names = [p.stem for p in styles]
         clashing = sorted({n for n in names if names.count(n) > 1})
         if clashing:
@@ -306,6 +293,17 @@ class RunSpec:
         if self.epochs is not None:
             return math.ceil(self.epochs * steps_per_epoch())
         return self.DEFAULT_STEPS
+
+
+def _paths(value: Any, what: str) -> tuple[Path, ...]:
+    """One path or several, as a tuple of paths: at least one, none twice."""
+    paths = tuple(Path(p) for p in ((value,) if isinstance(value, (str, Path)) else value))
+    if not paths:
+        raise ValueError(f"give at least one {what}")
+    repeated = sorted({str(p) for p in paths if paths.count(p) > 1})
+    if repeated:
+        raise ValueError(f"{what} given twice: {', '.join(repeated)}")
+    return paths
 
 
 def combined_sha256(shas: list[str]) -> str:
