@@ -15,7 +15,17 @@ waited past its deadline is answered :class:`DeadlineExceeded` and not run. Same
 model and options may be batched (``max_batch_size`` > 1); models are in eval mode, so a job's output
 never depends on what else was in its batch (batch norm uses its running statistics, not the batch's).
 The options include a multi-style model's style weights, so jobs for different styles or mixes never
-share a batch (a batch runs with one set of weights: its first job's).
+share a batch (a batch runs with one set of weights: its first job's). Only equal sizes share a batch:
+padding images to a common size would change their outputs (docs/benchmarks.md, "Size buckets").
+
+On a GPU the worker also decodes and encodes JPEGs there (issue 18; ``image_codec``): a route hands it
+an :class:`~style_transfer.imageio.EncodedJpeg` whose header it has checked, and asks for JPEG bytes
+back; the worker decodes a batch's files in one nvJPEG call, runs the network, and encodes the outputs
+in another, so the pixels cross the bus only as compressed files. A file nvJPEG cannot decode is
+answered :class:`UndecodableOnDevice`, and the route decodes it with Pillow, whose answer (a picture or
+an error) is the CPU path's. Other uploads arrive decoded, in pinned memory, and are copied to the
+device without blocking. torchvision's codecs work on CUDA streams of their own; imageio.decode_jpegs
+and encode_jpegs order them with the caller's (the worker's default stream).
 """
 
 from __future__ import annotations
@@ -36,16 +46,30 @@ import torch
 
 from style_transfer.checkpoint import CheckpointError, ModelInfo
 from style_transfer.device import resolve_device
-from style_transfer.imageio import LoadedImage
+from style_transfer.imageio import (EncodedJpeg, LoadedImage, decode_jpegs, encode_image, encode_jpegs, fitted_size,
+                                    jpeg_refusal, probe_image)
 from style_transfer.network import count_parameters
 from style_transfer.spec import ab_group
-from style_transfer.stylize import Stylizer, StylizeOptions, default_max_size, parse_mix, style_mix, style_names
+from style_transfer.stylize import (Stylizer, StylizeOptions, default_max_size, fit_image, parse_mix, style_mix,
+                                    style_names)
 from style_transfer.zoo import is_valid_name, list_models
 
 from .metrics import Metrics
-from .settings import Settings
+from .settings import Settings, parse_sizes
 
 log = logging.getLogger("server.inference")
+
+# Sizes a GPU server warms up when its operator lists none (STYLE_TRANSFER_WARMUP_SIZES): the issue-18
+# benchmark sizes, and 4:3 photos bounded to 1024 px in either orientation.
+GPU_WARMUP_SIZES = "512,1024,1024x768,768x1024"
+JPEG_QUALITY = 92  # encode_image's default, so that both encoders write the same quality
+
+
+def resolve_codec(name: str, device: torch.device) -> str:
+    """The JPEG codec the worker uses: 'torchvision' (on its device) or 'pillow' (auto: torchvision on a GPU)."""
+    if name == "auto":
+        return "torchvision" if device.type == "cuda" else "pillow"
+    return name
 
 
 class InferenceError(Exception):
@@ -87,37 +111,58 @@ class InferenceFailed(InferenceError):
     """The model raised while running the job."""
 
 
-@dataclass
+class UndecodableOnDevice(Exception):
+    """The device's JPEG decoder could not decode a job's file; the route decodes it with Pillow instead.
+    Not an InferenceError: it never reaches a client."""
+
+
+@dataclass(eq=False)  # a job is itself, whatever its fields: found in the queue by identity
 class Job:
-    """One image for one model; ``image`` is already bounded in size."""
+    """One image for one model. ``image`` is decoded and already bounded in size, or a JPEG the worker
+    decodes on its device (and bounds to ``options.max_size``)."""
 
     model: str
-    image: LoadedImage
+    image: LoadedImage | EncodedJpeg
     options: StylizeOptions
     deadline: float
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future | None  # None: a warm-up job, run directly
+    loop: asyncio.AbstractEventLoop | None
+    encode: str | None = None  # "JPEG": the route wants a JPEG file, which the worker writes if its codec can
     enqueued: float = field(default_factory=time.monotonic)
+
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the image as the network gets it (an undecoded JPEG's: oriented and bounded)."""
+        if isinstance(self.image, EncodedJpeg):
+            return fitted_size(*self.image.header.size, self.options.max_size)
+        h, w = self.image.rgb.shape[-2:]
+        return h, w
 
     def batch_key(self) -> tuple | None:
         """Jobs with equal keys may run as one batch; None: this job runs alone, because it is tiled or
         not yet bounded to its max_size (stylize_batch neither tiles nor resizes)."""
-        h, w = self.image.rgb.shape[-2:]
+        h, w = self.size()
         if self.options.tiles(h, w) or (self.options.max_size is not None and max(h, w) > self.options.max_size):
             return None
-        # The image already fits, so max_size no longer changes the output: requests that asked for
-        # different bounds batch together. Every other option stays in the key, the style weights
-        # included: a batch runs with its first job's options.
-        return (self.model, tuple(self.image.rgb.shape), dataclasses.replace(self.options, max_size=None))
+        # The image fits (or will, once decoded), so max_size no longer changes the output: requests that
+        # asked for different bounds batch together. Every other option stays in the key, the style weights
+        # included: a batch runs with its first job's options. The size is exact: see the module docstring.
+        return (self.model, (h, w), dataclasses.replace(self.options, max_size=None))
 
 
 @dataclass
 class Result:
     """A stylized image and how long the device spent on it (its share of the batch)."""
 
-    image: LoadedImage
+    image: LoadedImage | None  # on the CPU; None when the worker wrote the file (``data``)
     elapsed_s: float
     batch_size: int
+    data: bytes | None = None  # the JPEG file a job asked for, when the worker's codec wrote it
+    size: tuple[int, int] | None = None  # (width, height) of the output; from ``image`` when not given
+
+    def __post_init__(self) -> None:
+        if self.size is None and self.image is not None:
+            h, w = self.image.rgb.shape[-2:]
+            self.size = (w, h)
 
 
 class InferenceWorker:
@@ -129,6 +174,7 @@ class InferenceWorker:
         self.device = resolve_device(settings.device)
         # The size cap of every request: the operator's, else the device's default (stylize.DEFAULT_MAX_SIZE).
         self.max_size = settings.max_size if settings.max_size is not None else default_max_size(self.device)
+        self.codec = resolve_codec(settings.image_codec, self.device)
         self.stylizers: dict[str, Stylizer] = {}
         self.summaries: dict[str, dict[str, Any]] = {}
         self.load_errors: dict[str, str] = {}
@@ -174,15 +220,74 @@ class InferenceWorker:
                                     "ab_group": ab_group(info.training, info.style_sha256)}
             log.info("loaded %s (%s norm, style %s)", name, info.norm, info.style_name)
 
+    def warmup_shapes(self) -> list[tuple[int, int]]:
+        """(height, width) of every image each model runs before the server is ready: ``warmup_size``, then
+        ``warmup_sizes`` (by default none more on the CPU, GPU_WARMUP_SIZES on a GPU)."""
+        more = self.settings.warmup_sizes
+        if more is None:
+            more = GPU_WARMUP_SIZES if self.device.type == "cuda" else ""
+        square = self.settings.warmup_size
+        return list(dict.fromkeys([(square, square), *parse_sizes(more)]))
+
+    def warmup_batch_sizes(self) -> list[int]:
+        """The batch sizes each warm-up shape runs at: every one a batch can have on a GPU (cuDNN's autotuner
+        and torch.compile pay per input shape, the batch size included); 1 and the largest on the CPU, where
+        only the first run of the network pays anything."""
+        limit = self.settings.max_batch_size
+        return list(range(1, limit + 1)) if self.device.type == "cuda" else sorted({1, limit})
+
+    def _warmup_job(self, name: str, height: int, width: int) -> Job:
+        """A job like a request's, of a random image: a JPEG when the worker decodes them, else decoded."""
+        image = LoadedImage(torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)))
+        if self.codec == "torchvision":
+            data = encode_image(image.rgb, "JPEG")
+            header = probe_image(data)
+            if jpeg_refusal(header, data) is None:
+                image = EncodedJpeg(data, header)
+        return Job(name, image, self.options(), float("inf"), None, None, encode="JPEG")
+
     def _warm_up(self) -> None:
-        size = self.settings.warmup_size
-        image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        """Every model warmed up (:meth:`warm_model`) before /readyz says ready."""
+        self._check_codec()
+        if self.settings.compile and self.device.type == "cuda":
+            import torch._dynamo
+
+            config = torch._dynamo.config  # recompile_limit was cache_size_limit before torch 2.6
+            limit = getattr(config, "recompile_limit", None) or getattr(config, "cache_size_limit", 8)
+            graphs = len(self.stylizers) * len(self.warmup_shapes()) * len(self.warmup_batch_sizes())
+            if graphs > limit:
+                log.warning("compile: %d models x warm-up shapes x batch sizes = %d graphs, but torch.compile keeps "
+                            "at most %d (models of one norm share them); the rest run uncompiled. Serve fewer "
+                            "models, STYLE_TRANSFER_WARMUP_SIZES or a smaller STYLE_TRANSFER_MAX_BATCH_SIZE",
+                            len(self.stylizers), graphs, limit)
         for name, stylizer in self.stylizers.items():
-            t0 = time.perf_counter()
-            stylizer.stylize(image)
-            if self.settings.max_batch_size > 1:
-                stylizer.stylize_batch(image.expand(self.settings.max_batch_size, -1, -1, -1))
-            log.info("warmed up %s in %.0f ms", name, (time.perf_counter() - t0) * 1e3)
+            self.warm_model(name, stylizer)
+
+    def warm_model(self, name: str, stylizer: Stylizer) -> None:
+        """Run every warm-up shape at every warm-up batch size through the path a request takes (on a GPU:
+        nvJPEG decode, the network, nvJPEG encode), so that cuDNN's autotuner, torch.compile and the codecs
+        pay their one-time costs before the model serves."""
+        shapes, batch_sizes = self.warmup_shapes(), self.warmup_batch_sizes()
+        t0 = time.perf_counter()
+        for height, width in shapes:
+            job = self._warmup_job(name, height, width)
+            for size in batch_sizes if job.batch_key() is not None else [1]:
+                if not all(isinstance(o, Result) for o in self._execute(stylizer, [job] * size)):
+                    raise RuntimeError(f"the warm-up JPEG of {width}x{height} could not be decoded on {self.device}")
+        log.info("warmed up %s in %.0f ms: %s at batch sizes %s, JPEG codec %s", name,
+                 (time.perf_counter() - t0) * 1e3, ", ".join(f"{w}x{h}" for h, w in shapes), batch_sizes, self.codec)
+
+    def _check_codec(self) -> None:
+        """With the torchvision codec: one JPEG encoded and decoded on the device (which also creates its
+        nvJPEG state); if that fails (a torchvision built without nvJPEG, say), Pillow serves every JPEG."""
+        if self.codec != "torchvision":
+            return
+        image = LoadedImage(torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)).to(self.device))
+        try:
+            decode_jpegs(encode_jpegs([image], JPEG_QUALITY), [1], self.device)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("torchvision cannot encode or decode JPEGs on %s (%s): Pillow does", self.device, exc)
+            self.codec = "pillow"
 
     def _main(self) -> None:
         try:
@@ -218,12 +323,19 @@ class InferenceWorker:
         return job
 
     def _gather(self, first: Job) -> list[Job]:
-        """``first`` plus same-key jobs arriving within batch_wait_ms, up to max_batch_size."""
+        """``first`` plus same-key jobs, up to max_batch_size: those set aside by earlier gathers (they
+        arrived first), then those arriving within batch_wait_ms."""
         batch = [first]
         limit = self.settings.max_batch_size
         key = first.batch_key()
         if limit == 1 or key is None:
             return batch
+        for job in list(self._pending):
+            if len(batch) == limit or job is None:  # None: a stop request; what follows it is not served
+                break
+            if job.batch_key() == key:
+                self._pending.remove(job)
+                batch.append(job)
         end = time.monotonic() + self.settings.batch_wait_ms / 1e3
         while len(batch) < limit:
             remaining = end - time.monotonic()
@@ -262,26 +374,103 @@ class InferenceWorker:
             for job in live:
                 self._resolve(job, exc=self._unknown(first.model))
             return
-        t0 = time.perf_counter()
         try:
-            if len(live) == 1:
-                outputs = [stylizer.stylize_image(first.image, first.options)]
-            else:
-                styled = stylizer.stylize_batch(torch.cat([j.image.rgb for j in live]), first.options)
-                outputs = [LoadedImage(styled[i : i + 1], j.image.alpha) for i, j in enumerate(live)]
+            outcomes = self._execute(stylizer, live)
         except Exception as exc:  # noqa: BLE001 -- one bad job must not kill the worker
             log.exception("inference failed for %s", first.model)
             for job in live:
                 self._resolve(job, exc=InferenceFailed(f"inference failed: {exc}"))
             return
-        elapsed = time.perf_counter() - t0
-        self.metrics.batch_size.observe(len(live))
-        self.metrics.inference.labels(first.model).observe(elapsed)
-        for job, out in zip(live, outputs):
-            self._resolve(job, result=Result(out, elapsed / len(live), len(live)))
+        ran = [o for o in outcomes if isinstance(o, Result)]
+        if ran:
+            self.metrics.batch_size.observe(len(ran))
+            self.metrics.inference.labels(first.model).observe(ran[0].elapsed_s * len(ran))
+        for job, outcome in zip(live, outcomes):
+            if isinstance(outcome, Result):
+                self._resolve(job, result=outcome)
+            else:
+                self._resolve(job, exc=outcome)
+
+    def _execute(self, stylizer: Stylizer, jobs: list[Job]) -> list[Result | UndecodableOnDevice]:
+        """Run ``jobs`` as one batch: their images onto the device, the network, then each output as the
+        JPEG file its job asked for (when the worker's codec writes it) or as an image on the CPU.
+        A job whose JPEG the device could not decode gets UndecodableOnDevice and is left out of the batch."""
+        t0 = time.perf_counter()
+        inputs = self._inputs(jobs)
+        run = [(job, image) for job, image in zip(jobs, inputs) if isinstance(image, LoadedImage)]
+        if not run:
+            return inputs  # type: ignore[return-value]
+        first = run[0][0]
+        if len(run) == 1:
+            outputs = [stylizer.stylize_image(run[0][1], first.options)]
+        else:
+            styled = stylizer.stylize_batch(torch.cat([image.rgb for _, image in run]), first.options)
+            outputs = [LoadedImage(styled[i : i + 1], image.alpha) for i, (_, image) in enumerate(run)]
+        finished = iter(self._outputs([job for job, _ in run], outputs))
+        elapsed = (time.perf_counter() - t0) / len(run)
+        results: list[Result | UndecodableOnDevice] = []
+        for image in inputs:
+            if isinstance(image, LoadedImage):
+                out, data, size = next(finished)
+                results.append(Result(out, elapsed, len(run), data, size))
+            else:
+                results.append(image)
+        return results
+
+    def _inputs(self, jobs: list[Job]) -> list[LoadedImage | UndecodableOnDevice]:
+        """Each job's image as the network gets it, on the worker's device on a GPU: JPEGs decoded there
+        (one call for the batch), oriented and bounded to their max_size; decoded uploads copied there."""
+        cuda = self.device.type == "cuda"
+        images: list[LoadedImage | UndecodableOnDevice | None] = [None] * len(jobs)
+        encoded = [i for i, job in enumerate(jobs) if isinstance(job.image, EncodedJpeg)]
+        if encoded:
+            files = [jobs[i].image for i in encoded]
+            decoded = self._decode(files)  # type: ignore[arg-type]
+            for i, rgb in zip(encoded, decoded):
+                images[i] = (UndecodableOnDevice() if rgb is None
+                             else fit_image(LoadedImage(rgb), jobs[i].options.max_size))
+        for i, job in enumerate(jobs):
+            if images[i] is None:
+                image: LoadedImage = job.image  # type: ignore[assignment] -- the EncodedJpegs are done
+                if cuda:  # from pinned memory (stage), the copy does not block this thread
+                    image = LoadedImage(image.rgb.to(self.device, non_blocking=True),
+                                        None if image.alpha is None else image.alpha.to(self.device, non_blocking=True))
+                images[i] = image
+        return images  # type: ignore[return-value]
+
+    def _decode(self, files: list[EncodedJpeg]) -> list[torch.Tensor | None]:
+        """The files decoded on the device in one call; if that fails, one by one (None: could not)."""
+        orientations = [f.header.orientation for f in files]
+        try:
+            return decode_jpegs([f.data for f in files], orientations, self.device)  # type: ignore[return-value]
+        except (RuntimeError, ValueError):
+            if len(files) == 1:
+                log.info("%s could not decode a JPEG; Pillow decodes it", self.codec)
+                return [None]
+        return [self._decode([f])[0] for f in files]
+
+    def _outputs(self, jobs: list[Job], outputs: list[LoadedImage]
+                 ) -> list[tuple[LoadedImage | None, bytes | None, tuple[int, int]]]:
+        """(image on the CPU, None, size) or (None, JPEG file, size) for each output: the file where the job
+        asked for one and the worker's codec can write it on the output's device, else the image."""
+        sizes = [(o.rgb.shape[-1], o.rgb.shape[-2]) for o in outputs]
+        here = [i for i, (job, out) in enumerate(zip(jobs, outputs))
+                if job.encode == "JPEG" and self.codec == "torchvision" and out.rgb.device.type == self.device.type]
+        files: dict[int, bytes] = {}
+        if here:
+            try:
+                files = dict(zip(here, encode_jpegs([outputs[i] for i in here], JPEG_QUALITY)))
+            except (RuntimeError, ValueError):  # the route encodes them with Pillow instead
+                log.exception("%s could not encode JPEGs on %s", self.codec, self.device)
+        return [(None, files[i], size) if i in files
+                else (LoadedImage(out.rgb.cpu(), None if out.alpha is None else out.alpha.cpu()), None, size)
+                for i, (out, size) in enumerate(zip(outputs, sizes))]
 
     @staticmethod
     def _resolve(job: Job, result: Result | None = None, exc: Exception | None = None) -> None:
+        if job.future is None:  # a warm-up job
+            return
+
         def settle() -> None:
             if job.future.done():  # the client went away
                 return
@@ -368,15 +557,35 @@ class InferenceWorker:
         self.metrics.rejected.labels("queue_full").inc()
         return Busy("the server is at capacity; retry shortly")
 
-    async def submit(self, model: str, image: LoadedImage, options: StylizeOptions) -> Result:
-        """Queue one job and wait for its result.
+    def stage(self, image: LoadedImage) -> LoadedImage:
+        """A decoded upload made ready for the worker's device: on a GPU, copied into pinned (page-locked)
+        memory, so that the worker's copy to the device does not block it; elsewhere ``image`` itself.
+        Runs in the request's thread, off the worker's."""
+        if self.device.type != "cuda":
+            return image
+        return LoadedImage(image.rgb.pin_memory(), None if image.alpha is None else image.alpha.pin_memory())
 
-        Raises Busy when the queue is full, DeadlineExceeded past the deadline, InferenceFailed; a
-        model that is not loaded is answered UnknownModel, and jobs submitted while loading wait for it.
+    def device_jpeg(self, data: bytes, formats: tuple[str, ...], max_pixels: int | None) -> EncodedJpeg | None:
+        """The upload as a JPEG for the worker to decode on its device, or None when Pillow should decode it
+        (another format, or a JPEG torchvision does not decode as Pillow does: imageio.jpeg_refusal).
+        Raises decode_image's errors for a bad header (format, pixel limit), so a refusal is the same either way."""
+        if self.codec != "torchvision":
+            return None
+        header = probe_image(data, formats, max_pixels)
+        return EncodedJpeg(data, header) if jpeg_refusal(header, data) is None else None
+
+    async def submit(self, model: str, image: LoadedImage | EncodedJpeg, options: StylizeOptions,
+                     encode: str | None = None) -> Result:
+        """Queue one job and wait for its result; ``encode="JPEG"`` asks for the output as a JPEG file,
+        which the worker writes when its codec can (``Result.data``; else the route encodes ``Result.image``).
+
+        Raises Busy when the queue is full, DeadlineExceeded past the deadline, InferenceFailed,
+        UndecodableOnDevice for an EncodedJpeg the device could not decode; a model that is not loaded is
+        answered UnknownModel, and jobs submitted while loading wait for it.
         """
         loop = asyncio.get_running_loop()
         job = Job(model, image, options, time.monotonic() + self.settings.request_timeout_s,
-                  loop.create_future(), loop)
+                  loop.create_future(), loop, encode)
         try:
             self._queue.put_nowait(job)
         except queue.Full:

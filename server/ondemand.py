@@ -88,7 +88,8 @@ class OnDemandWorker(InferenceWorker):
         log.info("catalog: %d model(s), loaded on demand", len(self.catalog))
 
     def _warm_up(self) -> None:
-        """Nothing is loaded yet: each model is warmed up as it loads (:meth:`open`)."""
+        """Nothing is loaded yet: each model is warmed up as it loads (:meth:`open`); only the codec is checked."""
+        self._check_codec()
 
     def open(self, name: str) -> Stylizer:
         """Load one model of the catalog and warm it up (blocking: the cache runs it off the event loop)."""
@@ -97,11 +98,7 @@ class OnDemandWorker(InferenceWorker):
         stylizer = Stylizer.from_checkpoint(path, str(self.device), self.settings.precision, self.settings.fast,
                                             self.settings.compile)
         # The same warm-up as the plain worker's: one-time costs are paid here, not by the first request.
-        size = self.settings.warmup_size
-        image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-        stylizer.stylize(image)
-        if self.settings.max_batch_size > 1:
-            stylizer.stylize_batch(image.expand(self.settings.max_batch_size, -1, -1, -1))
+        self.warm_model(name, stylizer)
         log.info("loaded and warmed up %s in %.0f ms", name, (time.perf_counter() - t0) * 1e3)
         return stylizer
 

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """"512,1024x768" -> ((512, 512), (768, 1024)): image sizes as (height, width), from ``WxH`` (as in the
+    X-Image-Size header) or ``N`` (square), comma-separated; a malformed one is an error that says so."""
+    sizes = []
+    for item in filter(None, (part.strip().lower() for part in text.split(","))):
+        w, sep, h = item.partition("x")
+        if not (w.isdigit() and (h.isdigit() if sep else True)) or int(w) < 8 or int(h or w) < 8:
+            raise ValueError(f"{item!r} is not an image size: give WxH or N (square), at least 8 px, "
+                             f"comma-separated, e.g. 512,1024x768")
+        sizes.append((int(h or w), int(w)))
+    return tuple(sizes)
 
 
 class Settings(BaseSettings):
@@ -40,4 +54,22 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(5.0, ge=0)
     # Warm-up image size (px): pays one-time costs (allocator, kernels) before /readyz says ready.
     warmup_size: int = Field(256, ge=8)
+    # More sizes every model runs before /readyz says ready, at batch size 1 and max_batch_size (on a GPU at
+    # every batch size up to it): "WxH" or "N", comma-separated. cuDNN's autotuner (and torch.compile) pays
+    # once per input shape, seconds a request would wait, so list the sizes clients send (after max_size).
+    # None: none more on the CPU (one shape pays its one-time costs), server.inference.GPU_WARMUP_SIZES on a GPU.
+    warmup_sizes: str | None = None
     max_compare_models: int = Field(8, ge=1)
+
+    # JPEG decode and encode. auto: torchvision's (nvJPEG) on a GPU for the JPEGs it decodes as Pillow does
+    # (style_transfer.imageio.jpeg_refusal), Pillow for everything else and on the CPU, where torchvision's
+    # codec gives the same pixels and bytes but measured 2-4x slower (docs/benchmarks.md, "JPEG codecs on
+    # the CPU"); pillow: Pillow everywhere; torchvision: also on the CPU (for tests and comparisons).
+    image_codec: Literal["auto", "pillow", "torchvision"] = "auto"
+
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _check_sizes(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_sizes(value)
+        return value

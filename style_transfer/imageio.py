@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,13 +75,10 @@ def _to_float_array(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return arr, None
 
 
-def decode_image(data: bytes | Path | str, formats: tuple[str, ...] | None = None,
-                 max_pixels: int | None = None) -> LoadedImage:
-    """Decode a file (path or bytes): first frame, EXIF orientation applied, any mode -> RGB (+ alpha).
-
-    ``formats`` limits the accepted formats (PIL names, e.g. ("PNG", "JPEG", "WEBP")); the format is
-    recognised from the content. ``max_pixels`` is checked from the header, before any decoding.
-    """
+def _open_checked(data: bytes | Path | str, formats: tuple[str, ...] | None,
+                  max_pixels: int | None) -> Image.Image:
+    """Open a file's header (no pixels decoded) and check its format and pixel count: the refusals that
+    every decoder of an upload shares (decode_image, probe_image), so they answer alike."""
     source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     if isinstance(data, (bytes, bytearray)) and not data:
         raise CorruptImage("the file is empty")
@@ -92,10 +91,21 @@ def decode_image(data: bytes | Path | str, formats: tuple[str, ...] | None = Non
         raise ImageTooLarge(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 -- a recognised header with broken data raises anything
         raise CorruptImage(f"cannot read the image header: {exc}") from None
-    with img:
-        w, h = img.size
-        if max_pixels is not None and w * h > max_pixels:
-            raise ImageTooLarge(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        img.close()
+        raise ImageTooLarge(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
+    return img
+
+
+def decode_image(data: bytes | Path | str, formats: tuple[str, ...] | None = None,
+                 max_pixels: int | None = None) -> LoadedImage:
+    """Decode a file (path or bytes): first frame, EXIF orientation applied, any mode -> RGB (+ alpha).
+
+    ``formats`` limits the accepted formats (PIL names, e.g. ("PNG", "JPEG", "WEBP")); the format is
+    recognised from the content. ``max_pixels`` is checked from the header, before any decoding.
+    """
+    with _open_checked(data, formats, max_pixels) as img:
         try:
             img.seek(0)  # animated images: the first frame
             img.load()
@@ -116,13 +126,210 @@ def load_rgb(path: Path | str, max_size: int | None = None) -> torch.Tensor:
     return resize_max(rgb, max_size) if max_size else rgb
 
 
+# ----------------------------------------------------------------------------- JPEG on another decoder
+#
+# The server can hand JPEG uploads to torchvision's decoder on its device (nvJPEG on a GPU; issue 18) instead
+# of Pillow. Everything a client can observe must stay the same: the header checks (format, pixel limit) are
+# Pillow's either way (probe_image), only files whose decoding is known to match Pillow's go to torchvision
+# (jpeg_refusal), and a file torchvision cannot decode is decoded by Pillow after all, so that an error is
+# always Pillow's error.
+
+EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the same pixel rearrangement as Pillow's ImageOps.exif_transpose, on (..., H, W)
+# tensors: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90
+# counter-clockwise (torch.rot90 with k=1 turns the image counter-clockwise). Other values: unchanged, as in Pillow.
+_ORIENT = {
+    2: lambda x: x.flip(-1),
+    3: lambda x: x.flip(-2, -1),
+    4: lambda x: x.flip(-2),
+    5: lambda x: x.transpose(-2, -1),
+    6: lambda x: torch.rot90(x, -1, (-2, -1)),
+    7: lambda x: x.transpose(-2, -1).flip(-2, -1),
+    8: lambda x: torch.rot90(x, 1, (-2, -1)),
+}
+# Start-of-frame markers (JPEG, ITU T.81 table B.1): 0xC0 baseline, 0xC1 extended sequential, 0xC2
+# progressive, 0xC3 lossless, 0xC5-0xC7 and 0xCD-0xCF hierarchical, 0xC9-0xCB arithmetic-coded.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+BASELINE = 0xC0
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, read by Pillow without decoding its pixels (:func:`probe_image`)."""
+
+    format: str  # Pillow's name: "JPEG", "PNG", "WEBP", "MPO", ...
+    width: int  # as stored, before EXIF orientation
+    height: int
+    mode: str  # Pillow's mode: "RGB", "L", "CMYK", "RGBA", ...
+    orientation: int | None  # EXIF orientation (1: none); None when the EXIF data cannot be read
+    frame: int | None = None  # a JPEG's start-of-frame marker (BASELINE, ...); None for other formats
+    adobe_transform: int | None = None  # a JPEG's Adobe APP14 colour transform (0: stored as RGB, not YCbCr)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the decoded image, EXIF orientation applied (5 to 8 swap the sides)."""
+        return (self.width, self.height) if self.orientation in (5, 6, 7, 8) else (self.height, self.width)
+
+
+@dataclass
+class EncodedJpeg:
+    """A JPEG left undecoded for a decoder elsewhere (the server's device): its bytes and its checked header."""
+
+    data: bytes
+    header: ImageHeader
+
+
+def probe_image(data: bytes, formats: tuple[str, ...] | None = None, max_pixels: int | None = None) -> ImageHeader:
+    """The header of an image file, with decode_image's refusals for its format and pixel count (the same
+    exception types and messages); pixels are not decoded, so a corrupt body is not noticed here."""
+    with _open_checked(data, formats, max_pixels) as img:
+        try:
+            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+        except Exception:  # noqa: BLE001 -- broken EXIF: decode_image will say what it says about it
+            orientation = None
+        if not isinstance(orientation, int):
+            orientation = None
+        is_jpeg = img.format == "JPEG"
+        return ImageHeader(img.format or "", img.size[0], img.size[1], img.mode, orientation,
+                           _jpeg_frame(data) if is_jpeg else None,
+                           img.info.get("adobe_transform") if is_jpeg else None)
+
+
+def _jpeg_frame(data: bytes) -> int | None:
+    """A JPEG's start-of-frame marker, from the marker segments before its first scan; None when they do
+    not parse (a damaged file: Pillow decides what it is)."""
+    i, n = 2, len(data)  # after SOI
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in _SOF_MARKERS:
+            return marker
+        elif marker in (0xDA, 0xD9):  # a scan or the end before any frame
+            return None
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            i += 2
+        else:
+            i += 2 + (data[i + 2] << 8 | data[i + 3])
+    return None
+
+
+def jpeg_refusal(header: ImageHeader, data: bytes) -> str | None:
+    """Why a file should be decoded by Pillow rather than torchvision's JPEG decoder; None when either will do.
+
+    torchvision takes the common case only: a complete baseline JPEG, RGB (YCbCr-coded) or greyscale, with
+    a readable EXIF orientation. Everything else is Pillow's, where its conventions (CMYK inversion, an
+    Adobe RGB-coded file) are the reference, or where torchvision's GPU decoder would decode on the host,
+    one file at a time (progressive files: torchvision's decode_jpegs_cuda sends only files its batched,
+    hardware-capable decoder supports to it). A file that does not end with the end-of-image marker is
+    Pillow's too: Pillow refuses a truncated file (422), and no other decoder may answer it with a picture.
+    """
+    if header.format != "JPEG":
+        return f"{header.format or 'unknown'} file"  # PNG, WebP, and MPO (a multi-picture camera JPEG)
+    if header.mode not in ("RGB", "L"):
+        return f"{header.mode} JPEG"
+    if header.orientation is None:
+        return "unreadable EXIF orientation"
+    if header.frame != BASELINE:
+        return "not a baseline JPEG" if header.frame is not None else "unparsed JPEG markers"
+    if header.adobe_transform == 0 and header.mode == "RGB":
+        return "RGB-coded (Adobe) JPEG"
+    if not data.endswith(b"\xff\xd9"):
+        return "no end-of-image marker at the end (truncated, or trailing data)"
+    return None
+
+
+def orient(image: torch.Tensor, orientation: int | None) -> torch.Tensor:
+    """``image`` (..., H, W) rearranged as Pillow's exif_transpose rearranges a file with this EXIF orientation."""
+    turn = _ORIENT.get(orientation) if orientation is not None else None
+    return turn(image) if turn is not None else image
+
+
+def decode_jpegs(files: Sequence[bytes], orientations: Sequence[int | None],
+                 device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """JPEG files decoded by torchvision on ``device``, each (1, 3, H, W) float32 in [0, 1] with its EXIF
+    orientation applied: what decode_image gives for a file that :func:`jpeg_refusal` accepts.
+
+    On the CPU torchvision and Pillow both use libjpeg-turbo and give identical pixels (tested). On a GPU
+    this is nvJPEG, in one batched call (its hardware decoder where the GPU has one, e.g. A100/H100/H200),
+    whose IDCT and chroma upsampling may differ from libjpeg's by a few levels. The result is ready for
+    work queued on the caller's current stream. Raises RuntimeError when torchvision cannot decode one of
+    the files.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    device = torch.device(device)
+    encoded = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
+    if device.type == "cuda":
+        # torchvision's nvJPEG decoder writes on a stream of its own into tensors it allocates on the current
+        # stream, without waiting for that stream: memory the caching allocator hands out there could still
+        # be in use by work queued on it (by any thread). So it decodes with a private stream as the current
+        # one, whose memory only these decodes use; the caller's stream waits for it, and is recorded on the
+        # frames so that their memory is not reused before the caller's work on them is done.
+        current = torch.cuda.current_stream(device)
+        private = _decode_stream(current.device_index)
+        with torch.cuda.stream(private):
+            decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+        current.wait_stream(private)
+        for frame in decoded:
+            frame.record_stream(current)
+    else:
+        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB)
+    # uint8 -> float32 by the same division as decode_image's (x / 255.0), on the device.
+    return [orient(img, o).unsqueeze(0).float().div_(255.0) for img, o in zip(decoded, orientations)]
+
+
+@functools.cache
+def _decode_stream(index: int) -> torch.cuda.Stream:
+    """The private CUDA stream of :func:`decode_jpegs` on GPU ``index`` (one per GPU: each stream has its
+    own pool of cached memory)."""
+    return torch.cuda.Stream(device=index)
+
+
+def to_uint8(rgb: torch.Tensor) -> torch.Tensor:
+    """Float in [0, 1] -> uint8, rounded half up, on the tensor's device: the quantization of to_pil."""
+    return (rgb.detach().float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
+
+
+def encode_jpegs(images: Sequence[LoadedImage], quality: int = 92) -> list[bytes]:
+    """JPEG files of (1, 3, H, W) images, written by torchvision on the images' device; alpha composited
+    over white, as encode_image does.
+
+    On the CPU the bytes equal encode_image's (torchvision and Pillow use libjpeg-turbo with the same
+    settings; tested). On a GPU this is nvJPEG, in one call for the list: it writes 4:4:4 chroma where
+    libjpeg writes 4:2:0 at this quality, so its files are larger and not byte-identical to Pillow's.
+    """
+    from torchvision.io import encode_jpeg
+
+    planes = [to_uint8(im.rgb if im.alpha is None else im.rgb * im.alpha + (1 - im.alpha))[0] for im in images]
+    device = planes[0].device
+    if device.type != "cuda":
+        return [e.numpy().tobytes() for e in encode_jpeg(planes, quality=quality)]
+    # torchvision's nvJPEG encoder reads the pixels on a stream of its own, which waits for no other: they
+    # must be complete before it starts. It then copies each file out on the legacy default stream into
+    # memory allocated on the current stream: with the default stream current, those are one stream, and
+    # .cpu() there is ordered after the copies.
+    torch.cuda.current_stream(device).synchronize()
+    with torch.cuda.stream(torch.cuda.default_stream(device)):
+        return [e.cpu().numpy().tobytes() for e in encode_jpeg(planes, quality=quality)]
+
+
+def fitted_size(height: int, width: int, max_size: int | None) -> tuple[int, int]:
+    """(height, width) after :func:`resize_max`: the long side at most ``max_size``, aspect ratio kept."""
+    if max_size is None or max(height, width) <= max_size:
+        return height, width
+    scale = max_size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def resize_max(images: torch.Tensor, max_size: int) -> torch.Tensor:
     """Downscale so the long side is at most ``max_size`` (antialiased); never upscales."""
     h, w = images.shape[-2:]
-    if max(h, w) <= max_size:
+    size = fitted_size(h, w, max_size)
+    if size == (h, w):
         return images
-    scale = max_size / max(h, w)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
     return torch.nn.functional.interpolate(images, size=size, mode="bicubic", antialias=True,
                                            align_corners=False).clamp(0, 1)
 

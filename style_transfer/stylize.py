@@ -289,7 +289,8 @@ class Stylizer:
         (downscaled to TILE_REFERENCE_SIZE when larger). With those statistics and an overlap of at
         least twice the network's receptive radius (~54 px for the default network), the result equals
         the whole-image result; smaller overlaps are hidden by the cross-fade. Memory is bounded by the
-        tile size: only the input, the output and the weights are full-size.
+        tile size: only the input, the output and the weights are full-size. The output is assembled on the
+        CPU and returned on the input's device, as :meth:`run` returns it.
         """
         _, _, h, w = image.shape
         if overlap is None:
@@ -311,7 +312,7 @@ class Stylizer:
                         return plain.run_tiled(image, tile, overlap, style)
                     styled = styled.float().clamp(0, 1).cpu()
                     out[..., top:bottom, left:right] += styled * (wr[:, None] * wc[None, :])
-        return out.to(image.dtype)
+        return out.to(device=image.device, dtype=image.dtype)
 
     def stylize(self, image: torch.Tensor, options: StylizeOptions = StylizeOptions()) -> torch.Tensor:
         """One image (1, 3, H, W) in [0, 1] -> stylized (1, 3, H', W'), H', W' bounded by max_size."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
@@ -17,12 +18,13 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from style_transfer.checkpoint import ModelInfo
-from style_transfer.imageio import LoadedImage, UnsupportedImageFormat, decode_image, encode_image
+from style_transfer.imageio import EncodedJpeg, LoadedImage, UnsupportedImageFormat, decode_image, encode_image
 from style_transfer.sidebyside import comparison_grid, photo_metrics, stylize_each_async
 from style_transfer.stylize import StylizeOptions, fit_image, style_names
 
 from ..deps import SettingsDep, WorkerDep
 from ..errors import EmptyUpload, InvalidField
+from ..inference import InferenceWorker, UndecodableOnDevice
 from ..settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["stylize"])
@@ -105,17 +107,51 @@ async def models(worker: WorkerDep) -> ModelList:
                      models=[ModelSummary(**s) for s in worker.summaries.values()], errors=worker.load_errors)
 
 
-async def _read_photo(upload: UploadFile, settings: Settings, options: StylizeOptions) -> LoadedImage:
-    """The upload decoded and bounded to ``options.max_size``: what every model of the request is given."""
+async def _read_upload(upload: UploadFile) -> bytes:
     data = await upload.read()
     if not data:
         raise EmptyUpload("the uploaded file is empty")
+    return data
+
+
+def _unsupported() -> UnsupportedImageFormat:
+    return UnsupportedImageFormat("only PNG, JPEG and WebP images are accepted (recognised by content, not by name)")
+
+
+async def _decode(data: bytes, settings: Settings, options: StylizeOptions,
+                  stage: Callable[[LoadedImage], LoadedImage] | None = None) -> LoadedImage:
+    """The upload decoded by Pillow and bounded to ``options.max_size`` (what every model of the request is
+    given), then ``stage``-d (the worker's: pinned memory on a GPU)."""
     try:
         image = await run_in_threadpool(decode_image, data, ACCEPTED_FORMATS, settings.max_pixels)
     except UnsupportedImageFormat:
-        raise UnsupportedImageFormat("only PNG, JPEG and WebP images are accepted "
-                                     "(recognised by content, not by name)") from None
-    return await run_in_threadpool(fit_image, image, options.max_size)
+        raise _unsupported() from None
+    return await run_in_threadpool(_fit_and_stage, image, options.max_size, stage)
+
+
+def _fit_and_stage(image: LoadedImage, max_size: int | None,
+                   stage: Callable[[LoadedImage], LoadedImage] | None) -> LoadedImage:
+    image = fit_image(image, max_size)
+    return stage(image) if stage is not None else image
+
+
+async def _read_photo(upload: UploadFile, settings: Settings, options: StylizeOptions) -> LoadedImage:
+    """The upload decoded and bounded to ``options.max_size``: what every model of the request is given."""
+    return await _decode(await _read_upload(upload), settings, options)
+
+
+async def _photo_for(worker: InferenceWorker, data: bytes, settings: Settings,
+                     options: StylizeOptions) -> LoadedImage | EncodedJpeg:
+    """The upload as the worker takes it: a JPEG its device decodes, left undecoded (its header checked here,
+    by Pillow, with Pillow's refusals), or decoded by Pillow, bounded and staged for the device."""
+    if worker.codec == "torchvision":
+        try:
+            jpeg = await run_in_threadpool(worker.device_jpeg, data, ACCEPTED_FORMATS, settings.max_pixels)
+        except UnsupportedImageFormat:
+            raise _unsupported() from None
+        if jpeg is not None:
+            return jpeg
+    return await _decode(data, settings, options, worker.stage)
 
 
 @router.post("/stylize", summary="Stylize one image with one model", response_class=Response,
@@ -131,11 +167,20 @@ async def stylize(settings: SettingsDep, worker: WorkerDep, file: Upload,
     weights = worker.style_weights([model], style, mix)[model]
     worker.check_capacity()
     options = worker.options(strength, preserve_color, max_size, weights)
-    image = await _read_photo(file, settings, options)
-    result = await worker.submit(model, image, options)
-    out = result.image
-    data = await run_in_threadpool(encode_image, out.rgb, format.upper(), out.alpha)
-    h, w = out.rgb.shape[-2:]
+    upload = await _read_upload(file)
+    image = await _photo_for(worker, upload, settings, options)
+    # A JPEG output may be written by the worker, on its device (Result.data); else it is encoded here.
+    encode = "JPEG" if format == "jpeg" else None
+    try:
+        result = await worker.submit(model, image, options, encode)
+    except UndecodableOnDevice:  # Pillow decodes it, or refuses it as it would on the CPU
+        image = await _decode(upload, settings, options, worker.stage)
+        result = await worker.submit(model, image, options, encode)
+    data = result.data
+    if data is None:
+        out = result.image
+        data = await run_in_threadpool(encode_image, out.rgb, format.upper(), out.alpha)
+    w, h = result.size
     return Response(data, media_type=MEDIA_TYPES[format], headers={
         "X-Model": model, "X-Elapsed-Ms": f"{result.elapsed_s * 1e3:.1f}", "X-Image-Size": f"{w}x{h}",
         "Cache-Control": "no-store"})
