@@ -199,12 +199,21 @@ class InferenceWorker:
             return f"GPU {torch.cuda.get_device_name(self.device)}"
         return f"CPU ({torch.get_num_threads()} threads)"
 
-    def _load(self) -> None:
+    def _checkpoints(self) -> dict[str, Path]:
+        """The weights folder's checkpoints by model name (a warning when there are none)."""
         folder = Path(self.settings.weights)
         found = list_models(folder)
         if not found:
             log.warning("no models (*.safetensors) in %s", folder.resolve())
-        for name, path in found.items():
+        return found
+
+    def _summarize(self, name: str, path: Path, info: ModelInfo, parameters: int) -> None:
+        """What /v1/models says about a model."""
+        self.summaries[name] = {"name": name, "bytes": path.stat().st_size, **info.summary(parameters),
+                                "styles": style_names(info), "ab_group": ab_group(info.training, info.style_sha256)}
+
+    def _load(self) -> None:
+        for name, path in self._checkpoints().items():
             try:
                 stylizer = Stylizer.from_checkpoint(path, str(self.device), self.settings.precision,
                                                     self.settings.fast, self.settings.compile)
@@ -214,10 +223,7 @@ class InferenceWorker:
                 continue
             self.stylizers[name] = stylizer
             info = stylizer.info
-            self.summaries[name] = {"name": name, "bytes": path.stat().st_size,
-                                    **info.summary(count_parameters(stylizer.model)),
-                                    "styles": style_names(info),
-                                    "ab_group": ab_group(info.training, info.style_sha256)}
+            self._summarize(name, path, info, count_parameters(stylizer.model))
             log.info("loaded %s (%s norm, style %s)", name, info.norm, info.style_name)
 
     def warmup_shapes(self) -> list[tuple[int, int]]:

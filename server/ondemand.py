@@ -34,9 +34,7 @@ import torch
 
 from style_transfer.checkpoint import CheckpointError, ModelInfo, read_model_info
 from style_transfer.network import TransformerNet, count_parameters
-from style_transfer.spec import ab_group
-from style_transfer.stylize import Stylizer, style_names
-from style_transfer.zoo import list_models
+from style_transfer.stylize import Stylizer
 
 from .inference import InferenceFailed, InferenceWorker, UnknownModel
 from .metrics import Metrics
@@ -69,11 +67,7 @@ class OnDemandWorker(InferenceWorker):
 
     def _load(self) -> None:
         """The catalog: every checkpoint's header, and its parameter count from a weightless (meta) model."""
-        folder = Path(self.settings.weights)
-        found = list_models(folder)
-        if not found:
-            log.warning("no models (*.safetensors) in %s", folder.resolve())
-        for name, path in found.items():
+        for name, path in self._checkpoints().items():
             try:
                 info = read_model_info(path)
                 with torch.device("meta"):  # shapes only: no memory, no weights read
@@ -83,8 +77,7 @@ class OnDemandWorker(InferenceWorker):
                 log.error("not serving %s: %s", name, exc)
                 continue
             self.catalog[name] = (path, info)
-            self.summaries[name] = {"name": name, "bytes": path.stat().st_size, **info.summary(parameters),
-                                    "styles": style_names(info), "ab_group": ab_group(info.training, info.style_sha256)}
+            self._summarize(name, path, info, parameters)
         log.info("catalog: %d model(s), loaded on demand", len(self.catalog))
 
     def _warm_up(self) -> None:
