@@ -403,7 +403,10 @@ def settings() -> list[Setting]:
 
 # Recorded keys that do not make two runs' recipes different: the norm is what an A/B set varies, and
 # the settings that act on one norm only (sync_bn is recorded for every arm, False for the others).
-_NOT_RECIPE = ("sync_bn", *ONLY_FOR_NORM)
+# content_dir is the name of the run's link folder, not of the data: runs from before the run folder
+# (issue 15) recorded "data", later ones "content", for the same photos (num_images still tells data
+# sets apart); the retrained batch arm of the shipped set is such a later run.
+_NOT_RECIPE = ("sync_bn", "content_dir", *ONLY_FOR_NORM)
 
 
 def ab_group(training: Mapping[str, Any], style_sha256: str) -> str:
