@@ -32,20 +32,12 @@ from style_transfer.imageio import (CorruptImage, EncodedJpeg, ImageError, Loade
 from style_transfer.metrics import psnr
 from style_transfer.stylize import StylizeOptions
 
-from .test_server import png_bytes, wait_ready
+from .test_server import png_bytes, wait_ready, weights  # noqa: F401 - weights: the same tiny models' fixture
 
 # torchvision 0.29 announces that its image codecs move to TorchCodec; they are what this tests.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 FORMATS = ("PNG", "JPEG", "WEBP")
-
-
-@pytest.fixture
-def weights(make_checkpoint, tmp_path) -> Path:
-    folder = tmp_path / "weights"
-    make_checkpoint("instance", path=folder / "tiny-instance.safetensors", trained=True)
-    make_checkpoint("batch", path=folder / "tiny-batch.safetensors", trained=True)
-    return folder
 
 
 def photo(w: int = 48, h: int = 32, seed: int = 0) -> np.ndarray:
