@@ -245,12 +245,9 @@ class InferenceWorker:
     def _warmup_job(self, name: str, height: int, width: int) -> Job:
         """A job like a request's, of a random image: a JPEG when the worker decodes them, else decoded."""
         image = LoadedImage(torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)))
-        if self.codec == "torchvision":
-            data = encode_image(image.rgb, "JPEG")
-            header = probe_image(data)
-            if jpeg_refusal(header, data) is None:
-                image = EncodedJpeg(data, header)
-        return Job(name, image, self.options(), float("inf"), None, None, encode="JPEG")
+        encoded = self.device_jpeg(encode_image(image.rgb, "JPEG"), ("JPEG",), None) \
+            if self.codec == "torchvision" else None
+        return Job(name, encoded or image, self.options(), float("inf"), None, None, encode="JPEG")
 
     def _warm_up(self) -> None:
         """Every model warmed up (:meth:`warm_model`) before /readyz says ready."""
