@@ -68,8 +68,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="long side of the photos (default: %(default)s)")
     parser.add_argument("--only", action="append")
     parser.add_argument("--no-style", action="store_true", help="skip the style measure (no VGG: much faster)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                        help="measure this file as the plan's model NAME instead of the shipped one (e.g. an "
+                             "earlier version: git show REV:weights/NAME.safetensors > old.safetensors)")
     args = parser.parse_args()
-    shipped = list_models(args.plan.parent)
+    shipped = {**list_models(args.plan.parent),
+               **{name: Path(path) for name, _, path in (c.partition("=") for c in args.checkpoint)}}
     photos = pick_images(args.photos, args.max_images)
     print(f"{len(photos)} photos from {args.photos} at <= {args.size} px; plain fp32 network")
     print(f"{'model':<24} {'norm':<9} {'kept mean':>9} {'kept min':>9} {'style mean':>10} {'style max':>9} "
