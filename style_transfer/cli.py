@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import CheckpointError
+from .balance import AUTO, parse_weight
 from .device import DEVICES, PRECISIONS
 from .imageio import IMAGE_SUFFIXES, OUTPUT_FORMATS, collect_images, decode_image, save_image
 from .norms import NORM_NAMES, STUDY_NORMS
@@ -44,15 +45,17 @@ def _default_text(value: object) -> str:
     return str(value)
 
 
-def _add_spec_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> None:
+def _add_spec_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), required: tuple[str, ...] = (),
+                      defaults: dict[str, object] | None = None) -> None:
     """Every setting of a run spec as an option, generated from the spec (spec.settings()): its
     defaults and checks live there alone, so a setting added to the spec is an option of every command
     that trains. Options left out stay None and the spec's default applies."""
-    parse = {"int": int, "float": float, "list": _layers, "path": Path, "paths": Path}
+    parse = {"int": int, "float": float, "list": _layers, "path": Path, "paths": Path, "weight": parse_weight}
     for s in settings():
         if s.name in skip:
             continue
-        text = s.help + (f" (default: {_default_text(s.default)})" if s.default is not None else "")
+        default = (defaults or {}).get(s.name, s.default)  # a command's own default (set where it runs)
+        text = s.help + (f" (default: {_default_text(default)})" if default is not None else "")
         kwargs: dict = {"dest": s.name, "default": None, "help": text}
         if s.kind in parse:
             kwargs["type"] = parse[s.kind]
@@ -93,7 +96,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="Train a feed-forward style network on folders of content photos.")
     p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
     p.add_argument("--workdir", type=Path, help="resume state, log.jsonl and samples (default: <out>.run/)")
-    _add_spec_options(p, required=REQUIRED)
+    _add_spec_options(p, required=REQUIRED, defaults={"style_weight": AUTO})
     _add_run_options(p, checkpoint_every=500)
     p.add_argument("--workers", type=int, default=0, help="data loading processes (default: %(default)s)")
     p.add_argument("--sync-bn", action="store_true", help="synchronize batch norm statistics across processes")
@@ -109,7 +112,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     options = TrainOptions(device=args.device or "auto", checkpoint_every=args.checkpoint_every,
                            sample_every=args.sample_every, num_workers=args.workers, sync_bn=args.sync_bn,
                            save_dtype=args.save_dtype, val_photos=_val_photos(args))
-    result = train(_spec_from_args(args), RunDir.of(args.out, args.workdir), options, resume=args.resume)
+    # A user's own painting: the style weight adapts to it unless given (balance.py, issue 16). An
+    # extension keeps its model's loss (spec._extension), and the run spec's own default stays a
+    # number, which norm A/B sets (ablate, zoo plans) share.
+    fixed = {"style_weight": AUTO} if args.style_weight is None and args.extend is None else {}
+    result = train(_spec_from_args(args, **fixed), RunDir.of(args.out, args.workdir), options, resume=args.resume)
     if result.steps and os.environ.get("RANK", "0") == "0":
         log.info("wrote %s after %d steps; final losses: %s", result.checkpoint, result.steps,
                  ", ".join(f"{k}={v:.4g}" for k, v in result.losses.items()))

@@ -38,10 +38,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .balance import is_auto
 from .checkpoint import MODEL_SUFFIX, ModelInfo, file_sha256, load_model, read_model_info
 from .device import resolve_device
 from .grid import image_grid
-from .imageio import find_images, load_rgb, resize_max
+from .imageio import find_images, load_rgb, resize_max, spread
 from .losses import LossConfig, PerceptualLoss
 from .metrics import colour_distance, diff_stats, mean_sd, sign_test, wilcoxon_signed_rank
 from .network import count_parameters
@@ -145,9 +146,7 @@ def pick_images(folder: Path | str, count: int) -> list[Path]:
     found = find_images(folder)
     if not found:
         raise FileNotFoundError(f"no images in {folder}")
-    if len(found) <= count:
-        return found
-    return [found[(i * len(found)) // count] for i in range(count)]
+    return spread(found, count)
 
 
 @dataclass
@@ -228,6 +227,18 @@ def _style_for(info: ModelInfo, style_image: Path, style_sha: str) -> tuple[floa
     return None if index is None else tuple(float(i == index) for i in range(len(names)))
 
 
+def _loss_config(info: ModelInfo, chosen: tuple[float, ...] | None) -> LossConfig:
+    """The loss a model was trained with; under --style-weight auto with the weight its run ended at
+    (for a multi-style network, the compared style's), so its weighted style term is what it trained."""
+    loss_cfg = LossConfig(**info.training["loss"]) if "loss" in info.training else LossConfig()
+    used = info.training.get("style_weight_used")
+    if is_auto(loss_cfg.style_weight) and used is not None:
+        if isinstance(used, list):
+            used = used[chosen.index(1.0)] if chosen is not None and len(chosen) == len(used) else used[0]
+        loss_cfg = dataclasses.replace(loss_cfg, style_weight=float(used))
+    return loss_cfg
+
+
 def evaluate(arms: Sequence[EvalArm], images: Sequence[Path], style_image: Path,
              settings: EvalSettings = EvalSettings(), progress: bool = True,
              training_images: set[str] | None = None, study: dict[str, Any] | None = None) -> Evaluation:
@@ -267,7 +278,7 @@ def evaluate(arms: Sequence[EvalArm], images: Sequence[Path], style_image: Path,
         if chosen is None and info.style_sha256 and info.style_sha256 != style_sha:
             warnings.append(f"{arm.name} was trained on another style image ({info.style_name}) than "
                             f"{style_image.name}: its style loss and colour distance are against {style_image.name}")
-        loss_cfg = LossConfig(**info.training["loss"]) if "loss" in info.training else LossConfig()
+        loss_cfg = _loss_config(info, chosen)
         key = json.dumps(dataclasses.asdict(loss_cfg), sort_keys=True)
         if key not in criteria:
             if loss_cfg.style_size not in styles:

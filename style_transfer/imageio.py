@@ -399,6 +399,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def spread(items: list, count: int) -> list:
+    """``count`` of ``items`` spread evenly over them, in order (all when there are not more)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[(i * len(items)) // count] for i in range(count)]
+
+
 def find_images(folder: Path | str) -> list[Path]:
     """Every JPEG/PNG/WebP under ``folder`` (recursive, following symlinked folders once; hidden
     files and folders skipped), in sorted order."""

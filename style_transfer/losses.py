@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .balance import BASE_WEIGHT, check_weight, is_auto
 from .vgg import VGG19Features
 
 
@@ -82,9 +83,10 @@ class LossConfig:
     # scale brings the logged terms near 1. Style at 2x content: measured on Starry Night (see
     # weights/zoo.toml), 20x made feed-forward training trade the whole photo for texture, while
     # per-image optimization at 1-2x was already fully stylized with the subject kept. Johnson et al.
-    # used 5x on the same Caffe-scale features for 40k steps. Tune per style by looking at the outputs.
+    # used 5x on the same Caffe-scale features for 40k steps. Tune per style by looking at the outputs,
+    # or let ``auto`` (balance.py, the train command's default) steer it by the photo kept.
     content_weight: float = 1e-5
-    style_weight: float = 2e-5
+    style_weight: float | str = BASE_WEIGHT
     # TV is a mean absolute pixel difference in [0, 1] (~0.05 for a photo): a light smoothness prior.
     tv_weight: float = 1.0
     style_size: int = 512  # long side of the style image; sets the scale of the strokes
@@ -94,7 +96,8 @@ class LossConfig:
         object.__setattr__(self, "style_layers", tuple(self.style_layers))
         if not self.content_layers or not self.style_layers:
             raise ValueError("the loss needs at least one content layer and one style layer")
-        for name in ("content_weight", "style_weight", "tv_weight"):
+        check_weight(self.style_weight)
+        for name in ("content_weight", "tv_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.style_size < 1:
@@ -117,6 +120,10 @@ class PerceptualLoss(nn.Module):
         if not styles:
             raise ValueError("the loss needs at least one style image")
         self.num_styles = len(styles)
+        # Per painting: the style weight, or under ``auto`` where its controller has it (balance.py; the
+        # trainer moves it, a compared model's checkpoint records where it ended).
+        self.style_weights = [BASE_WEIGHT if is_auto(config.style_weight) else float(config.style_weight)] \
+            * self.num_styles
         self.vgg = VGG19Features(list(dict.fromkeys(config.content_layers + config.style_layers)))
         self.vgg.to(styles[0].device)
         with torch.no_grad():
@@ -155,7 +162,7 @@ class PerceptualLoss(nn.Module):
         tv = total_variation(output.float())
         terms = {
             "content": cfg.content_weight * content_loss,
-            "style": cfg.style_weight * style_loss,
+            "style": self.style_weights[style] * style_loss,
             "tv": cfg.tv_weight * tv,
         }
         terms["total"] = terms["content"] + terms["style"] + terms["tv"]

@@ -67,7 +67,8 @@ HELP = {
     "content_layers": "comma-separated VGG19 layers",
     "style_layers": "comma-separated VGG19 layers",
     "content_weight": "weight of the content loss",
-    "style_weight": "weight of the style loss",
+    "style_weight": "weight of the style loss, or auto: steered during training by how much of the photo the "
+                    "model keeps (balance.py; the train command's default)",
     "tv_weight": "weight of the total variation loss",
     "style_size": "long side of the style image, px (sets the scale of the strokes)",
     "image_size": "training crop size",
@@ -373,10 +374,14 @@ class Setting:
 
     @property
     def kind(self) -> str:
-        """How its text form is read: 'int', 'float', 'str', 'list' (comma-separated), 'path', 'paths'."""
+        """How its text form is read: 'int', 'float', 'weight' (a number or auto), 'str', 'list' (comma-separated),
+        'path', 'paths'."""
         base = self.type
-        if typing.get_origin(base) in (typing.Union, types.UnionType):  # X | None: read as X
-            base = next(a for a in typing.get_args(base) if a is not type(None))
+        if typing.get_origin(base) in (typing.Union, types.UnionType):
+            args = set(typing.get_args(base))
+            if {float, str} <= args:
+                return "weight"  # a number or a word (style_weight: auto)
+            base = next(a for a in typing.get_args(base) if a is not type(None))  # X | None: read as X
         if typing.get_origin(base) is tuple:
             return "paths" if typing.get_args(base)[0] is Path else "list"
         return {int: "int", float: "float", Path: "path"}.get(base, "str")
@@ -406,7 +411,8 @@ def settings() -> list[Setting]:
 # content_dir is the name of the run's link folder, not of the data: runs from before the run folder
 # (issue 15) recorded "data", later ones "content", for the same photos (num_images still tells data
 # sets apart); the retrained batch arm of the shipped set is such a later run.
-_NOT_RECIPE = ("sync_bn", "content_dir", *ONLY_FOR_NORM)
+# style_weight_used is where --style-weight auto ended (balance.py), an outcome of the recipe, not part of it.
+_NOT_RECIPE = ("sync_bn", "content_dir", "style_weight_used", *ONLY_FOR_NORM)
 
 
 def ab_group(training: Mapping[str, Any], style_sha256: str) -> str:

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .balance import KeptMeter, StyleBalance, control_photos, is_auto
 from .checkpoint import ModelInfo, file_sha256, load_model, load_train_state, save_model, save_train_state
 from .data import ContentImages, ResumableSampler, link_folders, steps_per_epoch
 from .device import autocast, resolve_device, resolve_precision
@@ -153,6 +154,13 @@ class _Distributed:
         if self.active:
             dist.barrier()
 
+    def broadcast(self, values: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``values`` on every rank."""
+        if self.active:
+            values = values.clone()
+            dist.broadcast(values, src=0)
+        return values
+
     def close(self) -> None:
         if self.active and dist.is_initialized():
             dist.destroy_process_group()
@@ -260,6 +268,14 @@ class _Trainer:
         self.first_trained = self.num_styles - len(styles)
         self.validator = self._validator(options.val_photos) if options.val_photos and env.main else None
         self.last_val: dict[str, float] = {}
+        # --style-weight auto (balance.py): one controller per painting trained, each steering its own
+        # painting's weight by the photo kept in its style; rank 0 measures.
+        self.balances: list[StyleBalance] = []
+        self.kept_meter: KeptMeter | None = None
+        if is_auto(spec.loss.style_weight):
+            self.balances = [StyleBalance(self.total_steps) for _ in styles]
+            if env.main:
+                self.kept_meter = KeptMeter(control_photos(options.val_photos, self.dataset.paths), device)
 
         # Seed before building the model: arms that differ only in the norm start from the same conv
         # weights (norm layers draw no random numbers), which makes norm comparisons fair.
@@ -335,6 +351,9 @@ class _Trainer:
                                 f"interrupted run: {changed}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for balance, saved in zip(self.balances, state.get("style_balance") or []):
+            balance.load_state_dict(saved)
+        self._apply_balance()
         _set_rng_state(state["rng"], self.device)
         self.step = self.start_step = int(state["step"])
         self.history = self.run_dir.read_log(self.start_step)
@@ -400,6 +419,8 @@ class _Trainer:
         while self.step < self.total_steps:
             self._freeze_batch_statistics()
             entry = self._train_step(next(data))
+            if self.balances and self.balances[0].due(self.step):
+                entry.update(self._update_balance())
             if self.step % self.options.sample_every == 0 or self.step == self.total_steps:
                 entry.update(self._sample())
             self.history.append(entry)
@@ -408,7 +429,8 @@ class _Trainer:
                 log_file.flush()
             bar.update(1)
             bar.set_postfix({**{t: f"{entry[t]:.3g}" for t in TERMS},
-                             **({"kept": f"{self.last_val['val_ssim']:.2f}"} if self.last_val else {})})
+                             **({"kept": f"{self.last_val['val_ssim']:.2f}"} if self.last_val else {}),
+                             **({"style_w": f"{self.balances[0].weight:.2g}"} if len(self.balances) == 1 else {})})
             if self.step % self.options.checkpoint_every == 0 or self.step == self.total_steps:
                 if log_file:
                     os.fsync(log_file.fileno())
@@ -458,6 +480,28 @@ class _Trainer:
                 "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
                 **({"style_index": style} if style is not None else {})}
 
+    def _apply_balance(self) -> None:
+        """The controllers' weights into the loss."""
+        if self.balances:
+            self.criterion.style_weights = [b.weight for b in self.balances]
+
+    def _update_balance(self) -> dict[str, float]:
+        """Measure the photo kept in every trained style (rank 0; the others receive it) and move each
+        style's weight; the log entry's ``auto_kept`` and ``style_weight`` (per style for several)."""
+        kept = torch.zeros(len(self.balances), dtype=torch.float64, device=self.device)
+        if self.kept_meter is not None:
+            for k in range(len(self.balances)):
+                style = None if self.num_styles == 1 else self._style_weights(self.first_trained + k)
+                kept[k] = self.kept_meter(self.model, self.spec.precision, style)
+        kept = self.env.broadcast(kept).tolist()
+        weights = [b.update(self.step, value) for b, value in zip(self.balances, kept)]
+        self._apply_balance()
+        if len(self.balances) == 1:
+            return {"auto_kept": kept[0], "style_weight": weights[0]}
+        names = self.spec.style_names[self.first_trained:]
+        return {**{f"auto_kept/{n}": v for n, v in zip(names, kept)},
+                **{f"style_weight/{n}": w for n, w in zip(names, weights)}}
+
     def _recent_losses(self) -> dict[str, float]:
         """Each term's mean over the last 50 steps; for a multi-style network also each style's own style
         term (``style/<name>``) over its last 50 steps."""
@@ -478,6 +522,8 @@ class _Trainer:
             training={**spec.fingerprint(), "content_dir": self.content_name, "num_images": len(self.dataset),
                       "world_size": self.env.world, "total_steps": self.total_steps,
                       "sync_bn": self.options.sync_bn,
+                      # Where --style-weight auto left each painting's weight (one number for one style).
+                      **({"style_weight_used": self._weights_used()} if self.balances else {}),
                       **({"init_sha256": self.init_sha} if spec.init is not None else {}),
                       **({"extend_sha256": self.extend_sha} if spec.extend is not None else {})},
             losses=self._recent_losses(),
@@ -486,6 +532,10 @@ class _Trainer:
             extra={"styles": spec.style_names, "style_sha256s": self._style_sha256s()}
             if spec.network.norm == "conditional_instance" else {},
         )
+
+    def _weights_used(self) -> float | list[float]:
+        weights = [b.weight for b in self.balances]
+        return weights[0] if len(weights) == 1 else weights
 
     def _style_sha256s(self) -> list[str]:
         """The hashes of a conditional network's style images, in the order of its styles (an extended
@@ -500,6 +550,7 @@ class _Trainer:
                 "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "rng": _rng_state(self.device), "settings": self.spec.fingerprint(), "world_size": self.env.world,
                 "style_sha256": self.style_sha,
+                **({"style_balance": [b.state_dict() for b in self.balances]} if self.balances else {}),
             })
             save_model(self.run_dir.checkpoint, self.model, self._info(),
                        torch.float16 if self.options.save_dtype == "fp16" else torch.float32)
@@ -523,7 +574,8 @@ class _Trainer:
         measures, outputs = self.validator.measure(self.model, self.spec.precision)
         self.validator.save(outputs, self.run_dir.val_sample_path(self.step))
         self.last_val = measures
-        warning = photo_lost(measures, self.step, self.total_steps, self.spec.network.norm)
+        warning = photo_lost(measures, self.step, self.total_steps, self.spec.network.norm,
+                             min(b.weight for b in self.balances) if self.balances else None)
         if warning:
             log.warning("%s", warning)
         else:

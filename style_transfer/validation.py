@@ -117,14 +117,19 @@ class Validator:
         save_image(torch.cat(rows, dim=-2), path)
 
 
-def photo_lost(measures: dict[str, float], step: int, total_steps: int, norm: str = "instance") -> str | None:
-    """The warning to give when the run is losing the photo at ``step``; None when it is not (or too early)."""
+def photo_lost(measures: dict[str, float], step: int, total_steps: int, norm: str = "instance",
+               auto_weight: float | None = None) -> str | None:
+    """The warning to give when the run is losing the photo at ``step``; None when it is not (or too early).
+    ``auto_weight``: where --style-weight auto has the weight now (it is lowering it already)."""
     ssim = measures.get("val_ssim")
     if ssim is None or step < WARMUP_FRACTION * total_steps or ssim >= LOST_PHOTO_SSIM:
         return None
     message = (f"the photo is being lost at step {step}: the validation photos keep luminance SSIM {ssim:.2f} "
                f"(below {LOST_PHOTO_SSIM}; the shipped models keep 0.49-0.60). Lower --style-weight (e.g. halve "
                "it) or raise --content-weight, and watch the samples/*_val.jpg images.")
+    if auto_weight is not None:
+        message += (f" --style-weight auto is lowering the weight (now {auto_weight:.2g}, at most 8x below its "
+                    "start); if it is at that floor, raise --content-weight.")
     if norm == "batch":
         # Validation runs in inference mode, with the running statistics: before any frozen steps a
         # batch-norm network's gap to them shows here as black holes (docs/quality.md), not as texture.

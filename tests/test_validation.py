@@ -54,6 +54,7 @@ def test_the_warning_waits_for_the_warm_up_and_names_the_fix():
     assert "0.12" in message and "--style-weight" in message
     assert "--bn-frozen-steps" not in message
     assert "--bn-frozen-steps" in photo_lost({"val_ssim": 0.12}, step=90, total_steps=100, norm="batch")
+    assert "auto is lowering the weight (now 5e-06" in photo_lost({"val_ssim": 0.12}, 90, 100, auto_weight=5e-6)
 
 
 def test_measures_are_logged_at_sample_steps_and_change_nothing(tmp_path, content_dir, small_style_path, val_photos):
