@@ -397,14 +397,17 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
         hours = lambda s: "?" if s is None else f"{s / 3600:.1f} h"  # noqa: E731
         norm_width = max([9, *(len(row["norm"]) for row in rows)])
         print(f"{'name':<24} {'norm':<{norm_width}} {'steps':>13} {'shipped':>8} {'s/step':>7} {'left':>7} {'kept':>5} "
-              f"{'style':>5}")
+              f"{'style':>5} {'style_w':>15}")
         for row in rows:
             shipped = row["shipped_steps"] if row["shipped_steps"] is not None else "-"
             rate = f"{row['seconds_per_step']:.2f}" if row["seconds_per_step"] else "-"
             val = row["validation"]
             kept, style = (f"{val['val_ssim']:.2f}", f"{val['val_style']:.2f}") if val else ("-", "-")
+            weights = row["style_weights"]
+            auto = "-" if not weights else f"{weights[0]:.2g}" if len(weights) == 1 else \
+                f"{min(weights):.2g}-{max(weights):.2g}"
             print(f"{row['name']:<24} {row['norm']:<{norm_width}} {row['steps_done']:>6}/{row['steps']:<6} {shipped:>8} "
-                  f"{rate:>7} {hours(row['remaining_s']):>7} {kept:>5} {style:>5}")
+                  f"{rate:>7} {hours(row['remaining_s']):>7} {kept:>5} {style:>5} {auto:>15}")
             if row["stale"]:
                 print(f"  run differs from the plan in: {', '.join(row['stale'])} (move it away to retrain)")
             if row["shipped_stale"]:
@@ -413,7 +416,8 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
         print(f"training left: {hours(None if None in left else sum(left))} "
               "(at each run's recent rate; runs not started yet at the median rate)")
         print("kept: luminance SSIM of the validation photos to their outputs at the last sample step (the "
-              "photo is lost below 0.4); style: their style distance relative to the photos' own (lower = more style)")
+              "photo is lost below 0.4); style: their style distance relative to the photos' own (lower = more style); "
+              "style_w: where --style-weight auto has the weight (the range over a multi-style run's paintings)")
     elif args.action == "train":
         from .train import TrainOptions
 

@@ -72,6 +72,15 @@ class RunDir:
                 return {k: v for k, v in entry.items() if k.startswith("val_")}
         return {}
 
+    def latest_style_weights(self) -> list[float]:
+        """Where --style-weight auto has each painting's weight at its last update (balance.py; one per
+        painting trained, in order); [] for a fixed weight or before the first update."""
+        for entry in reversed(self.read_log()):
+            weights = [v for k, v in entry.items() if k == "style_weight" or k.startswith("style_weight/")]
+            if weights:
+                return weights
+        return []
+
     # ------------------------------------------------------------------ status
 
     def info(self) -> ModelInfo | None:

@@ -184,7 +184,8 @@ def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> lis
                      "shipped_stale": (m.differences(shipped[m.name].get("settings", {}),
                                                      shipped[m.name].get("style_sha256", ""))
                                        if m.name in shipped else []),
-                     "seconds_per_step": run.seconds_per_step(), "validation": run.latest_validation()})
+                     "seconds_per_step": run.seconds_per_step(), "validation": run.latest_validation(),
+                     "style_weights": run.latest_style_weights()})
     known = [r["seconds_per_step"] for r in rows if r["seconds_per_step"]]
     typical = statistics.median(known) if known else None
     for r in rows:

@@ -187,3 +187,16 @@ def test_the_train_command_defaults_to_auto_and_takes_a_number(tmp_path, content
     assert main([*common, "--style-weight", "3e-5", "--out", str(tmp_path / "b.safetensors")]) == 0
     training = read_model_info(tmp_path / "b.safetensors").training
     assert training["loss"]["style_weight"] == 3e-5 and "style_weight_used" not in training
+
+
+def test_the_run_folder_tells_where_auto_has_the_weight(tmp_path):
+    run = RunDir.of(tmp_path / "m.safetensors")
+    run.root.mkdir()
+    entries = [{"step": 1}, {"step": 2, "style_weight": 1.5e-5, "auto_kept": 0.5}, {"step": 3}]
+    run.log.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    assert run.latest_style_weights() == [1.5e-5]
+    entries.append({"step": 4, "style_weight/a": 1e-5, "style_weight/b": 3e-5})
+    run.log.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    assert run.latest_style_weights() == [1e-5, 3e-5]
+    run.log.write_text(json.dumps({"step": 1}) + "\n")
+    assert run.latest_style_weights() == []  # a fixed weight
