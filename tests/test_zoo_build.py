@@ -343,7 +343,13 @@ def test_quality_study_plan_covers_every_painting_with_the_defaults():
     styles = sorted((REPO_PLAN.parents[2] / "shared" / "data" / "styles").glob("*.jpg"))
     defaults = [m for m in models if m.name.startswith("default-")]
     assert sorted(m.spec.style[0] for m in defaults) == [s.resolve() for s in styles]
-    assert all(m.steps == 1500 and m.spec.loss == models[0].spec.loss for m in models)
+    assert all(m.steps == 1500 for m in models)
+    # Fixed-weight runs share one loss; the auto ones differ from it in the style weight alone.
+    auto = [m for m in models if m.spec.loss.style_weight == "auto"]
+    assert sorted(m.spec.style[0] for m in auto if m.name.startswith("auto-")) == [s.resolve() for s in styles]
+    assert all(m.spec.loss == models[0].spec.loss for m in models if m not in auto)
+    assert all(m.spec.loss.style_weight == 2e-5 for m in models if m not in auto)
+    assert all(m.spec.replace(style_weight=2e-5).loss == models[0].spec.loss for m in auto)
     warm = [m for m in models if m.spec.init is not None]
     assert warm and all(m.spec.init.is_file() and m.spec.init.parent.name == "weights" for m in warm)
     assert gallery_photos(plan) and all(p.parent.name == "test" for p in gallery_photos(plan))
