@@ -20,19 +20,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from style_transfer.balance import BASE_WEIGHT, is_auto  # noqa: E402
 from style_transfer.zoo_build import load_plan, select  # noqa: E402
 
 MEASURES = {"val_ssim": "kept (luminance SSIM; higher keeps more of the photo)",
-            "val_style": "style (relative to the photo's own; lower = more of the painting)"}
+            "val_style": "style (relative to the photo's own; lower = more of the painting)",
+            "style_weight": "style weight (where --style-weight auto had it; a fixed weight throughout)"}
+FORMATS = {"style_weight": "{:.3g}"}
 
 
 def curves(plan: Path, runs: Path, only: list[str] | None = None) -> dict[str, dict[str, dict[int, float]]]:
     """Run name -> measure -> {step: value}, for every run of the plan that has logged validation."""
     out: dict[str, dict[str, dict[int, float]]] = {}
     for m in select(load_plan(plan), only):
-        entries = [e for e in m.run(runs).read_log() if "val_ssim" in e]
+        log = m.run(runs).read_log()
+        entries = [e for e in log if "val_ssim" in e]
         if entries:
-            out[m.name] = {key: {int(e["step"]): float(e[key]) for e in entries} for key in MEASURES}
+            out[m.name] = {key: {int(e["step"]): float(e[key]) for e in entries} for key in ("val_ssim", "val_style")}
+            out[m.name]["style_weight"] = _weights(log, [int(e["step"]) for e in entries], m.spec.loss.style_weight)
+    return out
+
+
+def _weights(log: list[dict], steps: list[int], setting: float | str) -> dict[int, float]:
+    """The style weight in force at each of ``steps``: the last auto update at or before it (balance.py),
+    else the start (a fixed weight throughout). One-style runs only."""
+    weight = BASE_WEIGHT if is_auto(setting) else float(setting)
+    updates = {int(e["step"]): float(e["style_weight"]) for e in log if "style_weight" in e}
+    out = {}
+    for step in steps:
+        done = [s for s in updates if s <= step]
+        out[step] = updates[max(done)] if done else weight
     return out
 
 
@@ -41,7 +58,7 @@ def table(data: dict[str, dict[str, dict[int, float]]], measure: str) -> str:
     steps = sorted({s for run in data.values() for s in run[measure]})
     lines = ["| run | " + " | ".join(str(s) for s in steps) + " |", "| --- |" + " ---: |" * len(steps)]
     for name, run in data.items():
-        cells = [f"{run[measure][s]:.3f}" if s in run[measure] else "" for s in steps]
+        cells = [FORMATS.get(measure, "{:.3f}").format(run[measure][s]) if s in run[measure] else "" for s in steps]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -52,7 +69,7 @@ def plot(data: dict[str, dict[str, dict[int, float]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(MEASURES), figsize=(6 * len(MEASURES), 4), constrained_layout=True)
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(5.5 * len(MEASURES), 4), constrained_layout=True)
     for ax, (key, title) in zip(axes, MEASURES.items()):
         for name, run in data.items():
             steps = sorted(run[key])
@@ -61,6 +78,7 @@ def plot(data: dict[str, dict[str, dict[int, float]]], path: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].axhline(0.40, color="grey", linestyle="--", linewidth=1)  # validation.LOST_PHOTO_SSIM
+    axes[2].set_yscale("log", base=2)
     axes[0].legend(fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -125,8 +125,10 @@ def test_quality_curves_read_every_runs_validation_per_step(tmp_path):
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "s.jpg")
     (tmp_path / "plan.toml").write_text('[defaults]\ncontent = "photos"\nstyle = "s.jpg"\nsteps = 500\n'
-                                        '[[models]]\nname = "a"\n[[models]]\nname = "b"\n[[models]]\nname = "c"\n')
+                                        '[[models]]\nname = "a"\nstyle_weight = "auto"\n[[models]]\nname = "b"\n'
+                                        '[[models]]\nname = "c"\n')
     logs = {"a": [{"step": 1, "total": 1.0}, {"step": 250, "val_ssim": 0.3, "val_style": 0.5},
+                  {"step": 300, "style_weight": 1e-5}, {"step": 350, "style_weight": 8e-6},
                   {"step": 500, "val_ssim": 0.45, "val_style": 0.2}],
             "b": [{"step": 250, "val_ssim": 0.5, "val_style": 0.9}]}  # c: not started
     for name, entries in logs.items():
@@ -134,8 +136,11 @@ def test_quality_curves_read_every_runs_validation_per_step(tmp_path):
         run.mkdir(parents=True)
         (run / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
     data = curves(tmp_path / "plan.toml", tmp_path / "runs")
-    assert data == {"a": {"val_ssim": {250: 0.3, 500: 0.45}, "val_style": {250: 0.5, 500: 0.2}},
-                    "b": {"val_ssim": {250: 0.5}, "val_style": {250: 0.9}}}
+    # The style weight in force at each sample step: auto's start, then its last update; else the fixed one.
+    assert data == {"a": {"val_ssim": {250: 0.3, 500: 0.45}, "val_style": {250: 0.5, 500: 0.2},
+                          "style_weight": {250: 2e-5, 500: 8e-6}},
+                    "b": {"val_ssim": {250: 0.5}, "val_style": {250: 0.9}, "style_weight": {250: 2e-5}}}
     assert table(data, "val_ssim").splitlines()[2:] == ["| a | 0.300 | 0.450 |", "| b | 0.500 |  |"]
+    assert table(data, "style_weight").splitlines()[2] == "| a | 2e-05 | 8e-06 |"
     plot(data, tmp_path / "curves.png")
     assert Image.open(tmp_path / "curves.png").size[0] > 100
