@@ -102,12 +102,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sync-bn", action="store_true", help="synchronize batch norm statistics across processes")
     p.add_argument("--save-dtype", choices=("fp32", "fp16"), default="fp32", help="dtype of the served checkpoint")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its workdir")
+    p.add_argument("--weights", type=Path, help="weights folder for model names given to --init and --extend "
+                                                "(default: $STYLE_TRANSFER_WEIGHTS or ./weights)")
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .rundir import RunDir
     from .train import TrainOptions, train
+    from .zoo import resolve_model
+
+    for name in ("init", "extend"):  # a checkpoint path, or a model name from the weights folder
+        if getattr(args, name) is not None:
+            setattr(args, name, resolve_model(str(getattr(args, name)), args.weights))
 
     options = TrainOptions(device=args.device or "auto", checkpoint_every=args.checkpoint_every,
                            sample_every=args.sample_every, num_workers=args.workers, sync_bn=args.sync_bn,

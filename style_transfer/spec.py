@@ -53,8 +53,8 @@ HELP = {
     "content": "folder of content images (recursive; JPEG/PNG/WebP); repeat it to train on several folders",
     "style": "the style image; repeat it to train one conditional_instance network on several paintings "
              "(one style per step in turn; the styles are named by their file names)",
-    "init": "start from this checkpoint's weights (fine-tuning; the same network settings) instead of a "
-            "random init (default: random)",
+    "init": "start from this checkpoint's weights (a path, or a model name from the weights folder; the same "
+            "network settings) instead of a random init (default: random)",
     "extend": "add the --style painting(s) to this trained conditional_instance model: only the new styles' "
               "(gamma, beta) are trained, every other weight is frozen, so its styles stay exactly as they were; "
               "the network and loss settings default to the model's",

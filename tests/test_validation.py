@@ -118,6 +118,22 @@ def test_init_starts_from_a_checkpoint_and_refuses_another_network(tmp_path, con
 
 
 
+def test_init_takes_a_model_name_from_the_weights_folder(tmp_path, content_dir, small_style_path, make_checkpoint):
+    from style_transfer.cli import main
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(make_checkpoint("instance", width=8, num_residual=1, trained=True), weights / "base.safetensors")
+    common = ["train", "--content", str(content_dir), "--style", str(small_style_path), "--steps", "1",
+              "--image-size", "32", "--batch-size", "2", "--width", "8", "--residual-blocks", "1", "--style-size",
+              "64", "--precision", "fp32", "--device", "cpu", "--weights", str(weights)]
+    assert main([*common, "--init", "base", "--out", str(tmp_path / "m.safetensors")]) == 0
+    recorded = read_model_info(tmp_path / "m.safetensors").training["init_sha256"]
+    assert recorded == file_sha256(weights / "base.safetensors")
+    assert main([*common, "--init", "nope", "--out", str(tmp_path / "n.safetensors")]) != 0
+
+
+
 def test_quality_curves_read_every_runs_validation_per_step(tmp_path):
     """benchmarks/quality_curves.py: the logged measures per run and step, steps a run lacks left blank."""
     from benchmarks.quality_curves import curves, plot, table
