@@ -96,7 +96,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="Train a feed-forward style network on folders of content photos.")
     p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
     p.add_argument("--workdir", type=Path, help="resume state, log.jsonl and samples (default: <out>.run/)")
-    _add_spec_options(p, required=REQUIRED, defaults={"style_weight": AUTO})
+    _add_spec_options(p, required=REQUIRED, defaults={"style_weight": AUTO, "init": "auto", "lr": "1e-3, or 2e-4 "
+                      "from a checkpoint (--init)"})
     _add_run_options(p, checkpoint_every=500)
     p.add_argument("--workers", type=int, default=0, help="data loading processes (default: %(default)s)")
     p.add_argument("--sync-bn", action="store_true", help="synchronize batch norm statistics across processes")
@@ -110,24 +111,56 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .rundir import RunDir
     from .train import TrainOptions, train
-    from .zoo import resolve_model
 
-    for name in ("init", "extend"):  # a checkpoint path, or a model name from the weights folder
-        if getattr(args, name) is not None:
-            setattr(args, name, resolve_model(str(getattr(args, name)), args.weights))
-
+    run = RunDir.of(args.out, args.workdir)
     options = TrainOptions(device=args.device or "auto", checkpoint_every=args.checkpoint_every,
                            sample_every=args.sample_every, num_workers=args.workers, sync_bn=args.sync_bn,
                            save_dtype=args.save_dtype, val_photos=_val_photos(args))
-    # A user's own painting: the style weight adapts to it unless given (balance.py, issue 16). An
-    # extension keeps its model's loss (spec._extension), and the run spec's own default stays a
-    # number, which norm A/B sets (ablate, zoo plans) share.
-    fixed = {"style_weight": AUTO} if args.style_weight is None and args.extend is None else {}
-    result = train(_spec_from_args(args, **fixed), RunDir.of(args.out, args.workdir), options, resume=args.resume)
+    result = train(_train_spec(args, run), run, options, resume=args.resume)
     if result.steps and os.environ.get("RANK", "0") == "0":
         log.info("wrote %s after %d steps; final losses: %s", result.checkpoint, result.steps,
                  ", ".join(f"{k}={v:.4g}" for k, v in result.losses.items()))
     return 0
+
+
+def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
+    """The train command's spec: its options, with the command's own defaults for a user's own painting
+    (issue 16), which the run spec's defaults (shared by norm A/B sets: ablate, zoo plans) are not:
+
+    * ``--style-weight auto``: the weight adapts to the painting (balance.py);
+    * ``--init auto``: start from the weights folder's flagship when it has this network (zoo.base_model),
+      at ``--lr`` 2e-4 unless given; ``--init none`` starts from scratch.
+
+    An extension keeps its model's loss and weights (spec._extension). A resumed run keeps the weight and
+    learning rate it was started with when they are not given again (its weights come from its state)."""
+    from .checkpoint import load_train_state
+    from .spec import _flat_fingerprint
+    from .zoo import BASE_LR, base_model, resolve_model
+
+    init = None if args.init is None else str(args.init)
+    for name in ("init", "extend"):  # a checkpoint path, or a model name from the weights folder
+        value = getattr(args, name)
+        setattr(args, name, None if value is None or str(value) in ("auto", "none")
+                else resolve_model(str(value), args.weights))
+    if args.extend is not None:
+        return _spec_from_args(args)
+    if args.resume and run.state.is_file():
+        recorded = _flat_fingerprint(load_train_state(run.state)["settings"])
+        kept = {k: recorded[k] for k in ("style_weight", "lr") if getattr(args, k) is None and k in recorded}
+        return _spec_from_args(args, **kept)
+    fixed: dict[str, object] = {"style_weight": AUTO} if args.style_weight is None else {}
+    spec = _spec_from_args(args, **fixed)
+    if init in (None, "auto"):
+        base = base_model(spec.network, args.weights)
+        if base is not None:
+            log.info("starting from %s (--init auto: a trained network keeps photos from the first step; "
+                     "--init none starts from scratch)", base)
+            spec = spec.replace(init=base, **({"lr": BASE_LR} if args.lr is None else {}))
+        elif init == "auto":
+            log.info("--init auto: the weights folder has no flagship model with this network; starting from scratch")
+    elif args.init is not None and args.lr is None:
+        spec = spec.replace(lr=BASE_LR)  # fine-tuning: see zoo.BASE_LR
+    return spec
 
 
 def _add_stylize(sub: argparse._SubParsersAction) -> None:

@@ -54,7 +54,8 @@ HELP = {
     "style": "the style image; repeat it to train one conditional_instance network on several paintings "
              "(one style per step in turn; the styles are named by their file names)",
     "init": "start from this checkpoint's weights (a path, or a model name from the weights folder; the same "
-            "network settings) instead of a random init (default: random)",
+            "network settings) instead of a random init; train also takes auto (the flagship model when it has "
+            "this network) and none (random)",
     "extend": "add the --style painting(s) to this trained conditional_instance model: only the new styles' "
               "(gamma, beta) are trained, every other weight is frozen, so its styles stay exactly as they were; "
               "the network and loss settings default to the model's",

@@ -281,6 +281,7 @@ class _Trainer:
         # weights (norm layers draw no random numbers), which makes norm comparisons fair.
         torch.manual_seed(spec.seed)
         self.model = TransformerNet(spec.network).to(device)
+        self.init_sha: str | None = None  # what the run started from (kept across a resume: the state has it)
         if spec.init is not None:
             self._load_init(spec.init)
         if spec.extend is not None:
@@ -351,6 +352,7 @@ class _Trainer:
                                 f"interrupted run: {changed}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.init_sha = state.get("init_sha256", self.init_sha)
         for balance, saved in zip(self.balances, state.get("style_balance") or []):
             balance.load_state_dict(saved)
         self._apply_balance()
@@ -524,7 +526,7 @@ class _Trainer:
                       "sync_bn": self.options.sync_bn,
                       # Where --style-weight auto left each painting's weight (one number for one style).
                       **({"style_weight_used": self._weights_used()} if self.balances else {}),
-                      **({"init_sha256": self.init_sha} if spec.init is not None else {}),
+                      **({"init_sha256": self.init_sha} if self.init_sha is not None else {}),
                       **({"extend_sha256": self.extend_sha} if spec.extend is not None else {})},
             losses=self._recent_losses(),
             # A conditional network's styles, in the order of its (gamma, beta) pairs: what stylize --style
@@ -551,6 +553,7 @@ class _Trainer:
                 "rng": _rng_state(self.device), "settings": self.spec.fingerprint(), "world_size": self.env.world,
                 "style_sha256": self.style_sha,
                 **({"style_balance": [b.state_dict() for b in self.balances]} if self.balances else {}),
+                **({"init_sha256": self.init_sha} if self.init_sha is not None else {}),
             })
             save_model(self.run_dir.checkpoint, self.model, self._info(),
                        torch.float16 if self.options.save_dtype == "fp16" else torch.float32)

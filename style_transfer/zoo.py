@@ -52,6 +52,29 @@ def resolve_model(name_or_path: str, weights_dir: Path | str | None = None) -> P
     raise FileNotFoundError(f"no model named {name_or_path!r} in {folder} (available: {available})")
 
 
+# What ``train`` starts a new painting from by default (``--init auto``; issue 16, part 4): the flagship.
+# Its decoder already keeps photos, so a new painting only has to change the strokes and colours: The
+# Scream started from it at lr 2e-4 kept more of the held-out photos at step 250 than The Scream trained
+# from scratch for 3000 steps, with as much of the painting (docs/quality.md).
+BASE_MODEL = "starry-night"
+# Adam's first steps move every weight by about the learning rate: 1e-3 undoes a trained network (The
+# Scream's weighted style loss from the flagship went from 6.4 to 1076 at the second step), 2e-4 fine-tunes
+# it (6.4, then 1.1 by step 7; the warm-the-scream runs of benchmarks/quality-plan.toml).
+BASE_LR = 2e-4
+
+
+def base_model(network: object, weights_dir: Path | str | None = None) -> Path | None:
+    """The weights folder's :data:`BASE_MODEL` when its network is ``network`` (a TransformerConfig), else
+    None (then training starts from scratch): another norm, width or number of styles cannot start from it."""
+    path = list_models(Path(weights_dir) if weights_dir is not None else default_weights_dir()).get(BASE_MODEL)
+    if path is None:
+        return None
+    try:
+        return path if read_model_info(path).config == network else None
+    except CheckpointError:
+        return None
+
+
 def describe_models(weights_dir: Path | str) -> list[dict]:
     """Metadata of every checkpoint in the folder; unreadable files are listed with their error."""
     rows = []

@@ -134,6 +134,60 @@ def test_init_takes_a_model_name_from_the_weights_folder(tmp_path, content_dir, 
 
 
 
+def test_train_starts_from_the_flagship_when_it_has_the_network(tmp_path, content_dir, small_style_path,
+                                                                 make_checkpoint):
+    """--init auto (the train command's default): the weights folder's flagship at lr 2e-4 when its network
+    is the run's; from scratch at 1e-3 otherwise, or with --init none. An explicit --lr wins."""
+    from style_transfer.cli import main
+    from style_transfer.zoo import BASE_LR, BASE_MODEL
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    flagship = weights / f"{BASE_MODEL}.safetensors"
+    shutil.copy(make_checkpoint("instance", width=8, num_residual=1, trained=True), flagship)
+
+    def run(name: str, *extra: str) -> dict:
+        out = tmp_path / f"{name}.safetensors"
+        assert main(["train", "--content", str(content_dir), "--style", str(small_style_path), "--steps", "1",
+                     "--image-size", "32", "--batch-size", "2", "--residual-blocks", "1", "--style-size", "64",
+                     "--precision", "fp32", "--device", "cpu", "--weights", str(weights), "--out", str(out),
+                     *extra]) == 0
+        return read_model_info(out).training
+
+    warm = run("warm", "--width", "8")
+    assert warm["init_sha256"] == file_sha256(flagship) and warm["lr"] == BASE_LR
+    assert warm["loss"]["style_weight"] == "auto"
+    cold = run("cold", "--width", "8", "--init", "none")
+    assert "init_sha256" not in cold and cold["lr"] == 1e-3
+    other = run("other", "--width", "16")  # the flagship has another network: from scratch
+    assert "init_sha256" not in other and other["lr"] == 1e-3
+    assert run("lr", "--width", "8", "--lr", "5e-4")["lr"] == 5e-4
+    assert run("path", "--width", "8", "--init", str(flagship))["lr"] == BASE_LR  # any checkpoint fine-tunes
+
+
+def test_a_resume_keeps_the_recipe_it_started_with(tmp_path, content_dir, small_style_path, make_checkpoint):
+    """A run started with a fixed weight, or from the flagship, resumes without repeating those options: the
+    command's defaults do not apply to it, and what it started from stays recorded."""
+    from style_transfer.cli import main
+    from style_transfer.zoo import BASE_MODEL
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(make_checkpoint("instance", width=8, num_residual=1, trained=True),
+                weights / f"{BASE_MODEL}.safetensors")
+    out = tmp_path / "m.safetensors"
+    common = ["train", "--content", str(content_dir), "--style", str(small_style_path), "--image-size", "32",
+              "--batch-size", "2", "--width", "8", "--residual-blocks", "1", "--style-size", "64", "--precision",
+              "fp32", "--device", "cpu", "--weights", str(weights), "--out", str(out), "--checkpoint-every", "1"]
+    assert main([*common, "--steps", "1", "--style-weight", "3e-5"]) == 0
+    started = read_model_info(out).training
+    assert main([*common, "--steps", "2", "--resume"]) == 0
+    resumed = read_model_info(out)
+    assert resumed.steps == 2 and resumed.training["loss"]["style_weight"] == 3e-5
+    assert resumed.training["init_sha256"] == started["init_sha256"] and resumed.training["lr"] == started["lr"]
+
+
+
 def test_quality_curves_read_every_runs_validation_per_step(tmp_path):
     """benchmarks/quality_curves.py: the logged measures per run and step, steps a run lacks left blank."""
     from benchmarks.quality_curves import curves, plot, table
