@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from .balance import BASE_WEIGHT, is_auto
 from .checkpoint import file_sha256
 from .device import resolve_device, resolve_precision
 from .imageio import atomic_write_bytes
@@ -79,6 +80,10 @@ class StudySettings:
             raise StudyError("a study needs at least one norm and one seed")
         if self.base.steps is None:
             raise StudyError("a study needs a step budget (steps), the same for every arm")
+        if is_auto(self.base.loss.style_weight):
+            raise StudyError("a norm study's arms share one fixed style weight: --style-weight auto steers each "
+                             "run's weight by its own output (balance.py), and arms must differ in the norm only; "
+                             f"give a number (without --style-weight: {BASE_WEIGHT})")
         # Every arm's spec is built (and so checked) now, before any arm runs: an unknown norm, or a
         # group count that does not divide the width, fails here rather than after the first arms.
         try:

@@ -143,6 +143,9 @@ def test_layout_resume_and_extension(tmp_path, content_dir, small_style_path):
         prepare_study(tiny(tmp_path / "study", content_dir, small_style_path, steps=5, lr=1e-2))
     with pytest.raises(StudyError, match="style_weight"):
         prepare_study(tiny(tmp_path / "study", content_dir, small_style_path, steps=4, style_weight=1.0))
+    # auto would steer each arm's weight by its own output: arms would differ in more than the norm.
+    with pytest.raises(StudyError, match="share one fixed style weight"):
+        tiny(tmp_path / "auto", content_dir, small_style_path, style_weight="auto")
 
 
 def test_several_content_folders_are_linked_not_copied(tmp_path, content_dir, small_style_path):
