@@ -50,6 +50,25 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def held_out_photos(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``held_out_photos(size)``: two bsds500 test photos (never in the training fixtures) with their long
+    side at ``size`` px, for validation and the style balance; small to keep tests quick."""
+    made: dict[int, tuple[Path, ...]] = {}
+
+    def make(size: int) -> tuple[Path, ...]:
+        if size not in made:
+            folder = tmp_path_factory.mktemp(f"held_out_{size}")
+            for name in ("69000.jpg", "108069.jpg"):
+                with Image.open(shared_data / "content" / "bsds500" / "test" / name) as img:
+                    img.thumbnail((size, size))
+                    img.save(folder / name, quality=95)
+            made[size] = (folder / "69000.jpg", folder / "108069.jpg")
+        return made[size]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def style_path(shared_data: Path) -> Path:
     path = shared_data / "styles" / f"{STYLE_NAME}.jpg"
     if not path.is_file():

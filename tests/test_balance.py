@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from style_transfer import balance
@@ -31,16 +30,9 @@ def quick_control(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def photos(shared_data, tmp_path_factory) -> tuple[Path, ...]:
-    """Two held-out bsds500 test photos at 96 px: what the controller measures in these tests."""
-    folder = tmp_path_factory.mktemp("control")
-    out = []
-    for name in ("69000.jpg", "108069.jpg"):
-        with Image.open(shared_data / "content" / "bsds500" / "test" / name) as img:
-            img.thumbnail((96, 96))
-            img.save(folder / name, quality=95)
-        out.append(folder / name)
-    return tuple(out)
+def photos(held_out_photos) -> tuple[Path, ...]:
+    """What the controller measures in these tests: two held-out photos at 96 px."""
+    return held_out_photos(96)
 
 
 def _tiny(content: Path, style: Path, **changes) -> RunSpec:

@@ -25,16 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def val_photos(shared_data, tmp_path_factory) -> tuple[Path, ...]:
-    """Two held-out bsds500 test photos (never in the training fixtures), at 240 px to keep tests quick."""
-    folder = tmp_path_factory.mktemp("val")
-    out = []
-    for name in ("69000.jpg", "108069.jpg"):
-        with Image.open(shared_data / "content" / "bsds500" / "test" / name) as img:
-            img.thumbnail((240, 240))
-            img.save(folder / name, quality=95)
-        out.append(folder / name)
-    return tuple(out)
+def val_photos(held_out_photos) -> tuple[Path, ...]:
+    """Two held-out bsds500 test photos at 240 px to keep tests quick."""
+    return held_out_photos(240)
 
 
 def _tiny(content: Path, style: Path, **settings) -> RunSpec:
