@@ -60,6 +60,15 @@ class TransformerConfig:
                     f"or a group count that divides {self.width}"
                 )
 
+    def can_start_from(self, trained: "TransformerConfig") -> bool:
+        """Whether a network of this config can start from a trained one's weights (``--init``): the same
+        network, or this one's conditional instance norm (any number of styles) from a single-style
+        instance-norm network of the same shape, each style's (gamma, beta) starting as its affine."""
+        if trained == self:
+            return True
+        return (self.norm == "conditional_instance" and trained.norm == "instance"
+                and dataclasses.replace(trained, norm=self.norm, num_styles=self.num_styles) == self)
+
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
         if self.norm != "conditional_instance":

@@ -292,11 +292,20 @@ class _Trainer:
         self.resumed = False
 
     def _load_init(self, path: Path) -> None:
-        """Start from a trained checkpoint's weights (fine-tuning), refusing another architecture."""
+        """Start from a trained checkpoint's weights (fine-tuning), refusing another architecture. A
+        multi-style (conditional instance norm) network may start from a single-style instance-norm one:
+        its convolutions are shared by every style, and each style's (gamma, beta) starts as that
+        network's affine, so every style starts where the trained one is (a decoder that keeps photos)."""
         trained, info = load_model(path)
-        if info.config != self.spec.network:
-            raise TrainingError(f"--init {path}: its network ({info.config}) is not this run's ({self.spec.network})")
-        self.model.load_state_dict(trained.state_dict())
+        network = self.spec.network
+        if not network.can_start_from(info.config):
+            raise TrainingError(f"--init {path}: its network ({info.config}) is not this run's ({network})")
+        state = trained.state_dict()
+        if info.config != network:
+            state = {name: value.expand(network.num_styles, *value.shape).clone()
+                     if isinstance(_owner(self.model, name), ConditionalInstanceNorm2d) else value
+                     for name, value in state.items()}
+        self.model.load_state_dict(state)
         self.init_sha = file_sha256(path)
 
     def _load_extended(self, path: Path) -> None:

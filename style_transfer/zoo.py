@@ -6,11 +6,15 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .checkpoint import MODEL_SUFFIX, CheckpointError, file_sha256, read_model_info
 from .imageio import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from .network import TransformerConfig
 
 WEIGHTS_ENV = "STYLE_TRANSFER_WEIGHTS"
 # A model name is a file stem: letters, digits, '-', '_' and '.', not starting with '.'; this rules
@@ -63,14 +67,15 @@ BASE_MODEL = "starry-night"
 BASE_LR = 2e-4
 
 
-def base_model(network: object, weights_dir: Path | str | None = None) -> Path | None:
-    """The weights folder's :data:`BASE_MODEL` when its network is ``network`` (a TransformerConfig), else
-    None (then training starts from scratch): another norm, width or number of styles cannot start from it."""
+def base_model(network: TransformerConfig, weights_dir: Path | str | None = None) -> Path | None:
+    """The weights folder's :data:`BASE_MODEL` when ``network`` (a TransformerConfig) can start from it (its
+    network, or a multi-style one of its shape: TransformerConfig.can_start_from), else None (then training
+    starts from scratch): another norm or width cannot."""
     path = list_models(Path(weights_dir) if weights_dir is not None else default_weights_dir()).get(BASE_MODEL)
     if path is None:
         return None
     try:
-        return path if read_model_info(path).config == network else None
+        return path if network.can_start_from(read_model_info(path).config) else None
     except CheckpointError:
         return None
 

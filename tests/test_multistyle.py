@@ -129,6 +129,29 @@ def test_a_two_style_network_trains_each_style_in_turn_and_records_them(tmp_path
         assert (model(x, torch.tensor([1.0, 0.0])) - model(x, torch.tensor([0.0, 1.0]))).abs().max() > 1e-4
 
 
+def test_a_multi_style_network_starts_every_style_from_a_single_style_instance_model(tmp_path, photos, styles,
+                                                                                      make_checkpoint):
+    """--init from an instance-norm model of the same shape (what --init auto does with the flagship): the
+    convolutions are shared, and each style's (gamma, beta) starts as the model's affine, so before training
+    every style renders exactly what the single-style model does. Another norm or width is refused."""
+    source = make_checkpoint("instance", width=8, num_residual=1, trained=True)
+    assert NET.can_start_from(TransformerConfig(norm="instance", width=8, num_residual=1))
+    assert not NET.can_start_from(TransformerConfig(norm="group", width=8, num_residual=1, groups=4))
+    assert not NET.can_start_from(TransformerConfig(norm="instance", width=16, num_residual=1))
+    assert not TransformerConfig(norm="instance", width=8, num_residual=1).can_start_from(NET)
+    spec, run, options = tiny(tmp_path, photos, styles, init=source, steps=1, lr=1e-12)
+    train(spec, run, options)
+    single, _ = load_model(source)
+    multi, info = load_model(run.checkpoint)
+    assert info.training["init_sha256"] == file_sha256(source)
+    x = torch.rand(1, 3, 40, 40)
+    with torch.no_grad():
+        for style in (torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])):
+            assert torch.allclose(multi(x, style), single(x), atol=1e-5)
+    with pytest.raises(TrainingError, match="is not this run's"):
+        train(*tiny(tmp_path / "w", photos, styles, init=source, width=16, steps=1))
+
+
 def test_multi_style_resume_is_bit_exact_and_refuses_other_styles(tmp_path, photos, styles):
     straight = train(*tiny(tmp_path / "a", photos, styles, steps=6, checkpoint_every=3))
     train(*tiny(tmp_path / "b", photos, styles, steps=3, checkpoint_every=3))

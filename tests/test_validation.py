@@ -156,6 +156,8 @@ def test_train_starts_from_the_flagship_when_it_has_the_network(tmp_path, conten
     assert "init_sha256" not in other and other["lr"] == 1e-3
     assert run("lr", "--width", "8", "--lr", "5e-4")["lr"] == 5e-4
     assert run("path", "--width", "8", "--init", str(flagship))["lr"] == BASE_LR  # any checkpoint fine-tunes
+    # A conditional instance norm network of the flagship's shape starts its styles from it too.
+    assert run("multi", "--width", "8", "--norm", "conditional_instance")["init_sha256"] == file_sha256(flagship)
 
 
 def test_a_resume_keeps_the_recipe_it_started_with(tmp_path, content_dir, small_style_path, make_checkpoint):
