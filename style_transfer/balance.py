@@ -9,19 +9,20 @@ ranks The Great Wave as needing *more* weight than Starry Night.
 
 So ``auto`` measures what the balance is for, while training: every :data:`EVERY` steps after the first
 :data:`START_FRACTION` of the budget (an untrained network keeps nothing yet), the model stylizes a few
-photos at :data:`SIZE` px, and the mean luminance SSIM to them (``val_ssim``, validation.py) steers the
-style weight. The weight is ``base * 2**u``; each update moves ``u`` by :data:`GAIN` times the SSIM's
-distance to :data:`TARGET` (at most :data:`MAX_MOVE`), within :data:`BOUNDS`: an integral controller,
-slow enough for the network to follow (its kept answers a change of weight over ~100 steps) and
-bounded, so it can neither erase the style nor the photo. It starts at the fixed default and keeps it
-while the photo is kept at the target.
+photos at :data:`SIZE` px, and the mean luminance SSIM to them (``val_ssim``, measured by
+``validation.Validator.kept``) steers the style weight. The weight is ``base * 2**u``; each update moves
+``u`` by :data:`GAIN` times the SSIM's distance to :data:`TARGET` (at most :data:`MAX_MOVE`), within
+:data:`BOUNDS`: an integral controller, slow enough for the network to follow (its kept answers a change
+of weight over ~100 steps) and bounded, so it can neither erase the style nor the photo. It starts at
+the fixed default and keeps it while the photo is kept at the target.
 
 The photos are the run's ``--val`` photos, or else :data:`PHOTOS` of its content photos spread over the
 folder (the network does not memorize 256 px crops of hundreds of photos, so their kept tracks unseen
 photos'; docs/quality.md). The measure is deterministic: the same run gives the same weights. In a
 multi-process run rank 0 measures and the others receive its weight, so every process trains the same
-loss. Norm A/B sets (``ablate``, zoo plans) keep a fixed weight: auto would give each arm its own, and
-arms must differ in the norm only.
+loss. At a sample step of a run with ``--val`` photos the validation's own ``val_ssim`` is used, so
+the photos are stylized once. Norm A/B sets (``ablate``, zoo plans) keep a fixed weight: auto would
+give each arm its own, and arms must differ in the norm only.
 """
 
 from __future__ import annotations
@@ -31,11 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from .device import autocast
-from .imageio import load_rgb, spread
-from .metrics import luminance_ssim
+from .imageio import spread
 
 AUTO = "auto"
 # Where the weight starts, and what a fixed default would be (losses.LossConfig).
@@ -119,28 +116,3 @@ class StyleBalance:
 
     def load_state_dict(self, state: dict) -> None:
         self.u, self.base, self.history = float(state["u"]), float(state["base"]), list(state["history"])
-
-
-class KeptMeter:
-    """Mean luminance SSIM of a model's outputs to a few photos at SIZE: the controller's measure."""
-
-    def __init__(self, photos: Sequence[Path], device: torch.device, size: int = SIZE) -> None:
-        if not photos:
-            raise ValueError("the style balance needs at least one photo to measure")
-        self.photos = list(photos)
-        self.images = [load_rgb(p, size).to(device) for p in self.photos]
-
-    @torch.no_grad()
-    def __call__(self, model: torch.nn.Module, precision: str, style: torch.Tensor | None = None) -> float:
-        """``style``: a multi-style network's style weights (the style being trained)."""
-        was_training = model.training
-        model.eval()
-        try:
-            total = 0.0
-            for image in self.images:
-                with autocast(image.device, precision):
-                    out = model(image) if style is None else model(image, style)
-                total += float(luminance_ssim(out.float().clamp(0, 1), image))
-        finally:
-            model.train(was_training)
-        return total / len(self.images)

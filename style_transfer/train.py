@@ -25,7 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .balance import KeptMeter, StyleBalance, control_photos, is_auto
+from .balance import SIZE as BALANCE_SIZE
+from .balance import StyleBalance, control_photos, is_auto
 from .checkpoint import ModelInfo, file_sha256, load_model, load_train_state, save_model, save_train_state
 from .data import ContentImages, ResumableSampler, link_folders, steps_per_epoch
 from .device import autocast, resolve_device, resolve_precision
@@ -35,7 +36,7 @@ from .network import TransformerNet
 from .norms import ConditionalInstanceNorm2d, has_batch_statistics
 from .rundir import TERMS, RunDir
 from .spec import RunSpec, combined_sha256
-from .validation import Validator, photo_lost
+from .validation import VAL_SIZE, Validator, photo_lost
 
 log = logging.getLogger(__name__)
 
@@ -271,11 +272,12 @@ class _Trainer:
         # --style-weight auto (balance.py): one controller per painting trained, each steering its own
         # painting's weight by the photo kept in its style; rank 0 measures.
         self.balances: list[StyleBalance] = []
-        self.kept_meter: KeptMeter | None = None
+        self.kept_meter: Validator | None = None  # what the controllers measure: the validator, if any
         if is_auto(spec.loss.style_weight):
             self.balances = [StyleBalance(self.total_steps) for _ in styles]
             if env.main:
-                self.kept_meter = KeptMeter(control_photos(options.val_photos, self.dataset.paths), device)
+                self.kept_meter = self.validator or self._validator(
+                    tuple(control_photos((), self.dataset.paths)), size=BALANCE_SIZE, training_photos=True)
 
         # Seed before building the model: arms that differ only in the norm start from the same conv
         # weights (norm layers draw no random numbers), which makes norm comparisons fair.
@@ -332,12 +334,13 @@ class _Trainer:
         self.extend_sha = file_sha256(path)
         self.base_style_sha256s = list(info.extra.get("style_sha256s") or [info.style_sha256])
 
-    def _validator(self, photos: tuple[Path, ...]) -> Validator:
+    def _validator(self, photos: tuple[Path, ...], size: int = VAL_SIZE, training_photos: bool = False) -> Validator:
+        """``training_photos``: allow them (the style balance's fallback photos; balance.py says why)."""
         seen = {os.path.realpath(p) for p in self.dataset.paths}
         trained_on = [str(p) for p in photos if os.path.realpath(p) in seen]
-        if trained_on:
+        if trained_on and not training_photos:
             raise ValueError(f"validation photos must not be training photos: {', '.join(trained_on)}")
-        return Validator(list(photos), self.criterion, self.device,
+        return Validator(list(photos), self.criterion, self.device, size=size,
                          style_names=self.spec.style_names[self.first_trained:],
                          network_styles=self.num_styles, first_style=self.first_trained)
 
@@ -430,10 +433,12 @@ class _Trainer:
         while self.step < self.total_steps:
             self._freeze_batch_statistics()
             entry = self._train_step(next(data))
-            if self.balances and self.balances[0].due(self.step):
-                entry.update(self._update_balance())
+            measured: dict[str, float] = {}
             if self.step % self.options.sample_every == 0 or self.step == self.total_steps:
-                entry.update(self._sample())
+                measured = self._sample()
+                entry.update(measured)
+            if self.balances and self.balances[0].due(self.step):
+                entry.update(self._update_balance(measured))
             self.history.append(entry)
             if log_file:
                 log_file.write(json.dumps(entry) + "\n")
@@ -496,20 +501,23 @@ class _Trainer:
         if self.balances:
             self.criterion.style_weights = [b.weight for b in self.balances]
 
-    def _update_balance(self) -> dict[str, float]:
+    def _update_balance(self, measured: dict[str, float]) -> dict[str, float]:
         """Measure the photo kept in every trained style (rank 0; the others receive it) and move each
-        style's weight; the log entry's ``auto_kept`` and ``style_weight`` (per style for several)."""
+        style's weight; the log entry's ``auto_kept`` and ``style_weight`` (per style for several).
+        ``measured``: this step's validation measures, if it sampled; when the controllers measure the
+        same photos, their ``val_ssim`` is the kept, and the photos are not stylized twice."""
+        names = self.spec.style_names[self.first_trained:]
+        keys = ["val_ssim"] if len(self.balances) == 1 else [f"val_ssim/{n}" for n in names]
         kept = torch.zeros(len(self.balances), dtype=torch.float64, device=self.device)
         if self.kept_meter is not None:
-            for k in range(len(self.balances)):
-                style = None if self.num_styles == 1 else self._style_weights(self.first_trained + k)
-                kept[k] = self.kept_meter(self.model, self.spec.precision, style)
+            for k, key in enumerate(keys):
+                reuse = self.kept_meter is self.validator and key in measured
+                kept[k] = measured[key] if reuse else self.kept_meter.kept(self.model, self.spec.precision, k)
         kept = self.env.broadcast(kept).tolist()
         weights = [b.update(self.step, value) for b, value in zip(self.balances, kept)]
         self._apply_balance()
         if len(self.balances) == 1:
             return {"auto_kept": kept[0], "style_weight": weights[0]}
-        names = self.spec.style_names[self.first_trained:]
         return {**{f"auto_kept/{n}": v for n, v in zip(names, kept)},
                 **{f"style_weight/{n}": w for n, w in zip(names, weights)}}
 

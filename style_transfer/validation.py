@@ -21,7 +21,7 @@ and the progress bar say so, with the fix.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -78,25 +78,38 @@ class Validator:
             self.photo_style = [[float(criterion.style_distance(img, k)) for img in self.images]
                                 for k in range(criterion.num_styles)]
 
-    @torch.no_grad()
-    def measure_each(self, model: torch.nn.Module, precision: str, style: int = 0
-                     ) -> list[tuple[dict[str, float], torch.Tensor]]:
-        """Per photo, in the style of the criterion's painting number ``style``: ``{"val_ssim": ...,
-        "val_style": ...}`` and the output (1, 3, H, W) in [0, 1]."""
+    def _outputs(self, model: torch.nn.Module, precision: str, style: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Per photo: the photo and its output (1, 3, H, W) in [0, 1], in the style of the criterion's
+        painting number ``style``; the model in inference mode meanwhile."""
         was_training = model.training
         model.eval()
         onehot = torch.eye(self.network_styles, device=self.device)[self.first_style + style] \
             if self.network_styles > 1 else None
+        try:
+            with torch.no_grad():
+                for image in self.images:
+                    with autocast(self.device, precision):
+                        out = model(image) if onehot is None else model(image, onehot)
+                    yield image, out.float().clamp(0, 1)
+        finally:
+            model.train(was_training)
+
+    def measure_each(self, model: torch.nn.Module, precision: str, style: int = 0
+                     ) -> list[tuple[dict[str, float], torch.Tensor]]:
+        """Per photo, in the style of the criterion's painting number ``style``: ``{"val_ssim": ...,
+        "val_style": ...}`` and the output (1, 3, H, W) in [0, 1]."""
         results = []
-        for image, photo_style in zip(self.images, self.photo_style[style]):
-            with autocast(self.device, precision):
-                out = model(image) if onehot is None else model(image, onehot)
-            out = out.float().clamp(0, 1)
-            measures = {"val_ssim": float(luminance_ssim(out, image)),
-                        "val_style": float(self.criterion.style_distance(out, style)) / max(photo_style, 1e-12)}
-            results.append((measures, out))
-        model.train(was_training)
+        for (image, out), photo_style in zip(self._outputs(model, precision, style), self.photo_style[style]):
+            with torch.no_grad():
+                distance = float(self.criterion.style_distance(out, style))
+            results.append(({"val_ssim": float(luminance_ssim(out, image)),
+                             "val_style": distance / max(photo_style, 1e-12)}, out))
         return results
+
+    def kept(self, model: torch.nn.Module, precision: str, style: int = 0) -> float:
+        """The mean ``val_ssim`` alone (no style measure): what --style-weight auto steers by (balance.py)."""
+        values = [float(luminance_ssim(out, image)) for image, out in self._outputs(model, precision, style)]
+        return sum(values) / len(values)
 
     def measure(self, model: torch.nn.Module, precision: str) -> tuple[dict[str, float], list[list[torch.Tensor]]]:
         """The measures' means over the photos (and styles), and the outputs: per photo, one per style."""

@@ -18,6 +18,7 @@ from style_transfer.losses import LossConfig
 from style_transfer.rundir import RunDir
 from style_transfer.spec import RunSpec, ab_group, settings
 from style_transfer.train import TrainingError, TrainOptions, train
+from style_transfer.validation import Validator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -152,6 +153,27 @@ def test_resume_continues_the_controller_exactly(tmp_path, content_dir, style_pa
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(TrainingError, match="style_weight"):
         train(spec.replace(style_weight=BASE_WEIGHT, steps=12), run, _options(photos), resume=True)
+
+
+def test_at_a_sample_step_the_controller_uses_the_validation_measure(tmp_path, content_dir, style_path,
+                                                                    photos, quick_control, monkeypatch):
+    """With --val photos the controller measures the validation photos; when a step both samples and
+    updates, the validation's val_ssim is the controller's kept and the photos are stylized once."""
+    stylized = []
+    outputs = Validator._outputs
+
+    def counting(self, *args, **kwargs):
+        stylized.append(1)
+        return outputs(self, *args, **kwargs)
+
+    monkeypatch.setattr(Validator, "_outputs", counting)
+    result = train(_tiny(content_dir, style_path), RunDir.of(tmp_path / "m.safetensors"),
+                   _options(photos, sample_every=4))
+    by_step = {e["step"]: e for e in result.history}
+    assert [s for s, e in by_step.items() if "auto_kept" in e] == [2, 4, 6, 8]
+    assert [s for s, e in by_step.items() if "val_ssim" in e] == [4, 8, 10]
+    assert all(by_step[s]["auto_kept"] == by_step[s]["val_ssim"] for s in (4, 8))
+    assert len(stylized) == 2 + 3  # the updates at 2 and 6, and the three samples; not again at 4 and 8
 
 
 def test_each_painting_of_a_multi_style_run_has_its_own_weight(tmp_path, content_dir, style_path,
