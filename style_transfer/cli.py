@@ -129,13 +129,14 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
 
     * ``--style-weight auto``: the weight adapts to the painting (balance.py);
     * ``--init auto``: start from the weights folder's flagship when it has this network (zoo.base_model),
-      at ``--lr`` 2e-4 unless given; ``--init none`` starts from scratch.
+      at ``--lr`` 2e-4 with ``--lr-warmup`` 100 unless given (any --init: zoo.BASE_LR, zoo.BASE_WARMUP);
+      ``--init none`` starts from scratch.
 
     An extension keeps its model's loss and weights (spec._extension). A resumed run keeps the weight and
     learning rate it was started with when they are not given again (its weights come from its state)."""
     from .checkpoint import load_train_state
     from .spec import _flat_fingerprint
-    from .zoo import BASE_LR, base_model, resolve_model
+    from .zoo import BASE_LR, BASE_WARMUP, base_model, resolve_model
 
     init = None if args.init is None else str(args.init)
     for name in ("init", "extend"):  # a checkpoint path, or a model name from the weights folder
@@ -146,7 +147,7 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
         return _spec_from_args(args)
     if args.resume and run.state.is_file():
         recorded = _flat_fingerprint(load_train_state(run.state)["settings"])
-        kept = {k: recorded[k] for k in ("style_weight", "lr") if getattr(args, k) is None and k in recorded}
+        kept = {k: recorded[k] for k in ("style_weight", "lr", "lr_warmup") if getattr(args, k) is None and k in recorded}
         return _spec_from_args(args, **kept)
     fixed: dict[str, object] = {"style_weight": AUTO} if args.style_weight is None else {}
     spec = _spec_from_args(args, **fixed)
@@ -155,11 +156,12 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
         if base is not None:
             log.info("starting from %s (--init auto: a trained network keeps photos from the first step; "
                      "--init none starts from scratch)", base)
-            spec = spec.replace(init=base, **({"lr": BASE_LR} if args.lr is None else {}))
+            spec = spec.replace(init=base)
         elif init == "auto":
             log.info("--init auto: the weights folder has no flagship model with this network; starting from scratch")
-    elif args.init is not None and args.lr is None:
-        spec = spec.replace(lr=BASE_LR)  # fine-tuning: see zoo.BASE_LR
+    if spec.init is not None:  # fine-tuning: see zoo.BASE_LR and zoo.BASE_WARMUP
+        spec = spec.replace(**({"lr": BASE_LR} if args.lr is None else {}),
+                            **({"lr_warmup": BASE_WARMUP} if args.lr_warmup is None else {}))
     return spec
 
 

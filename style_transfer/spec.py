@@ -75,6 +75,9 @@ HELP = {
     "image_size": "training crop size",
     "batch_size": "images per step, per process",
     "lr": "Adam learning rate",
+    "lr_warmup": "raise the learning rate linearly from lr/N to lr over the first N steps (default: none; "
+                 "train's default with --init: 100, since Adam's first steps would move every weight by about "
+                 "lr and undo what the network had learned)",
     "clip_grad_norm": "clip the gradient's global L2 norm to this (default: no clipping; the log records the "
                       "norm of every step either way)",
     "bn_frozen_steps": "train the last N steps with batch norm's running statistics frozen, so the network "
@@ -115,6 +118,11 @@ class RunSpec:
     image_size: int = 256  # random crops, as in Johnson et al. 2016
     batch_size: int = 4  # per process
     lr: float = 1e-3  # Adam, as in Johnson et al. 2016
+    # Linear learning-rate warm-up over the first N steps (Goyal et al. 2017). Adam's first updates have
+    # a magnitude of about lr for every weight, whatever its gradient (its second-moment estimate is one
+    # step old), so from a trained network on a nearly converged loss one step at 2e-4 multiplies its
+    # style loss ~100x (benchmarks/warmup_shock.py, docs/quality.md). None: no warm-up.
+    lr_warmup: int | None = None
     # None: no clipping, as in Johnson et al. The group-norm arm of the shipped Starry Night A/B set
     # diverged twice without it (weights/zoo.toml). Optional settings default to None ("off") and are
     # left out of the fingerprint while off, so runs from before the setting existed still resume.
@@ -155,6 +163,8 @@ class RunSpec:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be > 0, got {self.clip_grad_norm}")
+        if self.lr_warmup is not None and (not isinstance(self.lr_warmup, int) or self.lr_warmup < 1):
+            raise ValueError(f"lr_warmup must be a positive integer, got {self.lr_warmup!r}")
         if self.bn_frozen_steps is not None and (not isinstance(self.bn_frozen_steps, int) or self.bn_frozen_steps < 1):
             raise ValueError(f"bn_frozen_steps must be a positive integer, got {self.bn_frozen_steps!r}")
 

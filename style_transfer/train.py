@@ -193,6 +193,12 @@ def loss_terms(net: torch.nn.Module, criterion: PerceptualLoss, batch: torch.Ten
         return criterion(net(batch, weights), batch, painting)
 
 
+def warmup_lr(lr: float, step: int, warmup: int | None) -> float:
+    """The learning rate of the step after ``step`` steps: ``lr`` ramped linearly over the first
+    ``warmup`` steps (spec.lr_warmup says why), then ``lr``. From the step alone, so a resume continues it."""
+    return lr if not warmup else lr * min(1.0, (step + 1) / warmup)
+
+
 def optimizer_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, clip: float | None = None) -> float:
     """Backward pass and parameter update of one training step; returns the gradient's global L2 norm
     (before clipping to ``clip``, when given), which the training log records: a divergence shows
@@ -490,6 +496,8 @@ class _Trainer:
                 + f"); training stopped. The last good checkpoint ({self.run_dir.state}, "
                 "if any) was kept. Try a lower --lr, --precision fp32, or smaller loss weights."
             )
+        for group in self.optimizer.param_groups:
+            group["lr"] = warmup_lr(self.spec.lr, self.step, self.spec.lr_warmup)
         grad_norm = optimizer_step(self.optimizer, terms["total"], self.spec.clip_grad_norm)
         self.step += 1
         return {"step": self.step, **{t: float(v) for t, v in zip(TERMS, values.tolist())},

@@ -65,6 +65,12 @@ BASE_MODEL = "starry-night"
 # Scream's weighted style loss from the flagship went from 6.4 to 1076 at the second step), 2e-4 fine-tunes
 # it (6.4, then 1.1 by step 7; the warm-the-scream runs of benchmarks/quality-plan.toml).
 BASE_LR = 2e-4
+# ... and even at 2e-4 the first step shocks a network whose loss is already low: the flagship trained on
+# its own painting (or a multi-style network's first style, which is the flagship's) went from a style
+# loss of 0.22 to 30 in one step, and was still at 6-11 ten steps later; with the learning rate ramped
+# over 100 steps it stayed at 0.17-0.29 (benchmarks/warmup_shock.py). A painting far from the flagship
+# has gradients large enough to recover from it (the warm-auto runs met the bar without a warm-up).
+BASE_WARMUP = 100
 
 
 def base_model(network: TransformerConfig, weights_dir: Path | str | None = None) -> Path | None:

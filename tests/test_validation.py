@@ -98,6 +98,31 @@ def test_the_warning_fires_when_the_photo_is_lost_and_not_when_it_is_kept(tmp_pa
     assert result.history[-1]["val_ssim"] > LOST_PHOTO_SSIM
 
 
+def test_a_warm_up_spares_a_trained_network_the_first_steps_shock(tmp_path, shared_data, style_path):
+    """The shipped Starry Night model fine-tuned on its own painting at train's warm-start lr: without a
+    warm-up Adam's first step (about lr on every weight, whatever its gradient) multiplies the style loss
+    many times; ramped over 100 steps, the loss stays where it was (zoo.BASE_WARMUP)."""
+    from style_transfer.train import warmup_lr
+    from style_transfer.zoo import BASE_LR, BASE_WARMUP
+
+    assert [warmup_lr(1.0, s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_lr(1.0, 0, None) == 1.0
+    # Photos at the scale the flagship was trained on (its loss is low there: the shock needs that).
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted((shared_data / "content" / "bsds500" / "train").glob("*.jpg"))[:4]:
+        shutil.copy(path, photos / path.name)
+    spec = RunSpec.from_flat(dict(content=photos, style=style_path, init=FLAGSHIP, steps=3, image_size=192,
+                                  batch_size=2, lr=BASE_LR, precision="fp32", style_size=512))
+    styles = {}
+    for name, warmup in (("shock", None), ("warm", BASE_WARMUP)):
+        result = train(spec.replace(lr_warmup=warmup), RunDir.of(tmp_path / f"{name}.safetensors"), _options())
+        styles[name] = [e["style"] for e in result.history]
+    assert styles["shock"][0] == styles["warm"][0]  # the same start, before any update
+    assert styles["shock"][1] > 5 * styles["shock"][0]
+    assert max(styles["warm"][1:]) < 2 * styles["warm"][0]
+
+
 def test_init_starts_from_a_checkpoint_and_refuses_another_network(tmp_path, content_dir, small_style_path,
                                                                    make_checkpoint):
     source = make_checkpoint("instance", width=8, num_residual=1, trained=True)
@@ -129,10 +154,11 @@ def test_init_takes_a_model_name_from_the_weights_folder(tmp_path, content_dir, 
 
 def test_train_starts_from_the_flagship_when_it_has_the_network(tmp_path, content_dir, small_style_path,
                                                                  make_checkpoint):
-    """--init auto (the train command's default): the weights folder's flagship at lr 2e-4 when its network
-    is the run's; from scratch at 1e-3 otherwise, or with --init none. An explicit --lr wins."""
+    """--init auto (the train command's default): the weights folder's flagship at lr 2e-4, warmed up over
+    100 steps, when its network is the run's; from scratch at 1e-3 without warm-up otherwise, or with
+    --init none. An explicit --lr or --lr-warmup wins."""
     from style_transfer.cli import main
-    from style_transfer.zoo import BASE_LR, BASE_MODEL
+    from style_transfer.zoo import BASE_LR, BASE_MODEL, BASE_WARMUP
 
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -149,13 +175,16 @@ def test_train_starts_from_the_flagship_when_it_has_the_network(tmp_path, conten
 
     warm = run("warm", "--width", "8")
     assert warm["init_sha256"] == file_sha256(flagship) and warm["lr"] == BASE_LR
+    assert warm["lr_warmup"] == BASE_WARMUP
     assert warm["loss"]["style_weight"] == "auto"
     cold = run("cold", "--width", "8", "--init", "none")
-    assert "init_sha256" not in cold and cold["lr"] == 1e-3
+    assert "init_sha256" not in cold and cold["lr"] == 1e-3 and "lr_warmup" not in cold
     other = run("other", "--width", "16")  # the flagship has another network: from scratch
-    assert "init_sha256" not in other and other["lr"] == 1e-3
-    assert run("lr", "--width", "8", "--lr", "5e-4")["lr"] == 5e-4
-    assert run("path", "--width", "8", "--init", str(flagship))["lr"] == BASE_LR  # any checkpoint fine-tunes
+    assert "init_sha256" not in other and other["lr"] == 1e-3 and "lr_warmup" not in other
+    explicit = run("lr", "--width", "8", "--lr", "5e-4", "--lr-warmup", "7")
+    assert (explicit["lr"], explicit["lr_warmup"]) == (5e-4, 7)
+    path = run("path", "--width", "8", "--init", str(flagship))  # any checkpoint fine-tunes
+    assert (path["lr"], path["lr_warmup"]) == (BASE_LR, BASE_WARMUP)
     # A conditional instance norm network of the flagship's shape starts its styles from it too.
     assert run("multi", "--width", "8", "--norm", "conditional_instance")["init_sha256"] == file_sha256(flagship)
 
@@ -180,6 +209,7 @@ def test_a_resume_keeps_the_recipe_it_started_with(tmp_path, content_dir, small_
     resumed = read_model_info(out)
     assert resumed.steps == 2 and resumed.training["loss"]["style_weight"] == 3e-5
     assert resumed.training["init_sha256"] == started["init_sha256"] and resumed.training["lr"] == started["lr"]
+    assert resumed.training["lr_warmup"] == started["lr_warmup"] == 100
 
 
 
