@@ -67,8 +67,8 @@ BASE_MODEL = "starry-night"
 BASE_LR = 2e-4
 # ... and even at 2e-4 the first step shocks a network whose loss is already low: the flagship trained on
 # its own painting (or a multi-style network's first style, which is the flagship's) went from a style
-# loss of 0.22 to 30 in one step, and was still at 6-11 ten steps later; with the learning rate ramped
-# over 100 steps it stayed at 0.17-0.29 (benchmarks/warmup_shock.py). A painting far from the flagship
+# loss of 0.31 to 35 in one step, and was still at 6.9 ten steps later; with the learning rate ramped
+# over 100 steps it stayed at 0.20-0.26 (benchmarks/warmup_shock.py, docs/quality.md). A painting far from the flagship
 # has gradients large enough to recover from it (the warm-auto runs met the bar without a warm-up).
 BASE_WARMUP = 100
 
