@@ -20,6 +20,7 @@ and the progress bar say so, with the fix.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -73,10 +74,14 @@ class Validator:
         if self.style_names and len(self.style_names) != criterion.num_styles:
             raise ValueError(f"{len(self.style_names)} style names for {criterion.num_styles} styles")
         self.images = [load_rgb(p, size).to(device) for p in self.photos]
+
+    @functools.cached_property
+    def photo_style(self) -> list[list[float]]:
+        """The photos' own distance to each painting: the unit of val_style. Computed when first measured,
+        so a validator used for ``kept`` alone (the style balance's) never runs VGG on them."""
         with torch.no_grad():
-            # The photos' own distance to each painting: the unit of val_style.
-            self.photo_style = [[float(criterion.style_distance(img, k)) for img in self.images]
-                                for k in range(criterion.num_styles)]
+            return [[float(self.criterion.style_distance(img, k)) for img in self.images]
+                    for k in range(self.criterion.num_styles)]
 
     def _outputs(self, model: torch.nn.Module, precision: str, style: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Per photo: the photo and its output (1, 3, H, W) in [0, 1], in the style of the criterion's
