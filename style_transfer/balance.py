@@ -72,11 +72,10 @@ def parse_weight(text: str) -> float | str:
     return AUTO if text.strip().lower() == AUTO else float(text)
 
 
-def control_photos(val_photos: Sequence[Path], content_photos: Sequence[Path], count: int = PHOTOS) -> list[Path]:
-    """The photos the controller measures: the run's validation photos, or ``count`` content photos spread
-    evenly over them (sorted, so the choice does not depend on the folder's listing order)."""
-    if val_photos:
-        return list(val_photos)
+def control_photos(content_photos: Sequence[Path], count: int = PHOTOS) -> list[Path]:
+    """The photos the controller measures when the run has no ``--val``: ``count`` content photos spread
+    evenly over them (sorted, so the choice does not depend on the folder's listing order). With ``--val``
+    it reuses the validation photos' measure instead (train.Trainer._update_balance)."""
     return spread(sorted(content_photos, key=str), count)
 
 

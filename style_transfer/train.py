@@ -283,7 +283,7 @@ class _Trainer:
             self.balances = [StyleBalance(self.total_steps) for _ in styles]
             if env.main:
                 self.kept_meter = self.validator or self._validator(
-                    tuple(control_photos((), self.dataset.paths)), size=BALANCE_SIZE, training_photos=True)
+                    tuple(control_photos(self.dataset.paths)), size=BALANCE_SIZE, training_photos=True)
 
         # Seed before building the model: arms that differ only in the norm start from the same conv
         # weights (norm layers draw no random numbers), which makes norm comparisons fair.

@@ -88,11 +88,10 @@ def test_the_same_measures_give_the_same_weights_and_the_state_round_trips():
     assert c.update(600, 0.5) == a.update(600, 0.5)
 
 
-def test_the_photos_measured_are_the_validation_photos_else_content_photos_spread_over_the_folder(tmp_path):
+def test_without_val_the_photos_measured_are_content_photos_spread_over_the_folder(tmp_path):
     content = [tmp_path / f"{i:02d}.jpg" for i in range(10)]
-    assert control_photos([tmp_path / "v.jpg"], content) == [tmp_path / "v.jpg"]
-    assert control_photos([], list(reversed(content)), count=4) == [content[i] for i in (0, 2, 5, 7)]
-    assert control_photos([], content[:3], count=4) == content[:3]
+    assert control_photos(list(reversed(content)), count=4) == [content[i] for i in (0, 2, 5, 7)]
+    assert control_photos(content[:3], count=4) == content[:3]
 
 
 def test_auto_is_a_setting_of_its_own_kind():
