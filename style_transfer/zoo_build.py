@@ -280,12 +280,14 @@ def gallery(models: Sequence[ZooModel], weights_dir: Path, photos: Sequence[Path
     images on top.
     ``ab-<lead>.jpg``: for every shipped norm A/B set (:func:`ab_sets`), its arms side by side, named
     after its instance arm.
+    ``blend-<name>.jpg``: for every shipped multi-style model, its styles in plan order with the 50:50
+    mix of each neighbouring pair between them (the blend of Dumoulin et al. 2017), the style images on top.
     """
     import torch
 
     from .grid import image_grid
     from .imageio import load_rgb
-    from .stylize import Stylizer
+    from .stylize import StylizeOptions, Stylizer
     from .zoo import list_models
 
     if not photos:
@@ -312,8 +314,8 @@ def gallery(models: Sequence[ZooModel], weights_dir: Path, photos: Sequence[Path
     for m in present:
         if m.norm == "instance" and all(m.spec.style != other.spec.style for other in instance):
             instance.append(m)
+    blank = torch.ones(1, 3, 8, 8)
     if instance:
-        blank = torch.ones(1, 3, 8, 8)
         header = [blank] + [load_rgb(m.spec.style[0], max_size=cell) for m in instance]
         rows = [header] + [[img] + [outputs[m.name][i] for m in instance] for i, img in enumerate(images)]
         save(rows, ["photo"] + [m.name for m in instance], "styles.jpg")
@@ -323,4 +325,27 @@ def gallery(models: Sequence[ZooModel], weights_dir: Path, photos: Sequence[Path
         rows = [[img] + [outputs[m.name][i] for m in arms] for i, img in enumerate(images)]
         lead = next((m.name for m in arms if m.norm == "instance"), arms[0].name)
         save(rows, ["photo"] + [f"{m.norm} norm" for m in arms], f"ab-{lead}.jpg")
+    for m in present:
+        if len(m.spec.style) >= 2:
+            stylizer = Stylizer.from_checkpoint(shipped[m.name], device="cpu")
+            mixes, labels = blend_chain(m.spec.style_names)
+            header = [blank] + [load_rgb(m.spec.style[mix.index(1.0)], max_size=cell) if 1.0 in mix else blank
+                                for mix in mixes]
+            rows = [header] + [[img] + [stylizer.stylize(img, StylizeOptions(style=mix)) for mix in mixes]
+                               for img in images]
+            save(rows, ["photo"] + labels, f"blend-{m.name}.jpg")
     return written
+
+
+def blend_chain(names: Sequence[str]) -> tuple[list[tuple[float, ...]], list[str]]:
+    """A multi-style model's gallery columns: each style alone (weight 1: exactly that style), and between
+    neighbours their 50:50 mix. Returns the style weights per column and the column labels."""
+    mixes: list[tuple[float, ...]] = []
+    labels: list[str] = []
+    for i, name in enumerate(names):
+        if i:
+            mixes.append(tuple(0.5 if j in (i - 1, i) else 0.0 for j in range(len(names))))
+            labels.append("<- 50:50 ->")
+        mixes.append(tuple(1.0 if j == i else 0.0 for j in range(len(names))))
+        labels.append(name)
+    return mixes, labels

@@ -11,13 +11,15 @@ import torch
 from PIL import Image
 
 from style_transfer.checkpoint import load_model, read_model_info, save_model
+from style_transfer.grid import image_grid
+from style_transfer.imageio import load_rgb
 from style_transfer.cli import main
 from style_transfer.zoo import read_manifest, verify_manifest
 from style_transfer.rundir import RunDir
 from style_transfer.train import TrainOptions
 from style_transfer.zoo import list_models
-from style_transfer.zoo_build import (PlanError, ab_sets, export_zoo, gallery, gallery_photos, load_plan, select,
-                                      status, train_zoo)
+from style_transfer.zoo_build import (PlanError, ab_sets, blend_chain, export_zoo, gallery, gallery_photos, load_plan,
+                                      select, status, train_zoo)
 
 REPO_PLAN = Path(__file__).resolve().parents[1] / "weights" / "zoo.toml"
 EVERY_STEP = TrainOptions(checkpoint_every=1, sample_every=250, progress=False)
@@ -361,3 +363,31 @@ def test_quality_study_plan_covers_every_painting_with_the_defaults():
     warm = [m for m in models if m.spec.init is not None]
     assert warm and all(m.spec.init.is_file() and m.spec.init.parent.name == "weights" for m in warm)
     assert gallery_photos(plan) and all(p.parent.name == "test" for p in gallery_photos(plan))
+
+
+def test_blend_chain_has_each_style_alone_and_the_even_mix_of_each_neighbouring_pair():
+    mixes, labels = blend_chain(["a", "b", "c"])
+    assert mixes == [(1, 0, 0), (0.5, 0.5, 0), (0, 1, 0), (0, 0.5, 0.5), (0, 0, 1)]
+    assert labels[::2] == ["a", "b", "c"] and len(labels) == 5
+
+
+def test_gallery_draws_a_blend_strip_for_a_multi_style_model(tmp_path, content_dir, small_style_path):
+    other = tmp_path / "other.jpg"
+    with Image.open(small_style_path) as img:
+        img.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(other)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    body = TINY.format(content=content_dir, steps=1) + (
+        f'\n[[models]]\nname = "duo"\nnorm = "conditional_instance"\nstyle = ["{small_style_path}", "{other}"]\n')
+    models = load_plan(_write_plan(tmp_path, body))
+    train_zoo(models, tmp_path / "runs", export_to=weights)
+    photos = sorted(content_dir.glob("*.jpg"))[:2]
+    (path,) = gallery(models, weights, photos, tmp_path / "gallery", cell=64)
+    assert path.name == "blend-duo.jpg"
+    # Columns photo, style, mix, style (outputs keep the photo's size); rows: the style images, the photos.
+    styles = [load_rgb(p, max_size=64) for p in (small_style_path, other)]
+    blank = torch.ones(1, 3, 8, 8)
+    expected = image_grid([[blank, styles[0], blank, styles[1]]] + [[load_rgb(p, max_size=128)] * 4 for p in photos],
+                          ["photo", "a", "mix", "b"], cell=64)
+    with Image.open(path) as strip:
+        assert strip.size == expected.size
