@@ -297,10 +297,9 @@ def gallery(models: Sequence[ZooModel], weights_dir: Path, photos: Sequence[Path
     if not present:
         raise FileNotFoundError(f"none of the plan's models is in {weights_dir}; run `style-transfer zoo export`")
     images = [load_rgb(p, max_size=cell * 2) for p in photos]
-    outputs: dict[str, list[torch.Tensor]] = {}
-    for m in present:
-        stylizer = Stylizer.from_checkpoint(shipped[m.name], device="cpu")
-        outputs[m.name] = [stylizer.stylize(img) for img in images]
+    stylizers = {m.name: Stylizer.from_checkpoint(shipped[m.name], device="cpu") for m in present}
+    # A multi-style model is drawn in its blend strip only, in each of its mixes (below).
+    outputs = {m.name: [stylizers[m.name].stylize(img) for img in images] for m in present if len(m.spec.style) == 1}
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
 
@@ -320,18 +319,17 @@ def gallery(models: Sequence[ZooModel], weights_dir: Path, photos: Sequence[Path
         rows = [header] + [[img] + [outputs[m.name][i] for m in instance] for i, img in enumerate(images)]
         save(rows, ["photo"] + [m.name for m in instance], "styles.jpg")
     by_name = {m.name: m for m in present}
-    for names in ab_sets({m.name: shipped[m.name] for m in present}):
+    for names in ab_sets({m.name: shipped[m.name] for m in present if m.name in outputs}):
         arms = [by_name[n] for n in names]
         rows = [[img] + [outputs[m.name][i] for m in arms] for i, img in enumerate(images)]
         lead = next((m.name for m in arms if m.norm == "instance"), arms[0].name)
         save(rows, ["photo"] + [f"{m.norm} norm" for m in arms], f"ab-{lead}.jpg")
     for m in present:
         if len(m.spec.style) >= 2:
-            stylizer = Stylizer.from_checkpoint(shipped[m.name], device="cpu")
             mixes, labels = blend_chain(m.spec.style_names)
             header = [blank] + [load_rgb(m.spec.style[mix.index(1.0)], max_size=cell) if 1.0 in mix else blank
                                 for mix in mixes]
-            rows = [header] + [[img] + [stylizer.stylize(img, StylizeOptions(style=mix)) for mix in mixes]
+            rows = [header] + [[img] + [stylizers[m.name].stylize(img, StylizeOptions(style=mix)) for mix in mixes]
                                for img in images]
             save(rows, ["photo"] + labels, f"blend-{m.name}.jpg")
     return written
