@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 PACK = ROOT / ".gpu-pack"
 SHARED = ROOT.parent / "shared"
-PLANS = (ROOT / "weights" / "zoo.toml", ROOT / "benchmarks" / "quality-plan.toml")
+PLANS = (ROOT / "weights" / "zoo.toml", *(ROOT / "benchmarks" / f"{name}-plan.toml" for name in ("quality", "extend")))
 LIMIT = 64 * 2**20  # what one device call may send: the checkout's tracked files and the carried paths
 QUALITY = 90
 
@@ -68,9 +68,10 @@ def pack() -> int:
     for plan in PLANS:
         exact.update(gallery_photos(plan))
         for model in load_plan(plan):
-            exact.update(model.spec.style)
-            content.update(model.spec.content)
-            layers.update(model.spec.loss.style_layers, model.spec.loss.content_layers)
+            exact.update(model.style_files)
+            content.update(model.content_files)
+            if model.waits_for is None:  # a pending extension's loss layers are its base's, packed with it
+                layers.update(model.spec.loss.style_layers, model.spec.loss.content_layers)
     for path in sorted(exact):
         target = PACK / _under_shared(path)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -450,6 +450,8 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
                 f"{min(weights):.2g}-{max(weights):.2g}"
             print(f"{row['name']:<24} {row['norm']:<{norm_width}} {row['steps_done']:>6}/{row['steps']:<6} {shipped:>8} "
                   f"{rate:>7} {hours(row['remaining_s']):>7} {kept:>5} {style:>5} {auto:>15}")
+            if row["waits_for"]:
+                print(f"  waits for the model it extends: {row['waits_for']}")
             if row["stale"]:
                 print(f"  run differs from the plan in: {', '.join(row['stale'])} (move it away to retrain)")
             if row["shipped_stale"]:

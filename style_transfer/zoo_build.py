@@ -28,7 +28,7 @@ import logging
 import statistics
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +50,58 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class ZooModel:
-    """One model of the plan: its served name and the spec of its training run."""
+    """One model of the plan: its served name and the spec of its training run.
+
+    An entry that extends a model (``extend``, issue 17) not trained yet is *pending*: its spec needs the
+    base's checkpoint (its network and styles), so it is built when first asked for, and until the base
+    exists asking is a :class:`PlanError` that names it. So a plan can hold the extensions of a model it
+    trains itself, or of one trained elsewhere later, and still load (``zoo status`` shows them waiting).
+    """
 
     name: str
-    spec: RunSpec
+    resolved: RunSpec | None
     notes: str = ""
+    pending: dict[str, Any] | None = field(default=None, repr=False)  # the entry's settings, when pending
+
+    @property
+    def spec(self) -> RunSpec:
+        if self.resolved is not None:
+            return self.resolved
+        if "spec" not in self.__dict__:  # built once (frozen: stored beside the fields)
+            base = Path(self.pending["extend"])
+            if not base.is_file():
+                raise PlanError(f"{self.name}: waits for the model it extends, {base}: train it first")
+            try:
+                self.__dict__["spec"] = RunSpec.from_flat(self.pending)
+            except (TypeError, ValueError) as exc:
+                raise PlanError(f"model {self.name!r}: {exc}") from exc
+        return self.__dict__["spec"]
+
+    @property
+    def waits_for(self) -> Path | None:
+        """The checkpoint a pending extension waits for; None once it exists (or for any other entry)."""
+        if self.pending is None or Path(self.pending["extend"]).is_file():
+            return None
+        return Path(self.pending["extend"])
+
+    @property
+    def style_files(self) -> tuple[Path, ...]:
+        """The paintings this entry trains (an extension's new ones), pending or not."""
+        return self.pending["style"] if self.pending is not None else self.spec.style
+
+    @property
+    def content_files(self) -> tuple[Path, ...]:
+        """Its content folders (or photos), pending or not."""
+        return self.pending["content"] if self.pending is not None else self.spec.content
 
     @property
     def steps(self) -> int:
-        return self.spec.steps
+        return self.spec.steps if self.waits_for is None else self.pending["steps"]
 
     @property
     def norm(self) -> str:
-        return self.spec.network.norm
+        # An extension's norm is its base's, which must be conditional (spec._extension checks it).
+        return self.spec.network.norm if self.waits_for is None else "conditional_instance"
 
     def run(self, runs_dir: Path) -> RunDir:
         """The run's checkpoint and folder: ``<runs>/<name>.safetensors`` and ``<runs>/<name>.run/``."""
@@ -123,6 +162,14 @@ def load_plan(path: Path | str) -> list[ZooModel]:
         for key in ("init", "extend"):
             if key in entry:
                 values[key] = resolve(entry[key])
+        if "extend" in values and not values["extend"].is_file():
+            # Checked now as far as it can be without the base: every key but those the base supplies.
+            try:
+                RunSpec.from_flat({k: v for k, v in values.items() if k != "extend"})
+            except (TypeError, ValueError) as exc:
+                raise PlanError(f"{where}: {exc}") from exc
+            models.append(ZooModel(entry["name"], None, entry.get("notes", ""), pending=values))
+            continue
         try:
             models.append(ZooModel(entry["name"], RunSpec.from_flat(values), entry.get("notes", "")))
         except (TypeError, ValueError) as exc:
@@ -177,7 +224,10 @@ def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> lis
     for m in models:
         run = m.run(runs_dir)
         done = run.steps_done()
-        rows.append({"name": m.name, "norm": m.norm, "style": " + ".join(m.spec.style_names), "steps_done": done,
+        waits = m.waits_for
+        styles = [waits.stem, *(p.stem for p in m.style_files)] if waits else m.spec.style_names
+        rows.append({"name": m.name, "norm": m.norm, "style": " + ".join(styles), "steps_done": done,
+                     "waits_for": str(waits) if waits else None,
                      "steps": m.steps, "finished": done >= m.steps,
                      "shipped_steps": shipped.get(m.name, {}).get("steps"),
                      "stale": m.stale(runs_dir),
@@ -214,6 +264,9 @@ def train_zoo(models: Sequence[ZooModel], runs_dir: Path, options: TrainOptions 
             for name, keys in stale.items() if keys))
     trained = []
     for m in models:
+        if m.waits_for is not None:  # its base is neither in the plan before it nor trained elsewhere yet
+            log.warning("%s: waits for the model it extends, %s; skipped", m.name, m.waits_for)
+            continue
         run = m.run(runs_dir)
         done = run.steps_done()
         if done >= m.steps:

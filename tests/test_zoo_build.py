@@ -318,7 +318,7 @@ def test_plan_differences_name_each_changed_key_and_a_changed_style_image(tmp_pa
     info = read_model_info(tmp_path / "runs" / "a.safetensors")
     assert model.differences(info.training, info.style_sha256) == []
     def changed(**settings):
-        return dataclasses.replace(model, spec=model.spec.replace(**settings))
+        return dataclasses.replace(model, resolved=model.spec.replace(**settings))
 
     assert changed(lr=2e-3, seed=1).differences(info.training) == ["lr", "seed"]
     assert changed(width=16).differences(info.training) == ["width"]
@@ -365,6 +365,20 @@ def test_quality_study_plan_covers_every_painting_with_the_defaults():
     assert gallery_photos(plan) and all(p.parent.name == "test" for p in gallery_photos(plan))
 
 
+
+@pytest.mark.skipif(not (REPO_PLAN.parents[2] / "shared" / "data").is_dir(), reason="../shared/data not available")
+def test_extend_plan_adds_the_paintings_held_out_of_the_shipped_multi_style_model():
+    plan = REPO_PLAN.parents[1] / "benchmarks" / "extend-plan.toml"
+    models = load_plan(plan)  # loads whether four-styles is shipped yet or not
+    (four,) = [m for m in load_plan(REPO_PLAN) if m.name == "four-styles"]
+    base = REPO_PLAN.parent / "four-styles.safetensors"
+    for m in models:
+        assert (m.waits_for if m.waits_for is not None else m.spec.extend) == base
+        assert m.norm == "conditional_instance"
+        assert len(m.style_files) == 1 and m.style_files[0] not in four.spec.style and m.style_files[0].is_file()
+    assert len({m.style_files for m in models}) == len(models) == 2
+    assert gallery_photos(plan) == gallery_photos(REPO_PLAN.parents[1] / "benchmarks" / "quality-plan.toml")
+
 def test_blend_chain_has_each_style_alone_and_the_even_mix_of_each_neighbouring_pair():
     mixes, labels = blend_chain(["a", "b", "c"])
     assert mixes == [(1, 0, 0), (0.5, 0.5, 0), (0, 1, 0), (0, 0.5, 0.5), (0, 0, 1)]
@@ -391,3 +405,39 @@ def test_gallery_draws_a_blend_strip_for_a_multi_style_model(tmp_path, content_d
                           ["photo", "a", "mix", "b"], cell=64)
     with Image.open(path) as strip:
         assert strip.size == expected.size
+
+
+def test_a_plan_holds_an_extension_of_a_model_it_trains_first(tmp_path, content_dir, small_style_path, caplog):
+    """An ``extend`` entry whose base is not trained yet loads as pending (issue 17): status shows what it
+    waits for, and training the plan trains the base, then the extension from it."""
+    other, third = tmp_path / "other.jpg", tmp_path / "third.jpg"
+    with Image.open(small_style_path) as img:
+        img.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(other)
+        img.transpose(Image.Transpose.ROTATE_180).save(third)
+    body = TINY.format(content=content_dir, steps=1) + (
+        f'\n[[models]]\nname = "duo"\nnorm = "conditional_instance"\nstyle = ["{small_style_path}", "{other}"]\n'
+        f'\n[[models]]\nname = "trio"\nextend = "runs/duo.safetensors"\nstyle = "{third}"\nsteps = 2\n'
+        f'\n[[models]]\nname = "orphan"\nextend = "elsewhere/none.safetensors"\nstyle = "{third}"\n')
+    plan = _write_plan(tmp_path, body)
+    duo, trio, orphan = load_plan(plan)
+    assert trio.waits_for == tmp_path / "runs" / "duo.safetensors"
+    assert (trio.steps, trio.norm) == (2, "conditional_instance")
+    rows = {r["name"]: r for r in status([duo, trio], tmp_path / "runs", tmp_path)}
+    assert rows["trio"]["waits_for"] == str(trio.waits_for) and rows["trio"]["style"] == "duo + third"
+    assert rows["duo"]["waits_for"] is None
+    with pytest.raises(PlanError, match="trio: waits for the model it extends"):
+        trio.spec
+
+    assert train_zoo([duo, trio, orphan], tmp_path / "runs") == ["duo", "trio"]
+    assert "orphan: waits for" in caplog.text
+    assert trio.waits_for is None and trio.spec.style_names == [small_style_path.stem, "other", "third"]
+    _, info = load_model(tmp_path / "runs" / "trio.safetensors")
+    assert info.extra["styles"] == [small_style_path.stem, "other", "third"] and info.steps == 2
+
+
+def test_a_pending_extension_is_still_checked_for_its_own_settings(tmp_path, small_style_path):
+    (tmp_path / "photos").mkdir()
+    body = f'[[models]]\nname = "x"\ncontent = "photos"\nextend = "none.safetensors"\nstyle = "{small_style_path}"\n' \
+           'steps = 5\nlr = -1\n'
+    with pytest.raises(PlanError, match="model 'x'.*lr"):
+        load_plan(_write_plan(tmp_path, body))
