@@ -9,6 +9,11 @@ against the step, so recipes can be compared at equal steps: which reaches today
 
     python benchmarks/quality_curves.py --plan benchmarks/quality-plan.toml --runs runs/quality
     python benchmarks/quality_curves.py --plan benchmarks/quality-plan.toml --runs runs/quality --plot docs/quality-curves.png
+
+``--plan``/``--runs`` may be given several times, in pairs, to put runs of several plans in one table:
+the `--extend` curves of benchmarks/extend-plan.toml beside the single-style runs of the quality plan
+(issue 17), e.g. ``--plan benchmarks/quality-plan.toml --runs runs/quality --plan
+benchmarks/extend-plan.toml --runs runs/extend --only warm-auto-picabia --only extend-picabia``.
 """
 
 from __future__ import annotations
@@ -33,11 +38,28 @@ def curves(plan: Path, runs: Path, only: list[str] | None = None) -> dict[str, d
     """Run name -> measure -> {step: value}, for every run of the plan that has logged validation."""
     out: dict[str, dict[str, dict[int, float]]] = {}
     for m in select(load_plan(plan), only):
+        if m.waits_for is not None:  # an extension whose base is not trained: no run yet
+            continue
         log = m.run(runs).read_log()
         entries = [e for e in log if "val_ssim" in e]
         if entries:
             out[m.name] = {key: {int(e["step"]): float(e[key]) for e in entries} for key in ("val_ssim", "val_style")}
             out[m.name]["style_weight"] = _weights(log, [int(e["step"]) for e in entries], m.spec.loss.style_weight)
+    return out
+
+
+def several(plans: list[tuple[Path, Path]], only: list[str] | None = None) -> dict[str, dict[str, dict[int, float]]]:
+    """:func:`curves` of several (plan, runs folder) pairs in one table, in the order given; ``only``
+    names runs of any of them (a name in none is an error, as for one plan)."""
+    entries = {path: [m.name for m in load_plan(path)] for path, _ in plans}
+    missing = sorted(set(only or ()) - {n for names in entries.values() for n in names})
+    if missing:
+        raise SystemExit(f"not in {', '.join(map(str, entries))}: {', '.join(missing)}")
+    out: dict[str, dict[str, dict[int, float]]] = {}
+    for path, folder in plans:
+        mine = [n for n in only if n in entries[path]] if only else None
+        if mine != []:
+            out.update(curves(path, folder, mine))
     return out
 
 
@@ -86,14 +108,19 @@ def plot(data: dict[str, dict[str, dict[int, float]]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--plan", type=Path, default=ROOT / "benchmarks" / "quality-plan.toml")
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "quality")
-    parser.add_argument("--only", action="append")
+    parser.add_argument("--plan", type=Path, action="append",
+                        help="a plan (repeatable, each with its --runs; default: benchmarks/quality-plan.toml)")
+    parser.add_argument("--runs", type=Path, action="append", help="its runs folder (default: runs/quality)")
+    parser.add_argument("--only", action="append", help="a run name of any of the plans (repeatable)")
     parser.add_argument("--plot", type=Path, help="also draw the curves into this PNG")
     args = parser.parse_args()
-    data = curves(args.plan, args.runs, args.only)
+    plans = args.plan or [ROOT / "benchmarks" / "quality-plan.toml"]
+    runs = args.runs or [ROOT / "runs" / "quality"]
+    if len(plans) != len(runs):
+        parser.error(f"give one --runs per --plan ({len(plans)} plans, {len(runs)} runs folders)")
+    data = several(list(zip(plans, runs)), args.only)
     if not data:
-        raise SystemExit(f"no run of {args.plan} in {args.runs} has logged validation measures yet")
+        raise SystemExit(f"no run of {', '.join(map(str, plans))} has logged validation measures yet")
     for key, title in MEASURES.items():
         print(f"\n{title}\n\n{table(data, key)}")
     if args.plot:

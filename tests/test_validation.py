@@ -239,3 +239,27 @@ def test_quality_curves_read_every_runs_validation_per_step(tmp_path):
     assert table(data, "style_weight").splitlines()[2] == "| a | 2e-05 | 8e-06 |"
     plot(data, tmp_path / "curves.png")
     assert Image.open(tmp_path / "curves.png").size[0] > 100
+
+
+def test_quality_curves_put_runs_of_several_plans_in_one_table(tmp_path):
+    """The --extend curves beside the single-style runs (issue 17): runs of two plans, each read from its
+    own runs folder; --only picks names from either, a pending extension is left out, unknown names refused."""
+    from benchmarks.quality_curves import several
+
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "s.jpg")
+    (tmp_path / "one.toml").write_text('[defaults]\ncontent = "photos"\nstyle = "s.jpg"\nsteps = 500\n'
+                                       '[[models]]\nname = "single"\n[[models]]\nname = "other"\n')
+    (tmp_path / "two.toml").write_text('[defaults]\ncontent = "photos"\nstyle = "s.jpg"\nsteps = 500\n'
+                                       '[[models]]\nname = "ext"\nextend = "none.safetensors"\n')
+    for folder, name in [("a", "single"), ("a", "other"), ("b", "single")]:
+        run = tmp_path / folder / f"{name}.run"
+        run.mkdir(parents=True)
+        value = 0.5 if folder == "a" else 0.9  # a run of the same name in another plan's folder is not read
+        (run / "log.jsonl").write_text(json.dumps({"step": 250, "val_ssim": value, "val_style": 0.1}) + "\n")
+    pairs = [(tmp_path / "one.toml", tmp_path / "a"), (tmp_path / "two.toml", tmp_path / "b")]
+    assert list(several(pairs)) == ["single", "other"]
+    assert several(pairs, ["single", "ext"])["single"]["val_ssim"] == {250: 0.5}
+    assert list(several(pairs, ["ext"])) == []
+    with pytest.raises(SystemExit, match="nope"):
+        several(pairs, ["nope"])
