@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.quality import PHOTOS, measure_model  # noqa: E402
+from benchmarks.quality import PHOTOS, measure_model, paired  # noqa: E402
 from style_transfer.checkpoint import load_model  # noqa: E402
 from style_transfer.evaluation import pick_images  # noqa: E402
-from style_transfer.metrics import wilcoxon_signed_rank  # noqa: E402
 from style_transfer.zoo import list_models  # noqa: E402
 from style_transfer.zoo_build import ZooModel, load_plan  # noqa: E402
 
@@ -57,26 +55,29 @@ def study(multi: ZooModel, multi_checkpoint: Path, singles: dict[str, tuple[ZooM
     multi_rows = measure_model(model, multi, photos, size)
     rows = []
     for name, (single, checkpoint) in singles.items():
-        single_model, _ = load_model(checkpoint)
+        single_model, single_info = load_model(checkpoint)
         single_model.eval()
         (single_rows,) = measure_model(single_model, single, photos, size).values()
-        row: dict = {"painting": name, "single": single.name, "single_steps": single.steps,
-                     "multi_steps": multi.steps, "photos": len(photos)}
+        # A checkpoint given in place of the plan's model (--single) is named by its file.
+        label = single.name if checkpoint.stem == single.name else checkpoint.stem
+        row: dict = {"painting": name, "single": label, "single_steps": single_info.steps,
+                     "multi_steps": info.steps, "photos": len(photos)}
         for key in MEASURES:
-            a, b = [r[key] for r in multi_rows[name]], [r[key] for r in single_rows]
-            diffs = [x - y for x, y in zip(a, b)]
-            row[key] = {"multi": statistics.mean(a), "single": statistics.mean(b),
-                        "diff": statistics.mean(diffs), "wilcoxon_p": wilcoxon_signed_rank(diffs)}
+            r = paired(multi_rows[name], single_rows, key)
+            row[key] = {"multi": r["a"], "single": r["b"], "diff": r["diff"], "multi_better": r["a_better"],
+                        "wilcoxon_p": r["wilcoxon_p"]}
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
     """The rows as a Markdown table (docs/multi-style.md)."""
-    lines = ["| painting | single model | kept: single / multi (p) | style: single / multi (p) | dark %: single / multi |",
+    lines = ["| painting | single model | kept: single / multi (multi better on, p) | "
+             "style: single / multi (multi better on, p) | dark %: single / multi |",
              "| --- | --- | --- | --- | --- |"]
     for r in rows:
-        cells = [f"{r[k]['single']:.3f} / {r[k]['multi']:.3f} ({r[k]['wilcoxon_p']:.2g})" for k in ("kept", "style")]
+        cells = [f"{r[k]['single']:.3f} / {r[k]['multi']:.3f} ({r[k]['multi_better']}/{r['photos']}, "
+                 f"{r[k]['wilcoxon_p']:.2g})" for k in ("kept", "style")]
         lines.append(f"| {r['painting']} | {r['single']} | {cells[0]} | {cells[1]} | "
                      f"{r['dark']['single']:.3f} / {r['dark']['multi']:.3f} |")
     return "\n".join(lines)
@@ -91,6 +92,10 @@ def main() -> None:
     parser.add_argument("--max-images", type=int, default=24)
     parser.add_argument("--size", type=int, default=512, help="long side of the photos (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the rows (per-painting means and tests) here")
+    parser.add_argument("--single", action="append", default=[], metavar="PAINTING=PATH",
+                        help="compare this painting (its style name) with this single-style checkpoint instead "
+                             "of the shipped one (Starry Night: runs/quality/warm-auto-starry-night.safetensors, "
+                             "the run with the multi-style network's recipe)")
     args = parser.parse_args()
     plan = load_plan(args.plan)
     shipped = list_models(args.plan.parent)
@@ -100,7 +105,12 @@ def main() -> None:
     checkpoint = args.checkpoint or shipped.get(multi.name)
     if checkpoint is None:
         raise SystemExit(f"{multi.name} is not shipped yet: give --checkpoint (e.g. runs/zoo/{multi.name}.safetensors)")
-    singles = {name: (m, shipped[m.name]) for name, m in singles_for(multi, plan).items() if m.name in shipped}
+    given = {name: Path(path) for name, _, path in (s.partition("=") for s in args.single)}
+    unknown = sorted(set(given) - set(multi.spec.style_names))
+    if unknown:
+        raise SystemExit(f"--single: {', '.join(unknown)} not among {multi.name}'s styles {multi.spec.style_names}")
+    singles = {name: (m, given.get(name, shipped.get(m.name))) for name, m in singles_for(multi, plan).items()}
+    singles = {name: pair for name, pair in singles.items() if pair[1] is not None}
     photos = pick_images(args.photos, args.max_images)
     rows = study(multi, checkpoint, singles, photos, args.size)
     print(f"{multi.name} ({multi.steps} steps, {len(multi.spec.style)} styles) against single-style models, "

@@ -183,3 +183,20 @@ def test_paired_tests_stay_exact_for_a_study_of_up_to_50_photos():
     tied = [1.0, 1.0] + [float(i) for i in range(2, 13)] + [0.0] * 5
     assert wilcoxon_signed_rank(tied) == pytest.approx(2 / 2**13, rel=1e-9)
     assert sign_test(tied) == pytest.approx(2 / 2**13, rel=1e-9)
+
+
+def test_paired_comparison_counts_the_better_photos_by_each_measures_direction():
+    """benchmarks/quality.py's paired(): kept is better higher, style and dark spots lower."""
+    from benchmarks.quality import compare_line, paired
+
+    a = [{"kept": 0.6, "style": 0.1, "dark": 0.0}, {"kept": 0.5, "style": 0.3, "dark": 0.2},
+         {"kept": 0.7, "style": 0.2, "dark": 0.1}]
+    b = [{"kept": 0.5, "style": 0.2, "dark": 0.0}, {"kept": 0.4, "style": 0.2, "dark": 0.1},
+         {"kept": 0.7, "style": 0.4, "dark": 0.3}]
+    kept, style, dark = (paired(a, b, key) for key in ("kept", "style", "dark"))
+    assert (kept["a_better"], style["a_better"], dark["a_better"]) == (2, 2, 1)  # ties count for neither
+    assert kept["diff"] == pytest.approx(0.2 / 3) and style["a"] == pytest.approx(0.2) and kept["photos"] == 3
+    assert kept["wilcoxon_p"] == wilcoxon_signed_rank([x["kept"] - y["kept"] for x, y in zip(a, b)])
+    assert compare_line(a, b).startswith("kept 0.600 vs 0.533, better on 2/3")
+    with pytest.raises(ValueError, match="length"):
+        paired(a, b[:2], "kept")
