@@ -34,21 +34,38 @@ MEASURES = {"val_ssim": "kept (luminance SSIM; higher keeps more of the photo)",
 FORMATS = {"style_weight": "{:.3g}"}
 
 
-def curves(plan: Path, runs: Path, only: list[str] | None = None) -> dict[str, dict[str, dict[int, float]]]:
-    """Run name -> measure -> {step: value}, for every run of the plan that has logged validation."""
+def curves(plan: Path, runs: Path, only: list[str] | None = None,
+           per_painting: bool = False) -> dict[str, dict[str, dict[int, float]]]:
+    """Run name -> measure -> {step: value}, for every run of the plan that has logged validation.
+
+    A multi-style run (its log has each painting's ``val_ssim/<painting>``) gives a row per painting,
+    ``<run>/<painting>``; with ``per_painting`` its steps are each painting's share (the step divided
+    by the number of paintings it trains, one painting per step), the steps a single-style run of that
+    painting would have had: the study's equal-steps comparison (docs/multi-style.md).
+    """
     out: dict[str, dict[str, dict[int, float]]] = {}
     for m in select(load_plan(plan), only):
         if m.waits_for is not None:  # an extension whose base is not trained: no run yet
             continue
         log = m.run(runs).read_log()
         entries = [e for e in log if "val_ssim" in e]
-        if entries:
-            out[m.name] = {key: {int(e["step"]): float(e[key]) for e in entries} for key in ("val_ssim", "val_style")}
-            out[m.name]["style_weight"] = _weights(log, [int(e["step"]) for e in entries], m.spec.loss.style_weight)
+        if not entries:
+            continue
+        paintings = [k.partition("/")[2] for k in entries[-1] if k.startswith("val_ssim/")]
+        share = len(paintings) if per_painting and paintings else 1
+        steps = [int(e["step"]) for e in entries]
+        for painting in paintings or [""]:
+            suffix = f"/{painting}" if painting else ""
+            row = {key: {int(e["step"]) // share: float(e[key + suffix]) for e in entries if key + suffix in e}
+                   for key in ("val_ssim", "val_style")}
+            weights = _weights(log, steps, m.spec.loss.style_weight, "style_weight" + suffix)
+            row["style_weight"] = {step // share: w for step, w in weights.items()}
+            out[m.name + suffix] = row
     return out
 
 
-def several(plans: list[tuple[Path, Path]], only: list[str] | None = None) -> dict[str, dict[str, dict[int, float]]]:
+def several(plans: list[tuple[Path, Path]], only: list[str] | None = None,
+            per_painting: bool = False) -> dict[str, dict[str, dict[int, float]]]:
     """:func:`curves` of several (plan, runs folder) pairs in one table, in the order given; ``only``
     names runs of any of them (a name in none is an error, as for one plan)."""
     entries = {path: [m.name for m in load_plan(path)] for path, _ in plans}
@@ -59,15 +76,16 @@ def several(plans: list[tuple[Path, Path]], only: list[str] | None = None) -> di
     for path, folder in plans:
         mine = [n for n in only if n in entries[path]] if only else None
         if mine != []:
-            out.update(curves(path, folder, mine))
+            out.update(curves(path, folder, mine, per_painting))
     return out
 
 
-def _weights(log: list[dict], steps: list[int], setting: float | str) -> dict[int, float]:
-    """The style weight in force at each of ``steps``: the last auto update at or before it (balance.py),
-    else the start (a fixed weight throughout). One-style runs only."""
+def _weights(log: list[dict], steps: list[int], setting: float | str, key: str = "style_weight") -> dict[int, float]:
+    """The style weight in force at each of ``steps``: the last auto update at or before it (balance.py;
+    logged under ``key``: ``style_weight/<painting>`` for each painting of a multi-style run), else the
+    start (a fixed weight throughout)."""
     weight = BASE_WEIGHT if is_auto(setting) else float(setting)
-    updates = {int(e["step"]): float(e["style_weight"]) for e in log if "style_weight" in e}
+    updates = {int(e["step"]): float(e[key]) for e in log if key in e}
     out = {}
     for step in steps:
         done = [s for s in updates if s <= step]
@@ -113,12 +131,15 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, action="append", help="its runs folder (default: runs/quality)")
     parser.add_argument("--only", action="append", help="a run name of any of the plans (repeatable)")
     parser.add_argument("--plot", type=Path, help="also draw the curves into this PNG")
+    parser.add_argument("--per-painting", action="store_true",
+                        help="a multi-style run's steps as each painting's share (step / paintings), to set "
+                             "its rows beside single-style runs at equal steps per painting")
     args = parser.parse_args()
     plans = args.plan or [ROOT / "benchmarks" / "quality-plan.toml"]
     runs = args.runs or [ROOT / "runs" / "quality"]
     if len(plans) != len(runs):
         parser.error(f"give one --runs per --plan ({len(plans)} plans, {len(runs)} runs folders)")
-    data = several(list(zip(plans, runs)), args.only)
+    data = several(list(zip(plans, runs)), args.only, args.per_painting)
     if not data:
         raise SystemExit(f"no run of {', '.join(map(str, plans))} has logged validation measures yet")
     for key, title in MEASURES.items():

@@ -263,3 +263,30 @@ def test_quality_curves_put_runs_of_several_plans_in_one_table(tmp_path):
     assert list(several(pairs, ["ext"])) == []
     with pytest.raises(SystemExit, match="nope"):
         several(pairs, ["nope"])
+
+
+def test_quality_curves_give_a_row_per_painting_of_a_multi_style_run(tmp_path):
+    """Each painting's own measures and weight; --per-painting puts its steps at its share of the run's."""
+    from benchmarks.quality_curves import curves
+
+    (tmp_path / "photos").mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{name}.jpg")
+    (tmp_path / "plan.toml").write_text('[[models]]\nname = "duo"\ncontent = "photos"\nstyle = ["a.jpg", "b.jpg"]\n'
+                                        'norm = "conditional_instance"\nsteps = 500\nstyle_weight = "auto"\n')
+    run = tmp_path / "runs" / "duo.run"
+    run.mkdir(parents=True)
+    entries = [{"step": 200, "val_ssim": 0.5, "val_style": 0.3, "val_ssim/a": 0.4, "val_style/a": 0.2,
+                "val_ssim/b": 0.6, "val_style/b": 0.4},
+               {"step": 300, "style_weight/a": 1e-5, "style_weight/b": 3e-5},
+               {"step": 400, "val_ssim": 0.55, "val_style": 0.25, "val_ssim/a": 0.5, "val_style/a": 0.1,
+                "val_ssim/b": 0.6, "val_style/b": 0.4}]
+    (run / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    data = curves(tmp_path / "plan.toml", tmp_path / "runs")
+    assert list(data) == ["duo/a", "duo/b"]
+    assert data["duo/a"] == {"val_ssim": {200: 0.4, 400: 0.5}, "val_style": {200: 0.2, 400: 0.1},
+                             "style_weight": {200: 2e-5, 400: 1e-5}}
+    assert data["duo/b"]["style_weight"] == {200: 2e-5, 400: 3e-5}
+    shared = curves(tmp_path / "plan.toml", tmp_path / "runs", per_painting=True)
+    assert shared["duo/b"] == {"val_ssim": {100: 0.6, 200: 0.6}, "val_style": {100: 0.4, 200: 0.4},
+                               "style_weight": {100: 2e-5, 200: 3e-5}}
