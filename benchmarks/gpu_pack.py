@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 PACK = ROOT / ".gpu-pack"
 SHARED = ROOT.parent / "shared"
-PLANS = (ROOT / "weights" / "zoo.toml", *(ROOT / "benchmarks" / f"{name}-plan.toml" for name in ("quality", "extend")))
+PLANS = (ROOT / "weights" / "zoo.toml", *(ROOT / "benchmarks" / f"{name}-plan.toml" for name in ("quality", "multistyle")))
 LIMIT = 64 * 2**20  # what one device call may send: the checkout's tracked files and the carried paths
 QUALITY = 90
 

@@ -11,9 +11,9 @@ against the step, so recipes can be compared at equal steps: which reaches today
     python benchmarks/quality_curves.py --plan benchmarks/quality-plan.toml --runs runs/quality --plot docs/quality-curves.png
 
 ``--plan``/``--runs`` may be given several times, in pairs, to put runs of several plans in one table:
-the `--extend` curves of benchmarks/extend-plan.toml beside the single-style runs of the quality plan
+the `--extend` curves of benchmarks/multistyle-plan.toml beside the single-style runs of the quality plan
 (issue 17), e.g. ``--plan benchmarks/quality-plan.toml --runs runs/quality --plan
-benchmarks/extend-plan.toml --runs runs/extend --only warm-auto-picabia --only extend-picabia``.
+benchmarks/multistyle-plan.toml --runs runs/multistyle --only warm-auto-picabia --only extend-picabia``.
 """
 
 from __future__ import annotations

@@ -78,6 +78,9 @@ HELP = {
     "lr_warmup": "raise the learning rate linearly from lr/N to lr over the first N steps (default: none; "
                  "train's default with --init: 100, since Adam's first steps would move every weight by about "
                  "lr and undo what the network had learned)",
+    "affine_lr": "Adam learning rate of a conditional_instance network's per-style (gamma, beta) (default: "
+                 "--lr): they alone tell the styles apart, and a warm start's low --lr, which protects the "
+                 "trained convolutions, also slows them",
     "clip_grad_norm": "clip the gradient's global L2 norm to this (default: no clipping; the log records the "
                       "norm of every step either way)",
     "bn_frozen_steps": "train the last N steps with batch norm's running statistics frozen, so the network "
@@ -89,7 +92,7 @@ HELP = {
 # Settings that act on one norm only: left out of other norms' fingerprints (they change nothing there),
 # so a norm A/B set can share them without its other arms' recipes differing.
 ONLY_FOR_NORM = {"bn_frozen_steps": "batch", "num_styles": "conditional_instance",
-                 "base_styles": "conditional_instance"}
+                 "base_styles": "conditional_instance", "affine_lr": "conditional_instance"}
 # Settings a spec derives rather than reads (not options, not plan keys): a conditional instance
 # network holds one style per style image given (multi-style training: issue 17).
 # ``base_styles``: the styles an extended model already holds (``extend``), read from its checkpoint.
@@ -123,6 +126,12 @@ class RunSpec:
     # step old), so from a trained network on a nearly converged loss one step at 2e-4 multiplies its
     # style loss ~100x (benchmarks/warmup_shock.py, docs/quality.md). None: no warm-up.
     lr_warmup: int | None = None
+    # The per-style (gamma, beta) of a conditional instance network at their own rate (None: lr). From the
+    # flagship's weights every painting's pair starts as the flagship's affine, and they are the only
+    # per-style parameters; at lr 2e-4 a pair moves about lr per step it is trained (one step in N), so
+    # after 1000 steps of four-styles the pairs' gammas differed by 2-3% while the shared convolutions had
+    # moved 17% (docs/multi-style.md): the convolutions were doing the styles' work.
+    affine_lr: float | None = None
     # None: no clipping, as in Johnson et al. The group-norm arm of the shipped Starry Night A/B set
     # diverged twice without it (weights/zoo.toml). Optional settings default to None ("off") and are
     # left out of the fingerprint while off, so runs from before the setting existed still resume.
@@ -161,6 +170,8 @@ class RunSpec:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.affine_lr is not None and not self.affine_lr > 0:
+            raise ValueError(f"affine_lr must be > 0, got {self.affine_lr}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be > 0, got {self.clip_grad_norm}")
         if self.lr_warmup is not None and (not isinstance(self.lr_warmup, int) or self.lr_warmup < 1):

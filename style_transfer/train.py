@@ -294,10 +294,24 @@ class _Trainer:
             self._load_init(spec.init)
         if spec.extend is not None:
             self._load_extended(spec.extend)
-        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=spec.lr)
+        groups = self._param_groups()
+        self.group_lrs = [lr for lr, _ in groups]  # each group's rate after the warm-up, in group order
+        self.optimizer = torch.optim.Adam([{"params": params, "lr": lr} for lr, params in groups])
         self.step = self.start_step = 0
         self.history: list[dict[str, float]] = []
         self.resumed = False
+
+    def _param_groups(self) -> list[tuple[float, list[torch.nn.Parameter]]]:
+        """The trainable parameters by learning rate: all at ``lr``, or with ``affine_lr`` the
+        conditional norms' per-style (gamma, beta) at that rate in a second group (omitted when empty:
+        an extension trains only them). One group without it, as before, so older resume states load."""
+        trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        if self.spec.affine_lr is None:
+            return [(self.spec.lr, [p for _, p in trainable])]
+        is_affine = [isinstance(_owner(self.model, name), ConditionalInstanceNorm2d) for name, _ in trainable]
+        groups = [(self.spec.lr, [p for (_, p), a in zip(trainable, is_affine) if not a]),
+                  (self.spec.affine_lr, [p for (_, p), a in zip(trainable, is_affine) if a])]
+        return [(lr, params) for lr, params in groups if params]
 
     def _load_init(self, path: Path) -> None:
         """Start from a trained checkpoint's weights (fine-tuning), refusing another architecture. A
@@ -496,8 +510,8 @@ class _Trainer:
                 + f"); training stopped. The last good checkpoint ({self.run_dir.state}, "
                 "if any) was kept. Try a lower --lr, --precision fp32, or smaller loss weights."
             )
-        for group in self.optimizer.param_groups:
-            group["lr"] = warmup_lr(self.spec.lr, self.step, self.spec.lr_warmup)
+        for group, lr in zip(self.optimizer.param_groups, self.group_lrs):
+            group["lr"] = warmup_lr(lr, self.step, self.spec.lr_warmup)
         grad_norm = optimizer_step(self.optimizer, terms["total"], self.spec.clip_grad_norm)
         self.step += 1
         return {"step": self.step, **{t: float(v) for t, v in zip(TERMS, values.tolist())},

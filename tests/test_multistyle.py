@@ -165,6 +165,31 @@ def test_multi_style_resume_is_bit_exact_and_refuses_other_styles(tmp_path, phot
         train(*tiny(tmp_path / "b", photos, styles[::-1], steps=8, checkpoint_every=3), resume=True)
 
 
+def test_affine_lr_moves_the_per_style_pairs_at_their_own_rate_and_resumes_bit_exactly(tmp_path, photos, styles):
+    """Adam's first step moves every weight with a gradient by about its lr: the step's painting's (gamma,
+    beta) row by affine_lr, every convolution by lr, the other painting's row not at all."""
+    from style_transfer.network import ConditionalInstanceNorm2d, TransformerNet
+
+    train(*tiny(tmp_path / "one", photos, styles, steps=1, lr=1e-5, affine_lr=1e-2))
+    trained, info = load_model(tmp_path / "one" / "multi.safetensors")
+    assert info.training["affine_lr"] == 1e-2 and "affine_lr" not in tiny(tmp_path, photos, styles)[0].fingerprint()
+    torch.manual_seed(0)  # the run's seed: its initial weights
+    start = TransformerNet(trained.config).state_dict()
+    for name, value in trained.state_dict().items():
+        moved = (value - start[name]).abs()
+        if isinstance(trained.get_submodule(name.rpartition(".")[0]), ConditionalInstanceNorm2d):
+            assert moved[0].max() == pytest.approx(1e-2, rel=0.01) and moved[1].max() == 0, name
+        elif value.dim() == 4:
+            assert moved.max() == pytest.approx(1e-5, rel=0.01), name
+    # Two groups, saved and restored with the resume state.
+    straight = train(*tiny(tmp_path / "a", photos, styles, steps=4, affine_lr=1e-2, checkpoint_every=2))
+    train(*tiny(tmp_path / "b", photos, styles, steps=2, affine_lr=1e-2, checkpoint_every=2))
+    resumed = train(*tiny(tmp_path / "b", photos, styles, steps=4, affine_lr=1e-2, checkpoint_every=2), resume=True)
+    assert [e["total"] for e in resumed.history] == [e["total"] for e in straight.history]
+    with pytest.raises(ValueError, match="affine_lr"):
+        tiny(tmp_path, photos, styles, affine_lr=0.0)
+
+
 def test_cli_trains_with_style_repeated_and_stylizes_each_style_and_a_mix(tmp_path, photos, styles, make_image_file):
     model = tmp_path / "multi.safetensors"
     assert main(["train", "--content", str(photos), "--style", str(styles[0]), "--style", str(styles[1]),

@@ -38,7 +38,8 @@ def test_every_setting_is_an_option_of_train_and_ablate_and_a_plan_key(tmp_path)
     # Every setting is a plan key (a value different from the default, so the test sees it arrive).
     changed = {"norm": '"group"', "width": 16, "num_residual": 2, "groups": 4, "content_layers": '["relu3_3"]',
                "style_layers": '["relu2_2"]', "content_weight": 2.0, "style_weight": 3.0, "tv_weight": 0.5,
-               "style_size": 128, "epochs": 2.5, "image_size": 64, "batch_size": 8, "lr": 0.01, "lr_warmup": 10, "clip_grad_norm": 5.0,
+               "style_size": 128, "epochs": 2.5, "image_size": 64, "batch_size": 8, "lr": 0.01, "lr_warmup": 10, "affine_lr": 0.02,
+               "clip_grad_norm": 5.0,
                "bn_frozen_steps": 2, "seed": 7, "precision": '"bf16"'}
     assert set(changed) | {"content", "style", "init", "extend", "steps"} == {s.name for s in settings()}
     del changed["epochs"]  # a plan gives steps (required), and a spec refuses both

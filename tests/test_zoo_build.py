@@ -367,17 +367,20 @@ def test_quality_study_plan_covers_every_painting_with_the_defaults():
 
 
 @pytest.mark.skipif(not (REPO_PLAN.parents[2] / "shared" / "data").is_dir(), reason="../shared/data not available")
-def test_extend_plan_adds_the_paintings_held_out_of_the_shipped_multi_style_model():
-    plan = REPO_PLAN.parents[1] / "benchmarks" / "extend-plan.toml"
-    models = load_plan(plan)  # loads whether four-styles is shipped yet or not
+def test_multistyle_plan_varies_four_styles_in_one_setting_and_extends_it_with_the_held_out_paintings():
+    plan = REPO_PLAN.parents[1] / "benchmarks" / "multistyle-plan.toml"
+    models = {m.name: m for m in load_plan(plan)}  # loads whether four-styles is shipped yet or not
     (four,) = [m for m in load_plan(REPO_PLAN) if m.name == "four-styles"]
+    variant = models.pop("four-styles-affine-lr")
+    assert variant.spec.diff(four.spec) == ["affine_lr"] and variant.spec.affine_lr > variant.spec.lr
     base = REPO_PLAN.parent / "four-styles.safetensors"
-    for m in models:
+    for m in models.values():
         assert (m.waits_for if m.waits_for is not None else m.spec.extend) == base
         assert m.norm == "conditional_instance"
         assert len(m.style_files) == 1 and m.style_files[0] not in four.spec.style and m.style_files[0].is_file()
-    assert len({m.style_files for m in models}) == len(models) == 2
+    assert len({m.style_files for m in models.values()}) == len(models) == 2
     assert gallery_photos(plan) == gallery_photos(REPO_PLAN.parents[1] / "benchmarks" / "quality-plan.toml")
+
 
 def test_blend_chain_has_each_style_alone_and_the_even_mix_of_each_neighbouring_pair():
     mixes, labels = blend_chain(["a", "b", "c"])
