@@ -8,11 +8,13 @@ log, samples), and :class:`TrainOptions` how it executes (device, intervals, wor
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
 import os
 import signal
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -211,6 +213,35 @@ def optimizer_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, clip: 
     return float(norm)
 
 
+# A step whose gradient norm is SPIKE_FACTOR times the median of the last SPIKE_WINDOW steps: the first sign
+# of a divergence, while the loss is still finite (no other check fires). Four-styles' first run (no
+# clipping) went from a median of ~57 to 4730 at step 1396 and 16086 two steps later, and lost the photo
+# on every painting (docs/multi-style.md). On every healthy run of runs/ the largest ratio was 2.6-13.7.
+SPIKE_FACTOR = 20
+SPIKE_WINDOW = 100
+
+
+class SpikeWatch:
+    """Gradient norms of the recent steps, to tell a spike from the run's own normal spread."""
+
+    def __init__(self, window: int = SPIKE_WINDOW, factor: float = SPIKE_FACTOR) -> None:
+        self.recent: collections.deque[float] = collections.deque(maxlen=window)
+        self.factor = factor
+        self.warned_at = -math.inf
+
+    def check(self, step: int, norm: float) -> float | None:
+        """Record a step's norm; its ratio to the recent median when it is a spike that deserves a
+        warning (at most one per window of steps, so a diverging run does not flood the log), else None."""
+        ratio = None
+        if len(self.recent) == self.recent.maxlen:
+            median = statistics.median(self.recent)
+            if median > 0 and norm > self.factor * median and step - self.warned_at >= self.recent.maxlen:
+                ratio = norm / median
+                self.warned_at = step
+        self.recent.append(norm)
+        return ratio
+
+
 def train(spec: RunSpec, run: RunDir, options: TrainOptions = TrainOptions(), resume: bool = False) -> TrainResult:
     """Train ``spec`` (or continue it from ``run``'s resume state) and write ``run.checkpoint``."""
     _check_inputs(spec)
@@ -299,6 +330,7 @@ class _Trainer:
         self.optimizer = torch.optim.Adam([{"params": params, "lr": lr} for lr, params in groups])
         self.step = self.start_step = 0
         self.history: list[dict[str, float]] = []
+        self.spikes = SpikeWatch(SPIKE_WINDOW, SPIKE_FACTOR)
         self.resumed = False
 
     def _param_groups(self) -> list[tuple[float, list[torch.nn.Parameter]]]:
@@ -453,6 +485,7 @@ class _Trainer:
         while self.step < self.total_steps:
             self._freeze_batch_statistics()
             entry = self._train_step(next(data))
+            self._watch_gradient(entry)
             measured: dict[str, float] = {}
             if self.step % self.options.sample_every == 0 or self.step == self.total_steps:
                 measured = self._sample()
@@ -473,6 +506,18 @@ class _Trainer:
                 self._checkpoint()
             if stop.received is not None:
                 return
+
+    def _watch_gradient(self, entry: dict[str, float]) -> None:
+        """Warn (once per window) when the step's gradient norm spikes far above the recent median."""
+        ratio = self.spikes.check(self.step, entry["grad_norm"])
+        if ratio is not None and self.env.main:
+            clip = self.spec.clip_grad_norm
+            advice = (f"the update was clipped to {clip:g}; if the loss does not come back, train again with a "
+                      "lower --lr" if clip is not None else
+                      "it is not clipped: if the loss climbs, restart with --clip-grad-norm (e.g. 100)")
+            log.warning("step %d: gradient norm %.4g is %.0fx the median of the last %d steps, the first sign of "
+                        "a diverging run; %s", self.step, entry["grad_norm"], ratio, self.spikes.recent.maxlen,
+                        advice)
 
     def _freeze_batch_statistics(self) -> None:
         """In the last ``bn_frozen_steps`` steps, batch norm layers normalize with (and keep) their running

@@ -291,3 +291,38 @@ def test_two_nodes_with_c10d_rendezvous_match_one_process_and_resume_on_one(tmp_
         assert a["total"] == pytest.approx(b["total"], rel=1e-4)
     a, b = load_file(out), load_file(tmp_path / "one.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-2
+
+
+def test_spike_watch_flags_a_step_far_above_the_recent_median_once_per_window():
+    from style_transfer.train import SpikeWatch
+
+    watch = SpikeWatch(window=10, factor=20)
+    assert [watch.check(s, 50.0) for s in range(10)] == [None] * 10  # filling the window: nothing to compare
+    assert watch.check(10, 900.0) is None  # 18x: the spread of a healthy run
+    assert watch.check(11, 5000.0) == pytest.approx(100.0)
+    assert watch.check(12, 9000.0) is None  # the same divergence: warned once per window
+    assert [watch.check(s, 50.0) for s in range(13, 21)] == [None] * 8
+    assert watch.check(21, 1e9) is not None  # a window later, a new warning
+
+
+def test_training_warns_when_the_gradient_norm_spikes(tmp_path, content_dir, small_style_path, monkeypatch, caplog):
+    """The trainer feeds every step's gradient norm to the watch and says what to do, by clipping."""
+    import style_transfer.train as train_module
+
+    real = train_module.optimizer_step
+    steps = iter(range(1, 100))
+
+    def spiking(optimizer, total, clip=None):
+        norm = real(optimizer, total, clip)
+        return norm * 1000 if next(steps) == 8 else norm
+
+    monkeypatch.setattr(train_module, "optimizer_step", spiking)
+    monkeypatch.setattr(train_module, "SPIKE_WINDOW", 5)
+    spec = RunSpec(content=content_dir, style=small_style_path, steps=9, image_size=32, batch_size=2,
+                   network=TransformerConfig(width=8, num_residual=1), loss=LossConfig(style_size=64))
+    options = TrainOptions(device="cpu", checkpoint_every=100, sample_every=100, progress=False)
+    with caplog.at_level("WARNING"):
+        result = train(spec, RunDir.of(tmp_path / "a.safetensors"), options)
+    (warning,) = [r.getMessage() for r in caplog.records if "gradient norm" in r.getMessage()]
+    assert warning.startswith("step 8:") and "--clip-grad-norm" in warning
+    assert result.history[7]["grad_norm"] > 100 * result.history[6]["grad_norm"]
