@@ -450,6 +450,11 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
                 f"{min(weights):.2g}-{max(weights):.2g}"
             print(f"{row['name']:<24} {row['norm']:<{norm_width}} {row['steps_done']:>6}/{row['steps']:<6} {shipped:>8} "
                   f"{rate:>7} {hours(row['remaining_s']):>7} {kept:>5} {style:>5} {auto:>15}")
+            paintings = [k.partition("/")[2] for k in (val or {}) if k.startswith("val_ssim/")]
+            for k, painting in enumerate(paintings):  # a multi-style run: each painting's own
+                weight = f", style_w {weights[k]:.2g}" if weights and len(weights) == len(paintings) else ""
+                print(f"  {painting}: kept {val['val_ssim/' + painting]:.2f}, style {val['val_style/' + painting]:.2f}"
+                      f"{weight}")
             if row["waits_for"]:
                 print(f"  waits for the model it extends: {row['waits_for']}")
             if row["stale"]:

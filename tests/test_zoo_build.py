@@ -444,3 +444,19 @@ def test_a_pending_extension_is_still_checked_for_its_own_settings(tmp_path, sma
            'steps = 5\nlr = -1\n'
     with pytest.raises(PlanError, match="model 'x'.*lr"):
         load_plan(_write_plan(tmp_path, body))
+
+
+def test_status_shows_each_painting_of_a_multi_style_run(tmp_path, small_style_path, capsys):
+    (tmp_path / "photos").mkdir()
+    plan = _write_plan(tmp_path, f'[[models]]\nname = "duo"\ncontent = "photos"\nnorm = "conditional_instance"\n'
+                                 f'style = ["{small_style_path}", "{small_style_path.with_name("b.jpg")}"]\nsteps = 10\n')
+    run = tmp_path / "runs" / "duo.run"
+    run.mkdir(parents=True)
+    a = small_style_path.stem
+    entries = [{"step": 4, "seconds": 1.0, "val_ssim": 0.5, "val_style": 0.3, f"val_ssim/{a}": 0.61,
+                f"val_style/{a}": 0.12, "val_ssim/b": 0.39, "val_style/b": 0.48},
+               {"step": 5, f"style_weight/{a}": 1.5e-5, "style_weight/b": 4e-6}]
+    (run / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    assert main(["zoo", "status", "--plan", str(plan), "--runs", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert f"  {a}: kept 0.61, style 0.12, style_w 1.5e-05\n  b: kept 0.39, style 0.48, style_w 4e-06\n" in out
