@@ -130,13 +130,14 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
     * ``--style-weight auto``: the weight adapts to the painting (balance.py);
     * ``--init auto``: start from the weights folder's flagship when it has this network (zoo.base_model),
       at ``--lr`` 2e-4 with ``--lr-warmup`` 100 unless given (any --init: zoo.BASE_LR, zoo.BASE_WARMUP);
-      ``--init none`` starts from scratch.
+      ``--init none`` starts from scratch;
+    * ``--clip-grad-norm`` 100 for several paintings (zoo.MULTI_STYLE_CLIP).
 
     An extension keeps its model's loss and weights (spec._extension). A resumed run keeps the weight and
     learning rate it was started with when they are not given again (its weights come from its state)."""
     from .checkpoint import load_train_state
     from .spec import _flat_fingerprint
-    from .zoo import BASE_LR, BASE_WARMUP, base_model, resolve_model
+    from .zoo import BASE_LR, BASE_WARMUP, MULTI_STYLE_CLIP, base_model, resolve_model
 
     init = None if args.init is None else str(args.init)
     for name in ("init", "extend"):  # a checkpoint path, or a model name from the weights folder
@@ -147,10 +148,13 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
         return _spec_from_args(args)
     if args.resume and run.state.is_file():
         recorded = _flat_fingerprint(load_train_state(run.state)["settings"])
-        kept = {k: recorded[k] for k in ("style_weight", "lr", "lr_warmup") if getattr(args, k) is None and k in recorded}
+        kept = {k: recorded[k] for k in ("style_weight", "lr", "lr_warmup", "clip_grad_norm")
+                if getattr(args, k) is None and k in recorded}
         return _spec_from_args(args, **kept)
     fixed: dict[str, object] = {"style_weight": AUTO} if args.style_weight is None else {}
     spec = _spec_from_args(args, **fixed)
+    if len(spec.style) > 1 and args.clip_grad_norm is None:
+        spec = spec.replace(clip_grad_norm=MULTI_STYLE_CLIP)
     if init in (None, "auto"):
         base = base_model(spec.network, args.weights)
         if base is not None:

@@ -71,6 +71,11 @@ BASE_LR = 2e-4
 # over 100 steps it stayed at 0.20-0.26 (benchmarks/warmup_shock.py, docs/quality.md). A painting far from the flagship
 # has gradients large enough to recover from it (the warm-auto runs met the bar without a warm-up).
 BASE_WARMUP = 100
+# A multi-style run clips its gradient norm at this unless told otherwise: one painting per step gives
+# larger and more uneven gradients than one painting (four-styles: median 57, p99 310; the warm-auto
+# singles: median 15-36, p99 80-190), and four-styles' first run, unclipped, diverged at step ~1380 and
+# lost the photo on every painting (docs/multi-style.md). The zoo's A/B arms clip at the same 100.
+MULTI_STYLE_CLIP = 100.0
 
 
 def base_model(network: TransformerConfig, weights_dir: Path | str | None = None) -> Path | None:
