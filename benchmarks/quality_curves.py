@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from style_transfer.balance import BASE_WEIGHT, is_auto  # noqa: E402
+from style_transfer.validation import paintings_measured  # noqa: E402
 from style_transfer.zoo_build import load_plan, select  # noqa: E402
 
 MEASURES = {"val_ssim": "kept (luminance SSIM; higher keeps more of the photo)",
@@ -51,7 +52,7 @@ def curves(plan: Path, runs: Path, only: list[str] | None = None,
         entries = [e for e in log if "val_ssim" in e]
         if not entries:
             continue
-        paintings = [k.partition("/")[2] for k in entries[-1] if k.startswith("val_ssim/")]
+        paintings = paintings_measured(entries[-1])
         share = len(paintings) if per_painting and paintings else 1
         steps = [int(e["step"]) for e in entries]
         for painting in paintings or [""]:

@@ -434,6 +434,7 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_zoo(args: argparse.Namespace) -> int:
     from .evaluation import pick_images
+    from .validation import paintings_measured
     from .zoo_build import export_zoo, gallery, gallery_photos, load_plan, select, status, train_zoo
 
     models = select(load_plan(args.plan), args.only)
@@ -454,7 +455,7 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
                 f"{min(weights):.2g}-{max(weights):.2g}"
             print(f"{row['name']:<24} {row['norm']:<{norm_width}} {row['steps_done']:>6}/{row['steps']:<6} {shipped:>8} "
                   f"{rate:>7} {hours(row['remaining_s']):>7} {kept:>5} {style:>5} {auto:>15}")
-            paintings = [k.partition("/")[2] for k in (val or {}) if k.startswith("val_ssim/")]
+            paintings = paintings_measured(val or {})
             for k, painting in enumerate(paintings):  # a multi-style run: each painting's own
                 weight = f", style_w {weights[k]:.2g}" if weights and len(weights) == len(paintings) else ""
                 print(f"  {painting}: kept {val['val_ssim/' + painting]:.2f}, style {val['val_style/' + painting]:.2f}"

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,6 +44,12 @@ VAL_SIZE = 512
 LOST_PHOTO_SSIM = 0.40
 # An untrained network keeps nothing yet; before this share of the budget a low score is no signal.
 WARMUP_FRACTION = 0.2
+
+
+def paintings_measured(entry: Mapping[str, Any]) -> list[str]:
+    """The paintings a log entry holds each one's own measures of (``val_ssim/<name>``), in order; []
+    for a single-style run's entry."""
+    return [k.partition("/")[2] for k in entry if k.startswith("val_ssim/")]
 
 
 def validation_photos(paths: Sequence[Path | str]) -> list[Path]:
