@@ -290,3 +290,32 @@ def test_quality_curves_give_a_row_per_painting_of_a_multi_style_run(tmp_path):
     shared = curves(tmp_path / "plan.toml", tmp_path / "runs", per_painting=True)
     assert shared["duo/b"] == {"val_ssim": {100: 0.6, 200: 0.6}, "val_style": {100: 0.4, 200: 0.4},
                                "style_weight": {100: 2e-5, 200: 3e-5}}
+
+
+def test_quality_curves_grad_summarizes_the_gradient_norms_between_sample_steps_per_painting(tmp_path):
+    """--grad: median, p99 and largest pre-clip gradient norm of the steps since the previous sample step,
+    per painting of a multi-style run (by its style_index), at each painting's share with --per-painting."""
+    from benchmarks.quality_curves import curves, gradients
+
+    log = [{"step": s, "grad_norm": float(s), "style_index": s % 2} for s in range(1, 201)]
+    norms = gradients(log, [100, 200])
+    assert norms["grad_median"] == {100: 50.5, 200: 150.5} and norms["grad_max"] == {100: 100, 200: 200}
+    assert norms["grad_p99"] == {100: 99, 200: 199}
+    odd = gradients(log, [100, 200], style_index=1)  # steps 1, 3, ..., 99: between steps 49 and 51
+    assert odd["grad_median"] == {100: 50, 200: 150} and odd["grad_max"] == {100: 99, 200: 199}
+    assert gradients(log, [0, 100])["grad_max"] == {100: 100}  # no step before step 0: left out
+
+    (tmp_path / "photos").mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{name}.jpg")
+    (tmp_path / "plan.toml").write_text('[[models]]\nname = "duo"\ncontent = "photos"\nstyle = ["a.jpg", "b.jpg"]\n'
+                                        'norm = "conditional_instance"\nsteps = 200\n')
+    run = tmp_path / "runs" / "duo.run"
+    run.mkdir(parents=True)
+    measured = {"val_ssim": 0.5, "val_style": 0.3, "val_ssim/a": 0.5, "val_style/a": 0.3,
+                "val_ssim/b": 0.5, "val_style/b": 0.3}
+    entries = log[:100] + [{"step": 100, **measured}] + log[100:] + [{"step": 200, **measured}]
+    (run / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    assert "grad_max" not in curves(tmp_path / "plan.toml", tmp_path / "runs")["duo/a"]
+    data = curves(tmp_path / "plan.toml", tmp_path / "runs", per_painting=True, grad=True)
+    assert data["duo/a"]["grad_max"] == {50: 100, 100: 200} and data["duo/b"]["grad_max"] == {50: 99, 100: 199}
