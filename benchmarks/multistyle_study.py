@@ -13,6 +13,8 @@ single model had alone.
 
     python benchmarks/multistyle_study.py                         # four-styles, 24 bsds500 test photos
     python benchmarks/multistyle_study.py --checkpoint runs/zoo/four-styles.safetensors --json out.json
+    python benchmarks/multistyle_study.py --plan benchmarks/multistyle-plan.toml --multi four-styles-scratch \
+        --singles-plan weights/zoo.toml --checkpoint runs/multistyle/four-styles-scratch.safetensors
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plan", type=Path, default=ROOT / "weights" / "zoo.toml")
     parser.add_argument("--multi", default="four-styles", help="the multi-style model of the plan")
+    parser.add_argument("--singles-plan", type=Path,
+                        help="the plan whose single-style models (shipped in its folder) it is compared with "
+                             "(default: --plan; give weights/zoo.toml for a variant in benchmarks/multistyle-plan.toml)")
     parser.add_argument("--checkpoint", type=Path, help="its checkpoint (default: the shipped one)")
     parser.add_argument("--photos", type=Path, default=PHOTOS)
     parser.add_argument("--max-images", type=int, default=24)
@@ -98,18 +103,20 @@ def main() -> None:
                              "the run with the multi-style network's recipe)")
     args = parser.parse_args()
     plan = load_plan(args.plan)
-    shipped = list_models(args.plan.parent)
+    singles_plan = args.singles_plan or args.plan
+    shipped = list_models(singles_plan.parent)
     multi = next((m for m in plan if m.name == args.multi), None)
     if multi is None or len(multi.spec.style) < 2:
         raise SystemExit(f"{args.multi}: not a multi-style model of {args.plan}")
-    checkpoint = args.checkpoint or shipped.get(multi.name)
+    checkpoint = args.checkpoint or list_models(args.plan.parent).get(multi.name)
     if checkpoint is None:
         raise SystemExit(f"{multi.name} is not shipped yet: give --checkpoint (e.g. runs/zoo/{multi.name}.safetensors)")
     given = {name: Path(path) for name, _, path in (s.partition("=") for s in args.single)}
     unknown = sorted(set(given) - set(multi.spec.style_names))
     if unknown:
         raise SystemExit(f"--single: {', '.join(unknown)} not among {multi.name}'s styles {multi.spec.style_names}")
-    singles = {name: (m, given.get(name, shipped.get(m.name))) for name, m in singles_for(multi, plan).items()}
+    singles = {name: (m, given.get(name, shipped.get(m.name)))
+               for name, m in singles_for(multi, load_plan(singles_plan)).items()}
     singles = {name: pair for name, pair in singles.items() if pair[1] is not None}
     photos = pick_images(args.photos, args.max_images)
     rows = study(multi, checkpoint, singles, photos, args.size)
