@@ -265,23 +265,29 @@ def test_quality_curves_put_runs_of_several_plans_in_one_table(tmp_path):
         several(pairs, ["nope"])
 
 
-def test_quality_curves_give_a_row_per_painting_of_a_multi_style_run(tmp_path):
-    """Each painting's own measures and weight; --per-painting puts its steps at its share of the run's."""
-    from benchmarks.quality_curves import curves
-
+def _two_style_run(tmp_path, entries: list[dict], settings: str) -> None:
+    """A plan at tmp_path/plan.toml with one two-style run "duo" (paintings a and b, plus ``settings``),
+    whose log in tmp_path/runs holds ``entries``."""
     (tmp_path / "photos").mkdir()
     for name in ("a", "b"):
         Image.new("RGB", (8, 8)).save(tmp_path / f"{name}.jpg")
     (tmp_path / "plan.toml").write_text('[[models]]\nname = "duo"\ncontent = "photos"\nstyle = ["a.jpg", "b.jpg"]\n'
-                                        'norm = "conditional_instance"\nsteps = 500\nstyle_weight = "auto"\n')
+                                        'norm = "conditional_instance"\n' + settings)
     run = tmp_path / "runs" / "duo.run"
     run.mkdir(parents=True)
+    (run / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+
+
+def test_quality_curves_give_a_row_per_painting_of_a_multi_style_run(tmp_path):
+    """Each painting's own measures and weight; --per-painting puts its steps at its share of the run's."""
+    from benchmarks.quality_curves import curves
+
     entries = [{"step": 200, "val_ssim": 0.5, "val_style": 0.3, "val_ssim/a": 0.4, "val_style/a": 0.2,
                 "val_ssim/b": 0.6, "val_style/b": 0.4},
                {"step": 300, "style_weight/a": 1e-5, "style_weight/b": 3e-5},
                {"step": 400, "val_ssim": 0.55, "val_style": 0.25, "val_ssim/a": 0.5, "val_style/a": 0.1,
                 "val_ssim/b": 0.6, "val_style/b": 0.4}]
-    (run / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    _two_style_run(tmp_path, entries, 'steps = 500\nstyle_weight = "auto"\n')
     data = curves(tmp_path / "plan.toml", tmp_path / "runs")
     assert list(data) == ["duo/a", "duo/b"]
     assert data["duo/a"] == {"val_ssim": {200: 0.4, 400: 0.5}, "val_style": {200: 0.2, 400: 0.1},
@@ -305,17 +311,10 @@ def test_quality_curves_grad_summarizes_the_gradient_norms_between_sample_steps_
     assert odd["grad_median"] == {100: 50, 200: 150} and odd["grad_max"] == {100: 99, 200: 199}
     assert gradients(log, [0, 100])["grad_max"] == {100: 100}  # no step before step 0: left out
 
-    (tmp_path / "photos").mkdir()
-    for name in ("a", "b"):
-        Image.new("RGB", (8, 8)).save(tmp_path / f"{name}.jpg")
-    (tmp_path / "plan.toml").write_text('[[models]]\nname = "duo"\ncontent = "photos"\nstyle = ["a.jpg", "b.jpg"]\n'
-                                        'norm = "conditional_instance"\nsteps = 200\n')
-    run = tmp_path / "runs" / "duo.run"
-    run.mkdir(parents=True)
     measured = {"val_ssim": 0.5, "val_style": 0.3, "val_ssim/a": 0.5, "val_style/a": 0.3,
                 "val_ssim/b": 0.5, "val_style/b": 0.3}
-    entries = log[:100] + [{"step": 100, **measured}] + log[100:] + [{"step": 200, **measured}]
-    (run / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    _two_style_run(tmp_path, log[:100] + [{"step": 100, **measured}] + log[100:] + [{"step": 200, **measured}],
+                   "steps = 200\n")
     assert "grad_max" not in curves(tmp_path / "plan.toml", tmp_path / "runs")["duo/a"]
     data = curves(tmp_path / "plan.toml", tmp_path / "runs", per_painting=True, grad=True)
     assert data["duo/a"]["grad_max"] == {50: 100, 100: 200} and data["duo/b"]["grad_max"] == {50: 99, 100: 199}
