@@ -161,6 +161,13 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
             log.info("starting from %s (--init auto: a trained network keeps photos from the first step; "
                      "--init none starts from scratch)", base)
             spec = spec.replace(init=base)
+            if len(spec.style) > 1:
+                # docs/multi-style.md, "The lozenges": the flagship's strokes stay in the shared convolutions
+                # and show in every style; which recipe becomes the default is being measured (issue 17).
+                log.warning("several paintings started from %s: a multi-style network started from the flagship "
+                            "paints its strokes as small saturated lozenges in every style (docs/multi-style.md, "
+                            "\"The lozenges\"); --init none trains it from scratch, as Dumoulin et al. 2017 did",
+                            base.name)
         elif init == "auto":
             log.info("--init auto: the weights folder has no flagship model with this network; starting from scratch")
     if spec.init is not None:  # fine-tuning: see zoo.BASE_LR and zoo.BASE_WARMUP

@@ -153,7 +153,7 @@ def test_init_takes_a_model_name_from_the_weights_folder(tmp_path, content_dir, 
 
 
 def test_train_starts_from_the_flagship_when_it_has_the_network(tmp_path, content_dir, small_style_path,
-                                                                 make_checkpoint):
+                                                                 make_checkpoint, caplog):
     """--init auto (the train command's default): the weights folder's flagship at lr 2e-4, warmed up over
     100 steps, when its network is the run's; from scratch at 1e-3 without warm-up otherwise, or with
     --init none. An explicit --lr or --lr-warmup wins."""
@@ -185,8 +185,20 @@ def test_train_starts_from_the_flagship_when_it_has_the_network(tmp_path, conten
     assert (explicit["lr"], explicit["lr_warmup"]) == (5e-4, 7)
     path = run("path", "--width", "8", "--init", str(flagship))  # any checkpoint fine-tunes
     assert (path["lr"], path["lr_warmup"]) == (BASE_LR, BASE_WARMUP)
-    # A conditional instance norm network of the flagship's shape starts its styles from it too.
+    # A conditional instance norm network of the flagship's shape starts its styles from it too; for several
+    # paintings with a warning that it paints the flagship's strokes in every style (docs/multi-style.md).
+    caplog.clear()
     assert run("multi", "--width", "8", "--norm", "conditional_instance")["init_sha256"] == file_sha256(flagship)
+    assert not [r for r in caplog.records if "lozenges" in r.getMessage()]
+    second = tmp_path / "second.png"
+    Image.open(small_style_path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(second)
+    several = run("several", "--width", "8", "--norm", "conditional_instance", "--style", str(second))
+    assert several["init_sha256"] == file_sha256(flagship)
+    assert [r for r in caplog.records if "lozenges" in r.getMessage() and r.levelname == "WARNING"]
+    caplog.clear()
+    assert "init_sha256" not in run("scratch", "--width", "8", "--norm", "conditional_instance", "--style",
+                                    str(second), "--init", "none")
+    assert not [r for r in caplog.records if "lozenges" in r.getMessage()]
 
 
 def test_a_resume_keeps_the_recipe_it_started_with(tmp_path, content_dir, small_style_path, make_checkpoint):
