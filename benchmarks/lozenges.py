@@ -8,12 +8,18 @@ the network with the flagship's and draws, on one photo, a row per network and a
 2. its convolutions with the flagship's (gamma, beta) in every style;
 3. the flagship's convolutions with its (gamma, beta).
 
-Lozenges that follow the convolutions are in rows 1 and 2 and not in row 3. No number is printed: the
-measures tried (fine-detail correlation with the flagship's output, colours off the painting's palette)
-did not tell a network with lozenges from the single-style models without them, so the pictures are
-the evidence.
+Lozenges that follow the convolutions are in rows 1 and 2 and not in row 3. No number measures the
+lozenges themselves: the measures tried (fine-detail correlation with the flagship's output, colours off
+the painting's palette, activation peaks) did not tell a network with lozenges from the single-style
+models without them, so the pictures are the evidence.
+
+It also prints how far apart the styles' (gamma, beta) are in each conditional norm layer (RMS over
+channels): gamma's distance from 1 (its initial value), the spread of the styles' gammas and betas
+around their mean, and the mean beta's size. Styles that differ mainly in beta differ mainly in the
+offsets of the features, which shows as a tint of one shared picture.
 
     python benchmarks/lozenges.py runs/zoo/four-styles.safetensors --grid /tmp/lozenges.jpg
+    python benchmarks/lozenges.py runs/multistyle/four-styles-scratch.safetensors   # the table alone
 """
 
 from __future__ import annotations
@@ -50,6 +56,19 @@ def swapped(multi: TransformerNet, flagship: TransformerNet, norms_from_flagship
     return out.eval()
 
 
+def pair_spread(multi: TransformerNet) -> list[tuple[str, float, float, float, float]]:
+    """Per conditional norm layer: (name, RMS of mean gamma - 1, RMS of gamma_k - mean gamma, RMS of
+    beta_k - mean beta, RMS of mean beta), over styles and channels."""
+    rows = []
+    for name, module in multi.named_modules():
+        if isinstance(module, ConditionalInstanceNorm2d):
+            gamma, beta = module.weight.detach(), module.bias.detach()
+            rms = lambda t: float(t.pow(2).mean().sqrt())  # noqa: E731
+            rows.append((name, rms(gamma.mean(0) - 1), rms(gamma - gamma.mean(0)), rms(beta - beta.mean(0)),
+                         rms(beta.mean(0))))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="a multi-style (conditional_instance) checkpoint")
@@ -57,7 +76,7 @@ def main() -> None:
     parser.add_argument("--photo", type=Path, help="default: the first gallery photo of weights/zoo.toml "
                         "(a held-out bsds500 test photo)")
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--grid", type=Path, required=True, help="where to write the grid (JPEG or PNG)")
+    parser.add_argument("--grid", type=Path, help="also draw the swap grid here (JPEG or PNG)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     photo = load_rgb(args.photo or gallery_photos(ROOT / "weights" / "zoo.toml")[0], args.size)
@@ -67,6 +86,13 @@ def main() -> None:
     if multi.config.norm != "conditional_instance":
         raise SystemExit(f"{args.checkpoint}: not a multi-style network ({multi.config.norm} norm)")
     names = info.extra.get("styles") or [f"style {k}" for k in range(multi.config.num_styles)]
+    print(f"{args.checkpoint.name} ({info.steps} steps, {len(names)} styles): the styles' (gamma, beta) per layer, "
+          "RMS over channels")
+    print(f"{'layer':24s} {'|mean gamma - 1|':>16s} {'gamma spread':>13s} {'beta spread':>12s} {'|mean beta|':>12s}")
+    for row in pair_spread(multi):
+        print(f"{row[0]:24s} {row[1]:16.3f} {row[2]:13.3f} {row[3]:12.3f} {row[4]:12.3f}")
+    if args.grid is None:
+        return
     onehot = torch.eye(multi.config.num_styles)
     rows = [torch.cat([net(photo, onehot[k]) for k in range(len(names))], dim=-1)
             for net in (multi, swapped(multi, flagship, True), swapped(multi, flagship, False))]

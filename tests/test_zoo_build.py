@@ -378,6 +378,9 @@ def test_multistyle_plan_varies_four_styles_and_extends_it_with_the_held_out_pai
     scratch = models.pop("four-styles-scratch")
     assert sorted(scratch.spec.diff(four.spec)) == ["init", "lr", "lr_warmup", "steps"]
     assert scratch.spec.init is None and scratch.spec.lr == load_plan(REPO_PLAN)[0].spec.lr
+    scratch_affine = models.pop("four-styles-scratch-affine-lr")
+    assert scratch_affine.spec.diff(scratch.spec) == ["affine_lr"]
+    assert scratch_affine.spec.affine_lr > scratch_affine.spec.lr
     from benchmarks.multistyle_study import singles_for
     assert scratch.steps == sum(m.steps for m in singles_for(four, load_plan(REPO_PLAN)).values())
     base = REPO_PLAN.parent / "four-styles.safetensors"
