@@ -166,7 +166,8 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
                 # and show in every style; which recipe becomes the default is being measured (issue 17).
                 log.warning("several paintings started from %s: a multi-style network started from the flagship "
                             "paints its strokes as small saturated lozenges in every style (docs/multi-style.md, "
-                            "\"The lozenges\"); --init none trains it from scratch, as Dumoulin et al. 2017 did",
+                            "\"The lozenges\"); --init none trains it from scratch, as Dumoulin et al. 2017 did, and "
+                            "--affine-lr 1e-2 lets its styles' (gamma, beta) move apart (the recipe being measured)",
                             base.name)
         elif init == "auto":
             log.info("--init auto: the weights folder has no flagship model with this network; starting from scratch")
