@@ -131,13 +131,15 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
     * ``--init auto``: start from the weights folder's flagship when it has this network (zoo.base_model),
       at ``--lr`` 2e-4 with ``--lr-warmup`` 100 unless given (any --init: zoo.BASE_LR, zoo.BASE_WARMUP);
       ``--init none`` starts from scratch;
-    * ``--clip-grad-norm`` 100 for several paintings (zoo.MULTI_STYLE_CLIP).
+    * for several paintings: ``--clip-grad-norm`` 100 (zoo.MULTI_STYLE_CLIP), and ``--init auto`` starts
+      from scratch with ``--affine-lr`` 10x ``--lr`` (zoo.MULTI_STYLE_AFFINE_FACTOR): from the flagship,
+      its strokes show in every style.
 
     An extension keeps its model's loss and weights (spec._extension). A resumed run keeps the weight and
     learning rate it was started with when they are not given again (its weights come from its state)."""
-    from .checkpoint import load_train_state
+    from .checkpoint import load_train_state, read_model_info
     from .spec import _flat_fingerprint
-    from .zoo import BASE_LR, BASE_WARMUP, MULTI_STYLE_CLIP, base_model, resolve_model
+    from .zoo import BASE_LR, BASE_WARMUP, MULTI_STYLE_AFFINE_FACTOR, MULTI_STYLE_CLIP, base_model, resolve_model
 
     init = None if args.init is None else str(args.init)
     for name in ("init", "extend"):  # a checkpoint path, or a model name from the weights folder
@@ -148,29 +150,33 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
         return _spec_from_args(args)
     if args.resume and run.state.is_file():
         recorded = _flat_fingerprint(load_train_state(run.state)["settings"])
-        kept = {k: recorded[k] for k in ("style_weight", "lr", "lr_warmup", "clip_grad_norm")
+        kept = {k: recorded[k] for k in ("style_weight", "lr", "lr_warmup", "clip_grad_norm", "affine_lr")
                 if getattr(args, k) is None and k in recorded}
         return _spec_from_args(args, **kept)
     fixed: dict[str, object] = {"style_weight": AUTO} if args.style_weight is None else {}
     spec = _spec_from_args(args, **fixed)
-    if len(spec.style) > 1 and args.clip_grad_norm is None:
+    several = len(spec.style) > 1
+    if several and args.clip_grad_norm is None:
         spec = spec.replace(clip_grad_norm=MULTI_STYLE_CLIP)
-    if init in (None, "auto"):
+    if several and init in (None, "auto"):
+        log.info("several paintings: from scratch (started from the flagship, its strokes would show in every "
+                 "style: docs/multi-style.md)")
+    elif init in (None, "auto"):
         base = base_model(spec.network, args.weights)
         if base is not None:
             log.info("starting from %s (--init auto: a trained network keeps photos from the first step; "
                      "--init none starts from scratch)", base)
             spec = spec.replace(init=base)
-            if len(spec.style) > 1:
-                # docs/multi-style.md, "The lozenges": the flagship's strokes stay in the shared convolutions
-                # and show in every style; which recipe becomes the default is being measured (issue 17).
-                log.warning("several paintings started from %s: a multi-style network started from the flagship "
-                            "paints its strokes as small saturated lozenges in every style (docs/multi-style.md, "
-                            "\"The lozenges\"); --init none trains it from scratch, as Dumoulin et al. 2017 did, and "
-                            "--affine-lr 1e-2 lets its styles' (gamma, beta) move apart (the recipe being measured)",
-                            base.name)
         elif init == "auto":
             log.info("--init auto: the weights folder has no flagship model with this network; starting from scratch")
+    if several and spec.init is None and args.affine_lr is None:
+        spec = spec.replace(affine_lr=MULTI_STYLE_AFFINE_FACTOR * spec.lr)
+        log.info("several paintings from scratch: their (gamma, beta) train at --affine-lr %g", spec.affine_lr)
+    if several and spec.init is not None and read_model_info(spec.init).config.num_styles == 1:
+        # docs/multi-style.md, "The lozenges": a single-style model's strokes stay in the shared convolutions.
+        log.warning("several paintings started from %s: a multi-style network started from a single-style "
+                    "model paints its strokes as small saturated lozenges in every style (docs/multi-style.md, "
+                    "\"The lozenges\"); without --init it trains from scratch", spec.init.name)
     if spec.init is not None:  # fine-tuning: see zoo.BASE_LR and zoo.BASE_WARMUP
         spec = spec.replace(**({"lr": BASE_LR} if args.lr is None else {}),
                             **({"lr_warmup": BASE_WARMUP} if args.lr_warmup is None else {}))

@@ -76,6 +76,13 @@ BASE_WARMUP = 100
 # singles: median 15-36, p99 80-190), and four-styles' first run, unclipped, diverged at step ~1380 and
 # lost the photo on every painting (docs/multi-style.md). The zoo's A/B arms clip at the same 100.
 MULTI_STYLE_CLIP = 100.0
+# ... and trains from scratch with its styles' (gamma, beta) at this many times its --lr, unless told
+# otherwise. Started from the flagship, every style painted the flagship's strokes as lozenges (they stay
+# in the shared convolutions); from scratch at one rate, the pairs stayed within 5% of each other and the
+# paintings came out as one picture in four tints; from scratch with the pairs at 10x they moved apart,
+# the paintings differed in texture, and by step 750 the style matched the warm-started run's with no
+# lozenges (docs/multi-style.md, "The lozenges").
+MULTI_STYLE_AFFINE_FACTOR = 10.0
 
 
 def base_model(network: TransformerConfig, weights_dir: Path | str | None = None) -> Path | None:

@@ -195,15 +195,16 @@ def test_cli_trains_with_style_repeated_and_stylizes_each_style_and_a_mix(tmp_pa
     common = ["train", "--content", str(photos), "--style", str(styles[0]), "--style", str(styles[1]),
               "--norm", "conditional_instance", "--width", "8", "--residual-blocks", "1", "--style-size", "64",
               "--image-size", "32", "--batch-size", "2", "--out", str(model), "--device", "cpu"]
-    # train's default for several paintings clips at 100; four tiny steps clipped so paint black, so
-    # this model is trained practically unclipped, and a resume keeps the clipping it started with.
+    # train's default for several paintings clips at 100 and trains the pairs at 10x; four tiny steps so
+    # paint both styles black, so this model is trained practically unclipped at one rate, and a resume
+    # keeps the clipping and rates it started with.
     assert main([*common, "--steps", "1", "--out", str(tmp_path / "default.safetensors")]) == 0
     assert read_model_info(tmp_path / "default.safetensors").training["clip_grad_norm"] == 100
-    assert main([*common, "--steps", "3", "--clip-grad-norm", "1e9"]) == 0
+    assert main([*common, "--steps", "3", "--clip-grad-norm", "1e9", "--affine-lr", "1e-3"]) == 0
     assert main([*common, "--steps", "4", "--resume"]) == 0
     info = read_model_info(model)
     assert info.extra["styles"] == ["starry", "wave"] and info.steps == 4
-    assert info.training["clip_grad_norm"] == 1e9
+    assert info.training["clip_grad_norm"] == 1e9 and info.training["affine_lr"] == 1e-3
     photo = make_image_file(tmp_path / "p.png", size=(40, 32))
     outs = {}
     for name, args in {"starry": ["--style", "starry"], "wave": ["--style", "wave"],

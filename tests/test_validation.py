@@ -185,20 +185,51 @@ def test_train_starts_from_the_flagship_when_it_has_the_network(tmp_path, conten
     assert (explicit["lr"], explicit["lr_warmup"]) == (5e-4, 7)
     path = run("path", "--width", "8", "--init", str(flagship))  # any checkpoint fine-tunes
     assert (path["lr"], path["lr_warmup"]) == (BASE_LR, BASE_WARMUP)
-    # A conditional instance norm network of the flagship's shape starts its styles from it too; for several
-    # paintings with a warning that it paints the flagship's strokes in every style (docs/multi-style.md).
+    # A conditional instance norm network of the flagship's shape starts its one style from it too.
     caplog.clear()
     assert run("multi", "--width", "8", "--norm", "conditional_instance")["init_sha256"] == file_sha256(flagship)
     assert not [r for r in caplog.records if "lozenges" in r.getMessage()]
+
+
+def test_several_paintings_train_from_scratch_with_their_pairs_at_ten_times_the_rate(
+        tmp_path, content_dir, small_style_path, make_checkpoint, caplog):
+    """For several paintings --init auto is scratch, clipped, with the styles' (gamma, beta) at 10x --lr:
+    from the flagship its strokes show in every style (docs/multi-style.md, "The lozenges"), so an explicit
+    single-style --init is warned about. Given options win, and a resume keeps the rate it started with."""
+    from style_transfer.cli import main
+    from style_transfer.zoo import BASE_LR, BASE_MODEL, MULTI_STYLE_AFFINE_FACTOR, MULTI_STYLE_CLIP
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    flagship = weights / f"{BASE_MODEL}.safetensors"
+    shutil.copy(make_checkpoint("instance", width=8, num_residual=1, trained=True), flagship)
     second = tmp_path / "second.png"
     Image.open(small_style_path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(second)
-    several = run("several", "--width", "8", "--norm", "conditional_instance", "--style", str(second))
-    assert several["init_sha256"] == file_sha256(flagship)
-    assert [r for r in caplog.records if "lozenges" in r.getMessage() and r.levelname == "WARNING"]
-    caplog.clear()
-    assert "init_sha256" not in run("scratch", "--width", "8", "--norm", "conditional_instance", "--style",
-                                    str(second), "--init", "none")
-    assert not [r for r in caplog.records if "lozenges" in r.getMessage()]
+
+    def run(name: str, *extra: str, steps: str = "1") -> dict:
+        out = tmp_path / f"{name}.safetensors"
+        assert main(["train", "--content", str(content_dir), "--style", str(small_style_path), "--style", str(second),
+                     "--norm", "conditional_instance", "--steps", steps, "--image-size", "32", "--batch-size", "2",
+                     "--width", "8", "--residual-blocks", "1", "--style-size", "64", "--precision", "fp32",
+                     "--device", "cpu", "--weights", str(weights), "--out", str(out), *extra]) == 0
+        return read_model_info(out).training
+
+    def warned() -> bool:
+        return any("lozenges" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+    default = run("default")
+    assert "init_sha256" not in default and default["lr"] == 1e-3 and default["clip_grad_norm"] == MULTI_STYLE_CLIP
+    assert default["affine_lr"] == MULTI_STYLE_AFFINE_FACTOR * 1e-3 and not warned()
+    assert run("lr", "--lr", "5e-4")["affine_lr"] == MULTI_STYLE_AFFINE_FACTOR * 5e-4
+    assert run("none", "--init", "none")["affine_lr"] == MULTI_STYLE_AFFINE_FACTOR * 1e-3
+    assert run("given", "--affine-lr", "3e-3")["affine_lr"] == 3e-3
+    warm = run("warm", "--init", str(flagship))
+    assert warm["init_sha256"] == file_sha256(flagship) and warm["lr"] == BASE_LR and warned()
+    assert warm.get("affine_lr") is None  # fine-tuning keeps its one rate
+    # A resume without the options keeps the rate the run started with.
+    run("resumed", "--lr", "5e-4", steps="1")
+    resumed = run("resumed", "--resume", steps="2")
+    assert resumed["affine_lr"] == MULTI_STYLE_AFFINE_FACTOR * 5e-4 and resumed["lr"] == 5e-4
 
 
 def test_a_resume_keeps_the_recipe_it_started_with(tmp_path, content_dir, small_style_path, make_checkpoint):
