@@ -55,7 +55,7 @@ HELP = {
              "(one style per step in turn; the styles are named by their file names)",
     "init": "start from this checkpoint's weights (a path, or a model name from the weights folder; the same "
             "network settings) instead of a random init; train also takes auto (the flagship model when it has "
-            "this network) and none (random)",
+            "this network, for one painting; several start from scratch) and none (random)",
     "extend": "add the --style painting(s) to this trained conditional_instance model: only the new styles' "
               "(gamma, beta) are trained, every other weight is frozen, so its styles stay exactly as they were; "
               "the network and loss settings default to the model's",
@@ -79,8 +79,8 @@ HELP = {
                  "train's default with --init: 100, since Adam's first steps would move every weight by about "
                  "lr and undo what the network had learned)",
     "affine_lr": "Adam learning rate of a conditional_instance network's per-style (gamma, beta) (default: "
-                 "--lr): they alone tell the styles apart, and a warm start's low --lr, which protects the "
-                 "trained convolutions, also slows them",
+                 "--lr; train's default for several paintings from scratch: 10x --lr): they alone tell the "
+                 "styles apart, and at --lr they hardly move (docs/multi-style.md)",
     "clip_grad_norm": "clip the gradient's global L2 norm to this (default: no clipping; the log records the "
                       "norm of every step either way)",
     "bn_frozen_steps": "train the last N steps with batch norm's running statistics frozen, so the network "
