@@ -128,3 +128,32 @@ def test_onnx_export_of_one_style_and_of_a_mix(checkpoint, tmp_path):
             expected = model(image, torch.tensor(weights))
         assert psnr(got.clamp(0, 1), expected.clamp(0, 1)) > 40
         assert session.get_modelmeta().custom_metadata_map["style_mix"] == str(weights)
+
+
+def test_the_lozenges_benchmark_swaps_the_halves_and_measures_how_far_apart_the_pairs_are():
+    """benchmarks/lozenges.py: its convolutions with the flagship's (gamma, beta) in every style, or the
+    flagship's convolutions with its pairs; the pairs' spread is zero for identical styles."""
+    from benchmarks.lozenges import pair_spread, swapped
+
+    multi = three_style_model()
+    torch.manual_seed(1)
+    flagship = TransformerNet(TransformerConfig(width=8, num_residual=1))
+    with torch.no_grad():
+        for layer in flagship.modules():
+            if isinstance(layer, torch.nn.InstanceNorm2d) and layer.affine:
+                layer.weight.uniform_(0.5, 1.5)
+    norms = {name for name, module in multi.named_modules() if isinstance(module, ConditionalInstanceNorm2d)}
+    flag, own = flagship.state_dict(), multi.state_dict()
+    with_flag_pairs = swapped(multi, flagship, True).state_dict()
+    with_flag_convs = swapped(multi, flagship, False).state_dict()
+    for name, value in own.items():
+        if name.rpartition(".")[0] in norms:
+            assert all(torch.equal(row, flag[name]) for row in with_flag_pairs[name])
+            assert torch.equal(with_flag_convs[name], value)
+        else:
+            assert torch.equal(with_flag_pairs[name], value) and torch.equal(with_flag_convs[name], flag[name])
+    spread = pair_spread(multi)
+    assert [row[0] for row in spread] == sorted(norms, key=list(dict(multi.named_modules())).index)
+    assert all(row[2] > 0.05 and row[3] > 0.05 for row in spread)  # three_style_model's pairs differ
+    same = swapped(multi, flagship, True)
+    assert all(row[2] < 1e-6 and row[3] < 1e-6 for row in pair_spread(same))  # all styles: the flagship's pair
