@@ -81,8 +81,8 @@ MULTI_STYLE_CLIP = 100.0
 # in the shared convolutions); from scratch at one rate, the pairs stayed within 5% of each other and the
 # paintings came out as one picture in four tints; from scratch with the pairs at 10x they moved apart,
 # the paintings differed in texture, and by step 750 the style matched the warm-started run's with no
-# lozenges. They came back in two of four styles at step 1000: the better recipe, not yet a cure
-# (docs/multi-style.md, "The lozenges").
+# lozenges. They came back from step 1000 (in three of four styles by step 1250): the better recipe, not
+# a cure (docs/multi-style.md, "The lozenges").
 MULTI_STYLE_AFFINE_FACTOR = 10.0
 
 
