@@ -40,6 +40,9 @@ from style_transfer.norms import ConditionalInstanceNorm2d  # noqa: E402
 from style_transfer.zoo_build import gallery_photos  # noqa: E402
 
 
+def _rms(t: torch.Tensor) -> float:
+    return float(t.pow(2).mean().sqrt())
+
 
 def swapped(multi: TransformerNet, flagship: TransformerNet, norms_from_flagship: bool) -> TransformerNet:
     """A copy of ``multi`` with the flagship's (gamma, beta) in every style, or with the flagship's
@@ -63,9 +66,8 @@ def pair_spread(multi: TransformerNet) -> list[tuple[str, float, float, float, f
     for name, module in multi.named_modules():
         if isinstance(module, ConditionalInstanceNorm2d):
             gamma, beta = module.weight.detach(), module.bias.detach()
-            rms = lambda t: float(t.pow(2).mean().sqrt())  # noqa: E731
-            rows.append((name, rms(gamma.mean(0) - 1), rms(gamma - gamma.mean(0)), rms(beta - beta.mean(0)),
-                         rms(beta.mean(0))))
+            rows.append((name, _rms(gamma.mean(0) - 1), _rms(gamma - gamma.mean(0)), _rms(beta - beta.mean(0)),
+                         _rms(beta.mean(0))))
     return rows
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def curves(plan: Path, runs: Path, only: list[str] | None = None, per_painting: 
         steps = [int(e["step"]) for e in entries]
         # A multi-style run's paintings in the order of their style numbers (an extension's start after
         # its base's styles).
-        indices = sorted({int(e["style_index"]) for e in log if "style_index" in e})
+        indices = sorted({int(e["style_index"]) for e in log if "style_index" in e}) if grad else []
         for i, painting in enumerate(paintings or [""]):
             suffix = f"/{painting}" if painting else ""
             row = {key: {int(e["step"]) // share: float(e[key + suffix]) for e in entries if key + suffix in e}
@@ -107,8 +108,7 @@ def gradients(log: list[dict], steps: list[int], style_index: int | None = None)
     for previous, step in zip([0, *steps], steps):
         window = sorted(g for s, g in norms if previous < s <= step)
         if window:
-            out["grad_median"][step] = window[(len(window) - 1) // 2] if len(window) % 2 else \
-                (window[len(window) // 2 - 1] + window[len(window) // 2]) / 2
+            out["grad_median"][step] = statistics.median(window)
             out["grad_p99"][step] = window[min(len(window) - 1, math.ceil(0.99 * len(window)) - 1)]
             out["grad_max"][step] = window[-1]
     return out

@@ -158,10 +158,7 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
     several = len(spec.style) > 1
     if several and args.clip_grad_norm is None:
         spec = spec.replace(clip_grad_norm=MULTI_STYLE_CLIP)
-    if several and init in (None, "auto"):
-        log.info("several paintings: from scratch (started from the flagship, its strokes would show in every "
-                 "style: docs/multi-style.md)")
-    elif init in (None, "auto"):
+    if init in (None, "auto") and not several:  # several start from scratch: see below
         base = base_model(spec.network, args.weights)
         if base is not None:
             log.info("starting from %s (--init auto: a trained network keeps photos from the first step; "
@@ -169,9 +166,11 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
             spec = spec.replace(init=base)
         elif init == "auto":
             log.info("--init auto: the weights folder has no flagship model with this network; starting from scratch")
-    if several and spec.init is None and args.affine_lr is None:
-        spec = spec.replace(affine_lr=MULTI_STYLE_AFFINE_FACTOR * spec.lr)
-        log.info("several paintings from scratch: their (gamma, beta) train at --affine-lr %g", spec.affine_lr)
+    if several and spec.init is None:
+        if args.affine_lr is None:
+            spec = spec.replace(affine_lr=MULTI_STYLE_AFFINE_FACTOR * spec.lr)
+        log.info("several paintings from scratch (started from the flagship, its strokes would show in every "
+                 "style: docs/multi-style.md), their (gamma, beta) at --affine-lr %g", spec.affine_lr)
     if several and spec.init is not None and read_model_info(spec.init).config.num_styles == 1:
         # docs/multi-style.md, "The lozenges": a single-style model's strokes stay in the shared convolutions.
         log.warning("several paintings started from %s: a multi-style network started from a single-style "
