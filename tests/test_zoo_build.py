@@ -383,6 +383,14 @@ def test_multistyle_plan_varies_four_styles_and_extends_it_with_the_held_out_pai
     assert scratch_affine.spec.affine_lr > scratch_affine.spec.lr
     from benchmarks.multistyle_study import singles_for
     assert scratch.steps == sum(m.steps for m in singles_for(four, load_plan(REPO_PLAN)).values())
+    # The identity start: a single network trained on the photo alone, then scratch_affine's recipe from it,
+    # for the same total steps.
+    identity, from_identity = models.pop("identity"), models.pop("four-styles-identity")
+    assert identity.norm == "instance" and identity.spec.init is None
+    assert identity.spec.loss.style_weight < 1e-6 * identity.spec.loss.content_weight
+    assert sorted(from_identity.spec.diff(scratch_affine.spec)) == ["init", "lr_warmup", "steps"]
+    assert from_identity.spec.init.stem == "identity" and from_identity.spec.init.parent.name == "multistyle"
+    assert identity.steps + from_identity.steps == scratch.steps
     base = REPO_PLAN.parent / "four-styles.safetensors"
     for m in models.values():
         assert (m.waits_for if m.waits_for is not None else m.spec.extend) == base
