@@ -157,3 +157,28 @@ def test_the_lozenges_benchmark_swaps_the_halves_and_measures_how_far_apart_the_
     assert all(row[2] > 0.05 and row[3] > 0.05 for row in spread)  # three_style_model's pairs differ
     same = swapped(multi, flagship, True)
     assert all(row[2] < 1e-6 and row[3] < 1e-6 for row in pair_spread(same))  # all styles: the flagship's pair
+
+
+def test_the_lozenges_benchmark_finds_a_planted_spike_in_standard_deviations_whatever_the_affine():
+    """lozenges.peaks: one row per norm layer in network order, the highest |normalized feature| (at least
+    1: unit variance), placed where a one-pixel spike on a flat photo is; a single network's own gamma is
+    undone, so scaling it leaves the measure alone."""
+    from benchmarks.lozenges import peaks
+
+    photo = torch.full((1, 3, 32, 48), 0.5)
+    photo[..., 20, 9] = 1.0
+    multi = three_style_model()
+    rows = peaks(multi, photo, torch.tensor([0.0, 1.0, 0.0]))
+    norms = [n.removesuffix(".norm") for n, m in multi.named_modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    assert [r[0] for r in rows] == norms and all(r[1] >= 1.0 for r in rows)
+    head = rows[0]
+    assert abs(head[2][0] - 20) <= 4 and abs(head[2][1] - 9) <= 4  # the 9x9 head sees the spike around it
+    assert head[1] > 5  # one pixel in 1536 stands far out of its channel's statistics
+    torch.manual_seed(0)
+    single = TransformerNet(TransformerConfig(width=8, num_residual=1)).eval()
+    before = peaks(single, photo)
+    with torch.no_grad():
+        single.head[2].weight.mul_(3.0)
+        single.head[2].bias.add_(2.0)
+    after = peaks(single, photo)
+    assert after[0][1] == pytest.approx(before[0][1], rel=1e-4) and after[0][2] == before[0][2]
