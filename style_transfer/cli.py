@@ -146,6 +146,8 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
         value = getattr(args, name)
         setattr(args, name, None if value is None or str(value) in ("auto", "none")
                 else resolve_model(str(value), args.weights))
+    if args.teacher:
+        args.teacher = [resolve_model(str(t), args.weights) for t in args.teacher]
     if args.extend is not None:
         return _spec_from_args(args)
     if args.resume and run.state.is_file():
@@ -153,12 +155,14 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
         kept = {k: recorded[k] for k in ("style_weight", "lr", "lr_warmup", "clip_grad_norm", "affine_lr")
                 if getattr(args, k) is None and k in recorded}
         return _spec_from_args(args, **kept)
-    fixed: dict[str, object] = {"style_weight": AUTO} if args.style_weight is None else {}
+    distilled = bool(args.teacher)
+    # A distilled run's loss has no style weight (the log measures its style term at the base weight).
+    fixed: dict[str, object] = {"style_weight": AUTO} if args.style_weight is None and not distilled else {}
     spec = _spec_from_args(args, **fixed)
     several = len(spec.style) > 1
     if several and args.clip_grad_norm is None:
         spec = spec.replace(clip_grad_norm=MULTI_STYLE_CLIP)
-    if init in (None, "auto") and not several:  # several start from scratch: see below
+    if init in (None, "auto") and (distilled or not several):  # several start from scratch: see below
         base = base_model(spec.network, args.weights)
         if base is not None:
             log.info("starting from %s (--init auto: a trained network keeps photos from the first step; "
@@ -166,6 +170,8 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
             spec = spec.replace(init=base)
         elif init == "auto":
             log.info("--init auto: the weights folder has no flagship model with this network; starting from scratch")
+    if distilled:
+        return _distill_spec(args, spec)
     if several and spec.init is None:
         if args.affine_lr is None:
             spec = spec.replace(affine_lr=MULTI_STYLE_AFFINE_FACTOR * spec.lr)
@@ -180,6 +186,19 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
         spec = spec.replace(**({"lr": BASE_LR} if args.lr is None else {}),
                             **({"lr_warmup": BASE_WARMUP} if args.lr_warmup is None else {}))
     return spec
+
+
+def _distill_spec(args: argparse.Namespace, spec: RunSpec) -> RunSpec:
+    """A distilled run's defaults (zoo.DISTILL_LR): from the flagship (--init auto) at --lr 5e-4 with a
+    100-step warm-up, a multi-style network's (gamma, beta) at 10x --lr. Unlike perceptual training, several
+    paintings start from the flagship too: its lozenges are what the teachers, which have none, train away
+    (docs/multi-style.md, "Distillation")."""
+    from .zoo import BASE_WARMUP, DISTILL_LR, MULTI_STYLE_AFFINE_FACTOR
+
+    lr = DISTILL_LR if args.lr is None else spec.lr
+    return spec.replace(lr=lr, **({"lr_warmup": BASE_WARMUP} if args.lr_warmup is None else {}),
+                        **({"affine_lr": MULTI_STYLE_AFFINE_FACTOR * lr} if args.affine_lr is None
+                           and spec.network.norm == "conditional_instance" else {}))
 
 
 def _add_stylize(sub: argparse._SubParsersAction) -> None:

@@ -43,7 +43,7 @@ from .network import TransformerConfig
 _NESTED: dict[str, type] = {"network": TransformerConfig, "loss": LossConfig}
 # The training data and starting point: part of what a run is, not of its recipe (they are recorded
 # by name or hash only: the folders of another machine are other paths). A spec needs the first two.
-DATA = ("content", "style", "init", "extend")
+DATA = ("content", "style", "init", "extend", "teacher")
 REQUIRED = ("content", "style")
 # The budget: a larger one continues a finished run, so it is not part of the fingerprint.
 BUDGET = ("steps", "epochs")
@@ -59,6 +59,10 @@ HELP = {
     "extend": "add the --style painting(s) to this trained conditional_instance model: only the new styles' "
               "(gamma, beta) are trained, every other weight is frozen, so its styles stay exactly as they were; "
               "the network and loss settings default to the model's",
+    "teacher": "distill: a trained single-style model per --style (same order; a path or a model name from the "
+               "weights folder), and each step trains the network to reproduce the step's painting's teacher on "
+               "the crop (L1) instead of the perceptual loss, which the log still records; how one network "
+               "learns several paintings without the flagship's lozenges (docs/multi-style.md)",
     "steps": "total optimizer steps (default when neither --steps nor --epochs: 40000)",
     "epochs": "passes over the content images, instead of --steps",
     "norm": "normalization layer",
@@ -114,6 +118,13 @@ class RunSpec:
     # are frozen and only the new (gamma, beta) pairs train. Its network, and its loss unless given, are
     # the run's (from_flat reads them from its metadata); ``base_styles`` holds its styles' names.
     extend: Path | None = None
+    # Knowledge distillation (Hinton et al. 2015, applied to style networks): one trained single-style
+    # model per painting of ``style``, in the same order. A step's loss is then the L1 distance between
+    # the network's output and the teacher's on the crop, not the perceptual loss (whose terms are still
+    # measured for the log). A four-style network trained from scratch with the perceptual loss paints
+    # instance-norm droplets and, started from the flagship, its lozenges; trained to the four shipped
+    # singles it lost both (docs/multi-style.md, "Distillation"). Recorded by hash, like ``init``.
+    teacher: tuple[Path, ...] | None = None
     network: TransformerConfig = TransformerConfig()
     loss: LossConfig = LossConfig()
     steps: int | None = None  # total optimizer steps; DEFAULT_STEPS when neither steps nor epochs is given
@@ -156,6 +167,11 @@ class RunSpec:
         for name in ("init", "extend"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.teacher is not None:
+            object.__setattr__(self, "teacher", _paths(self.teacher, "teacher model"))
+            if len(self.teacher) != len(self.style):
+                raise ValueError(f"{len(self.teacher)} teacher model(s) for {len(self.style)} style image(s): give "
+                                 "one --teacher per --style, in the same order")
         if self.extend is not None and self.init is not None:
             raise ValueError("give --init or --extend, not both (an extended model starts from its own weights)")
         check_precision(self.precision)
@@ -266,6 +282,7 @@ class RunSpec:
         out["style"] = styles[0] if len(styles) == 1 else styles
         out["init"] = str(self.init.resolve()) if self.init else None
         out["extend"] = str(self.extend.resolve()) if self.extend else None
+        out["teacher"] = [str(p.resolve()) for p in self.teacher] if self.teacher else None
         return out
 
     @classmethod

@@ -9,6 +9,7 @@ log, samples), and :class:`TrainOptions` how it executes (device, intervals, wor
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ from .data import ContentImages, ResumableSampler, link_folders, steps_per_epoch
 from .device import autocast, resolve_device, resolve_precision
 from .imageio import load_rgb, save_image
 from .losses import PerceptualLoss
+from .metrics import psnr
 from .network import TransformerNet
 from .norms import ConditionalInstanceNorm2d, has_batch_statistics
 from .rundir import TERMS, RunDir
@@ -195,6 +197,26 @@ def loss_terms(net: torch.nn.Module, criterion: PerceptualLoss, batch: torch.Ten
         return criterion(net(batch, weights), batch, painting)
 
 
+def distill_terms(net: torch.nn.Module, teacher: torch.nn.Module, criterion: PerceptualLoss, batch: torch.Tensor,
+                  device: torch.device, precision: str, style: tuple[torch.Tensor, int] | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """Forward pass of one distillation step (RunSpec.teacher): ``distill``, the mean absolute difference
+    between the network's output and ``teacher``'s on the batch, which is also ``total``, the objective; and the perceptual terms of the same output,
+    measured without a gradient so the log and the curves compare with perceptually trained runs.
+
+    L1 rather than L2: the probe that settled distillation (docs/multi-style.md) used it; it does not let a
+    few large differences (a teacher's bright stroke) outweigh the rest of the picture."""
+    with torch.no_grad(), autocast(device, precision):
+        target = teacher(batch).float()
+    with autocast(device, precision):
+        output = net(batch) if style is None else net(batch, style[0])
+    # Unclamped: a clamp would give the pixels the network pushes past the image range no gradient back.
+    distill = (output.float() - target).abs().mean()
+    with torch.no_grad(), autocast(device, precision):
+        measured = criterion(output.detach(), batch, 0 if style is None else style[1])
+    return {**{t: measured[t] for t in TERMS if t != "total"}, "distill": distill, "total": distill}
+
+
 def warmup_lr(lr: float, step: int, warmup: int | None) -> float:
     """The learning rate of the step after ``step`` steps: ``lr`` ramped linearly over the first
     ``warmup`` steps (spec.lr_warmup says why), then ``lr``. From the step alone, so a resume continues it."""
@@ -270,6 +292,9 @@ def _check_inputs(spec: RunSpec) -> None:
             raise FileNotFoundError(f"style image not found: {style}")
     if spec.init is not None and not spec.init.is_file():
         raise FileNotFoundError(f"--init checkpoint not found: {spec.init}")
+    for teacher in spec.teacher or ():
+        if not teacher.is_file():
+            raise FileNotFoundError(f"--teacher checkpoint not found: {teacher}")
     for folder in spec.content:
         if not folder.is_dir():
             raise FileNotFoundError(f"content folder not found: {folder}")
@@ -308,11 +333,12 @@ class _Trainer:
         self.first_trained = self.num_styles - len(styles)
         self.validator = self._validator(options.val_photos) if options.val_photos and env.main else None
         self.last_val: dict[str, float] = {}
+        self.teachers = self._load_teachers()
         # --style-weight auto (balance.py): one controller per painting trained, each steering its own
         # painting's weight by the photo kept in its style; rank 0 measures.
         self.balances: list[StyleBalance] = []
         self.kept_meter: Validator | None = None  # what the controllers measure: the validator, if any
-        if is_auto(spec.loss.style_weight):
+        if is_auto(spec.loss.style_weight) and not self.teachers:  # distilled: the weight is not in the loss
             self.balances = [StyleBalance(self.total_steps) for _ in styles]
             if env.main:
                 self.kept_meter = self.validator or self._validator(
@@ -388,6 +414,23 @@ class _Trainer:
         self.extend_sha = file_sha256(path)
         self.base_style_sha256s = list(info.extra.get("style_sha256s") or [info.style_sha256])
 
+    def _load_teachers(self) -> list[torch.nn.Module]:
+        """The ``teacher`` models, frozen in inference mode; [] when the run does not distill. Each must be
+        a single-style model of its painting (its recorded style image's hash is the painting's): a
+        teacher of another painting would teach the wrong style under the painting's name."""
+        teachers = []
+        self.teacher_sha256s = [file_sha256(p) for p in self.spec.teacher or ()]
+        for path, painting in zip(self.spec.teacher or (), self.spec.style):
+            model, info = load_model(path)
+            if info.config.num_styles != 1:
+                raise TrainingError(f"--teacher {path}: a teacher is a single-style model; it holds "
+                                    f"{info.config.num_styles} styles")
+            if info.style_sha256 != file_sha256(painting):
+                raise TrainingError(f"--teacher {path} was trained on another painting ({info.style_name}) than "
+                                    f"its --style {painting}: give the teachers in the order of the styles")
+            teachers.append(model.to(self.device).eval().requires_grad_(False))
+        return teachers
+
     def _validator(self, photos: tuple[Path, ...], size: int = VAL_SIZE, training_photos: bool = False) -> Validator:
         """``training_photos``: allow them (the style balance's fallback photos; balance.py says why)."""
         seen = {os.path.realpath(p) for p in self.dataset.paths}
@@ -413,6 +456,8 @@ class _Trainer:
                            f"{recorded_global}; now {self.spec.batch_size} x {self.env.world})")
         if state.get("style_sha256") not in (None, self.style_sha):  # recorded since multi-style training
             changed.append("style (another image, or another order of the style images)")
+        if state.get("teacher_sha256s", []) != self.teacher_sha256s:
+            changed.append("teacher (other teacher models, or none where the run had them)")
         if changed:
             raise TrainingError(f"cannot resume {self.run_dir.state}: these settings differ from the "
                                 f"interrupted run: {changed}")
@@ -547,8 +592,13 @@ class _Trainer:
         t0 = time.perf_counter()
         batch = batch.to(self.device, non_blocking=True)
         style = self._style_of_step()
-        terms = loss_terms(self.net, self.criterion, batch, self.device, self.spec.precision,
-                           None if style is None else (self._style_weights(style), style - self.first_trained))
+        painting = 0 if style is None else style - self.first_trained
+        if self.teachers:
+            terms = distill_terms(self.net, self.teachers[painting], self.criterion, batch, self.device,
+                                  self.spec.precision, None if style is None else (self._style_weights(style), painting))
+        else:
+            terms = loss_terms(self.net, self.criterion, batch, self.device, self.spec.precision,
+                               None if style is None else (self._style_weights(style), painting))
         values = self.env.mean(torch.stack([terms[t].detach().float() for t in TERMS]))
         if not torch.isfinite(values).all():
             raise TrainingError(
@@ -563,7 +613,25 @@ class _Trainer:
         self.step += 1
         return {"step": self.step, **{t: float(v) for t, v in zip(TERMS, values.tolist())},
                 "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
+                # The objective of a distilled run (its total), named so a reader of the log knows.
+                **({"distill": float(values[TERMS.index("total")])} if self.teachers else {}),
                 **({"style_index": style} if style is not None else {})}
+
+    @functools.cached_property
+    def _teacher_outputs(self) -> list[list[torch.Tensor]]:
+        """Per validation photo, each teacher's output in [0, 1] (the teachers are frozen: computed once)."""
+        assert self.validator is not None
+        with torch.no_grad(), autocast(self.device, self.spec.precision):
+            return [[t(image).float().clamp(0, 1) for t in self.teachers] for image in self.validator.images]
+
+    def _teacher_psnr(self, outputs: list[list[torch.Tensor]]) -> dict[str, float]:
+        """How closely a distilled network reproduces its teachers on the validation photos: the PSNR of
+        its outputs to theirs, per style (``val_psnr/<name>``) and the mean over styles (``val_psnr``)."""
+        names = self.spec.style_names[self.first_trained:]
+        per_style = [statistics.fmean(psnr(outs[k], teachers[k]) for outs, teachers in zip(outputs, self._teacher_outputs))
+                     for k in range(len(self.teachers))]
+        out = {f"val_psnr/{n}": v for n, v in zip(names, per_style)} if len(names) > 1 else {}
+        return {**out, "val_psnr": statistics.fmean(per_style)}
 
     def _apply_balance(self) -> None:
         """The controllers' weights into the loss."""
@@ -613,6 +681,7 @@ class _Trainer:
                       # Where --style-weight auto left each painting's weight (one number for one style).
                       **({"style_weight_used": self._weights_used()} if self.balances else {}),
                       **({"init_sha256": self.init_sha} if self.init_sha is not None else {}),
+                      **({"teacher_sha256s": self.teacher_sha256s} if self.teachers else {}),
                       **({"extend_sha256": self.extend_sha} if spec.extend is not None else {})},
             losses=self._recent_losses(),
             # A conditional network's styles, in the order of its (gamma, beta) pairs: what stylize --style
@@ -640,6 +709,7 @@ class _Trainer:
                 "style_sha256": self.style_sha,
                 **({"style_balance": [b.state_dict() for b in self.balances]} if self.balances else {}),
                 **({"init_sha256": self.init_sha} if self.init_sha is not None else {}),
+                **({"teacher_sha256s": self.teacher_sha256s} if self.teachers else {}),
             })
             save_model(self.run_dir.checkpoint, self.model, self._info(),
                        torch.float16 if self.options.save_dtype == "fp16" else torch.float32)
@@ -661,6 +731,8 @@ class _Trainer:
         if self.validator is None:
             return {}
         measures, outputs = self.validator.measure(self.model, self.spec.precision)
+        if self.teachers:
+            measures.update(self._teacher_psnr(outputs))
         self.validator.save(outputs, self.run_dir.val_sample_path(self.step))
         self.last_val = measures
         warning = photo_lost(measures, self.step, self.total_steps, self.spec.network.norm,

@@ -84,6 +84,12 @@ MULTI_STYLE_CLIP = 100.0
 # lozenges. They came back from step 1000 (in three of four styles by step 1250): the better recipe, not
 # a cure (docs/multi-style.md, "The lozenges").
 MULTI_STYLE_AFFINE_FACTOR = 10.0
+# A distilled run (--teacher) starts from the flagship (--init auto) at this learning rate, its styles'
+# (gamma, beta) at MULTI_STYLE_AFFINE_FACTOR times it: the recipe of the probe in which a four-style network
+# trained to the four shipped singles lost the flagship's lozenges by step 1000, at 24.6-28.1 dB to them
+# (docs/multi-style.md, "Distillation"). Its target is a picture, not a loss near its minimum, so it can
+# move faster than a perceptual fine-tune (BASE_LR).
+DISTILL_LR = 5e-4
 
 
 def base_model(network: TransformerConfig, weights_dir: Path | str | None = None) -> Path | None:

@@ -162,6 +162,9 @@ def load_plan(path: Path | str) -> list[ZooModel]:
         for key in ("init", "extend"):
             if key in entry:
                 values[key] = resolve(entry[key])
+        if "teacher" in entry:
+            teacher = entry["teacher"]
+            values["teacher"] = tuple(resolve(t) for t in ([teacher] if isinstance(teacher, str) else teacher))
         if "extend" in values and not values["extend"].is_file():
             # Checked now as far as it can be without the base: every key but those the base supplies.
             try:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from style_transfer.checkpoint import load_model, read_model_info, save_model
+from style_transfer.checkpoint import file_sha256, load_model, read_model_info, save_model
 from style_transfer.grid import image_grid
 from style_transfer.imageio import load_rgb
 from style_transfer.cli import main
@@ -391,6 +391,14 @@ def test_multistyle_plan_varies_four_styles_and_extends_it_with_the_held_out_pai
     assert sorted(from_identity.spec.diff(scratch_affine.spec)) == ["init", "lr_warmup", "steps"]
     assert from_identity.spec.init.stem == "identity" and from_identity.spec.init.parent.name == "multistyle"
     assert identity.steps + from_identity.steps == scratch.steps
+    # Distillation: four-styles' paintings and start, taught by the shipped singles of the same paintings
+    # (each teacher trained on its style's very image), at the distillation rates of `train --teacher`.
+    distilled = models.pop("four-styles-distilled")
+    assert [read_model_info(t).style_sha256 for t in distilled.spec.teacher] == \
+        [file_sha256(p) for p in four.spec.style]
+    assert distilled.spec.init == four.spec.init and distilled.spec.clip_grad_norm == four.spec.clip_grad_norm
+    from style_transfer.zoo import DISTILL_LR, MULTI_STYLE_AFFINE_FACTOR
+    assert distilled.spec.lr == DISTILL_LR and distilled.spec.affine_lr == MULTI_STYLE_AFFINE_FACTOR * DISTILL_LR
     base = REPO_PLAN.parent / "four-styles.safetensors"
     for m in models.values():
         assert (m.waits_for if m.waits_for is not None else m.spec.extend) == base

@@ -1,0 +1,175 @@
+"""Distillation (RunSpec.teacher; issue 17): a network trained to reproduce trained single-style models,
+one per painting, instead of training on the perceptual loss. What must hold: each step learns from its
+own painting's teacher, the log keeps the perceptual terms beside the objective, a resume is bit-exact
+and refuses other teachers, a teacher of another painting is refused, and the CLI and the zoo plan take it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from style_transfer.checkpoint import file_sha256, load_model, read_model_info
+from style_transfer.cli import main
+from style_transfer.losses import LossConfig, PerceptualLoss
+from style_transfer.imageio import load_rgb
+from style_transfer.network import TransformerConfig, TransformerNet
+from style_transfer.rundir import TERMS, RunDir
+from style_transfer.spec import RunSpec
+from style_transfer.train import TrainingError, TrainOptions, distill_terms, train
+from style_transfer.zoo_build import load_plan
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+pytestmark = [pytest.mark.skipif(not (SHARED / "styles").is_dir(), reason="../shared/data not available"),
+              pytest.mark.usefixtures("one_thread")]
+
+NET = TransformerConfig(norm="conditional_instance", width=8, num_residual=1)
+
+
+@pytest.fixture(scope="module")
+def styles(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("styles")
+    out = []
+    for src, name in [("vangogh_starry_night_1889.jpg", "starry.jpg"), ("hokusai_great_wave_c1831.jpg", "wave.jpg")]:
+        with Image.open(SHARED / "styles" / src) as img:
+            img = img.convert("RGB")
+            img.thumbnail((64, 64))
+            img.save(folder / name, quality=95)
+        out.append(folder / name)
+    return tuple(out)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for src in sorted((SHARED / "content" / "bsds500" / "train").glob("*.jpg"))[:6]:
+        with Image.open(src) as img:
+            img.thumbnail((64, 64))
+            img.save(folder / src.name, quality=95)
+    return folder
+
+
+@pytest.fixture
+def teachers(styles, make_model, make_checkpoint, tmp_path) -> tuple[Path, Path]:
+    """Two single-style instance-norm models of the paintings (recorded by their images' hashes) that paint
+    opposite tints (the output layer's bias), so which teacher a style learned from shows in its colour."""
+    out = []
+    for bias, painting in zip(((0.8, 0.5, 0.2), (0.2, 0.5, 0.8)), styles):
+        model = make_model("instance")
+        with torch.no_grad():
+            model.tail[1].bias.copy_(torch.tensor(bias))
+        out.append(make_checkpoint(model=model, path=tmp_path / "teachers" / f"{painting.stem}.safetensors",
+                                   style_name=painting.stem, style_sha256=file_sha256(painting)))
+    return tuple(out)
+
+
+def red_minus_blue(image: torch.Tensor) -> float:
+    return float(image[:, 0].mean() - image[:, 2].mean())
+
+
+def tiny(tmp: Path, photos: Path, styles, teachers, **changes) -> tuple[RunSpec, RunDir, TrainOptions]:
+    spec = RunSpec(content=photos, style=styles, teacher=teachers, network=NET, loss=LossConfig(style_size=64),
+                   steps=4, image_size=32, batch_size=2, lr=1e-2)
+    option_names = set(TrainOptions.__dataclass_fields__)
+    options = TrainOptions(**{"device": "cpu", "checkpoint_every": 2, "sample_every": 2, "progress": False,
+                              **{k: changes.pop(k) for k in list(changes) if k in option_names}})
+    return spec.replace(**changes), RunDir.of(tmp / "student.safetensors"), options
+
+
+def test_the_objective_is_the_l1_to_the_teacher_and_the_perceptual_terms_are_only_measured(make_model, styles):
+    student, other = make_model("instance", trained=True, seed=1), make_model("instance", trained=True, seed=2)
+    criterion = PerceptualLoss(torch.rand(1, 3, 32, 32), LossConfig(style_size=32))
+    batch = torch.rand(2, 3, 32, 32)
+    same = distill_terms(student, student, criterion, batch, torch.device("cpu"), "fp32")
+    assert float(same["distill"].detach()) == 0.0 and same["total"] is same["distill"]
+    terms = distill_terms(student.train(), other, criterion, batch, torch.device("cpu"), "fp32")
+    with torch.no_grad():
+        expected = (student(batch) - other(batch)).abs().mean()
+    assert float(terms["distill"].detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert set(TERMS) <= set(terms) and all(torch.isfinite(terms[t]) for t in TERMS)
+    terms["total"].backward()
+    assert all(p.grad is not None for p in student.parameters())
+    assert not any(t.requires_grad for name, t in terms.items() if name not in ("distill", "total"))
+
+
+def test_each_style_learns_from_its_own_paintings_teacher(tmp_path, photos, styles, teachers):
+    val = sorted((SHARED / "content" / "bsds500" / "test").glob("*.jpg"))[:1]
+    result = train(*tiny(tmp_path, photos, styles, teachers, steps=60, sample_every=30, val_photos=tuple(val)))
+    assert [e["style_index"] for e in result.history[:4]] == [0, 1, 0, 1]
+    assert all(e["distill"] == e["total"] for e in result.history)
+    assert all(e["content"] > 0 and e["style"] > 0 for e in result.history)  # measured, for the curves
+    first, last = result.history[:10], result.history[-10:]
+    assert sum(e["distill"] for e in last) < 0.7 * sum(e["distill"] for e in first)
+    student, info = load_model(tmp_path / "student.safetensors")
+    assert info.training["teacher_sha256s"] == [file_sha256(t) for t in teachers]
+    assert "style_weight_used" not in info.training  # no --style-weight auto controller: no style weight in the loss
+    photo = load_rgb(sorted(photos.glob("*.jpg"))[0])
+    with torch.no_grad():
+        tints = [red_minus_blue(student(photo, torch.eye(2)[k]).clamp(0, 1)) for k in (0, 1)]
+    assert tints[0] > 0.2 and tints[1] < -0.2  # the teachers' are +-0.6
+    # The validation photos are measured against the teachers, per style.
+    last_val = RunDir.of(tmp_path / "student.safetensors").latest_validation()
+    assert {"val_psnr", "val_psnr/starry", "val_psnr/wave"} <= set(last_val)
+    assert last_val["val_psnr"] == pytest.approx((last_val["val_psnr/starry"] + last_val["val_psnr/wave"]) / 2)
+
+
+def test_distilled_resume_is_bit_exact_and_refuses_other_teachers(tmp_path, photos, styles, teachers,
+                                                                   make_checkpoint):
+    straight = train(*tiny(tmp_path / "a", photos, styles, teachers, steps=6, checkpoint_every=3))
+    train(*tiny(tmp_path / "b", photos, styles, teachers, steps=3, checkpoint_every=3))
+    resumed = train(*tiny(tmp_path / "b", photos, styles, teachers, steps=6, checkpoint_every=3), resume=True)
+    a, b = load_file(tmp_path / "a" / "student.safetensors"), load_file(tmp_path / "b" / "student.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [e["total"] for e in resumed.history] == [e["total"] for e in straight.history]
+    other = make_checkpoint("instance", path=tmp_path / "other" / "starry.safetensors", trained=True, seed=5,
+                            style_name="starry", style_sha256=file_sha256(styles[0]))
+    with pytest.raises(TrainingError, match="teacher"):
+        train(*tiny(tmp_path / "b", photos, styles, (other, teachers[1]), steps=8), resume=True)
+
+
+def test_a_teacher_must_be_a_single_style_model_of_its_own_painting(tmp_path, photos, styles, teachers,
+                                                                    make_checkpoint):
+    with pytest.raises(ValueError, match="one --teacher per --style"):
+        tiny(tmp_path, photos, styles, teachers[:1])
+    with pytest.raises(TrainingError, match="another painting"):
+        train(*tiny(tmp_path, photos, styles, teachers[::-1], steps=1))
+    multi = make_checkpoint(model=TransformerNet(dataclasses.replace(NET, num_styles=2)),
+                            path=tmp_path / "multi.safetensors", style_sha256=file_sha256(styles[0]))
+    with pytest.raises(TrainingError, match="single-style"):
+        train(*tiny(tmp_path, photos, styles, (multi, teachers[1]), steps=1))
+    with pytest.raises(FileNotFoundError, match="--teacher"):
+        train(*tiny(tmp_path, photos, styles, (tmp_path / "missing.safetensors", teachers[1]), steps=1))
+
+
+def test_cli_distills_from_teachers_named_in_the_weights_folder_with_the_distillation_defaults(
+        tmp_path, photos, styles, teachers, make_checkpoint):
+    weights = teachers[0].parent
+    flagship = make_checkpoint("instance", path=weights / "starry-night.safetensors", trained=True, seed=3)
+    out = tmp_path / "student.safetensors"
+    args = ["train", "--content", str(photos), "--style", str(styles[0]), "--style", str(styles[1]),
+            "--teacher", "starry", "--teacher", "wave", "--weights", str(weights), "--norm", "conditional_instance",
+            "--width", "8", "--residual-blocks", "1", "--style-size", "64", "--image-size", "32",
+            "--batch-size", "2", "--steps", "2", "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    training = read_model_info(out).training
+    # From the flagship (--init auto) at zoo.DISTILL_LR, warmed up, the pairs at 10x; a fixed style weight.
+    assert training["init_sha256"] == file_sha256(flagship)
+    assert training["lr"] == 5e-4 and training["lr_warmup"] == 100 and training["affine_lr"] == 5e-3
+    assert training["loss"]["style_weight"] != "auto"
+    assert training["teacher_sha256s"] == [file_sha256(t) for t in teachers]
+    assert main([*args[:-4], "--steps", "3", "--out", str(out), "--resume", "--device", "cpu"]) == 0
+    assert read_model_info(out).steps == 3
+
+
+def test_a_zoo_plan_entry_names_its_teachers_relative_to_the_plan(tmp_path, styles, teachers):
+    (tmp_path / "photos").mkdir()
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f'[[models]]\nname = "d"\ncontent = "photos"\nstyle = ["{styles[0]}", "{styles[1]}"]\n'
+                    f'teacher = ["teachers/starry.safetensors", "teachers/wave.safetensors"]\n'
+                    'norm = "conditional_instance"\nsteps = 10\n')
+    (model,) = load_plan(plan)
+    assert model.spec.teacher == tuple(t.resolve() for t in teachers)
