@@ -6,6 +6,7 @@ and refuses other teachers, a teacher of another painting is refused, and the CL
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,40 @@ def test_a_zoo_plan_entry_names_its_teachers_relative_to_the_plan(tmp_path, styl
                     'norm = "conditional_instance"\nsteps = 10\n')
     (model,) = load_plan(plan)
     assert model.spec.teacher == tuple(t.resolve() for t in teachers)
+
+
+def test_teacher_match_benchmark_measures_each_style_against_its_own_teacher(tmp_path, styles, make_model,
+                                                                            make_checkpoint):
+    """A network whose style k is exactly teacher k (shared convolutions, each teacher's norm affine as
+    that style's (gamma, beta)) matches both; the same network with its styles' teachers swapped does not."""
+    from benchmarks import teacher_match
+
+    first = make_model("instance", trained=True, seed=1)
+    second = make_model("instance", trained=True, seed=1)
+    with torch.no_grad():
+        for module in second.modules():
+            if type(module).__name__.endswith("Norm2d"):
+                module.weight.mul_(1.5)
+    teachers = [make_checkpoint(model=m, path=tmp_path / f"{p.stem}.safetensors", style_name=p.stem,
+                                style_sha256=file_sha256(p)) for m, p in zip((first, second), styles)]
+    student = TransformerNet(dataclasses.replace(NET, num_styles=2))
+    own = student.state_dict()
+    a, b = first.state_dict(), second.state_dict()
+    student.load_state_dict({k: torch.stack([a[k], b[k]]) if own[k].dim() == 2 and a[k].dim() == 1 else a[k]
+                             for k in own})
+    checkpoint = make_checkpoint(model=student, path=tmp_path / "student.safetensors",
+                                 extra={"styles": [p.stem for p in styles]})
+    photo = sorted((SHARED / "content" / "bsds500" / "test").glob("*.jpg"))[0]
+    plan = tmp_path / "plan.toml"
+    for order, name in (((0, 1), "right"), ((1, 0), "swapped")):
+        plan.write_text(f'[[models]]\nname = "{name}"\ncontent = "."\nstyle = ["{styles[0]}", "{styles[1]}"]\n'
+                        f'teacher = ["{teachers[order[0]]}", "{teachers[order[1]]}"]\n'
+                        'norm = "conditional_instance"\nsteps = 1\n')
+        out = tmp_path / name
+        assert teacher_match.main(["--plan", str(plan), "--multi", name, "--checkpoint", str(checkpoint),
+                                   "--photos", str(photo), "--size", "48", "--out", str(out),
+                                   "--json", str(out / "m.json")]) == 0
+        result = json.loads((out / "m.json").read_text())
+        values = list(result["mean_psnr"].values())
+        assert all(v > 60 for v in values) if name == "right" else all(v < 40 for v in values)
+        assert (out / f"{photo.stem}.jpg").is_file()
