@@ -493,7 +493,7 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
                 print(f"  {painting}: kept {val['val_ssim/' + painting]:.2f}, style {val['val_style/' + painting]:.2f}"
                       f"{weight}")
             if row["waits_for"]:
-                print(f"  waits for the model it extends: {row['waits_for']}")
+                print(f"  waits for {row['waits_for']} (not trained yet)")
             if row["stale"]:
                 print(f"  run differs from the plan in: {', '.join(row['stale'])} (move it away to retrain)")
             if row["shipped_stale"]:

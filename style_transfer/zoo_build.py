@@ -78,11 +78,19 @@ class ZooModel:
         return self.__dict__["spec"]
 
     @property
+    def _unresolved(self) -> bool:
+        """A pending extension whose base does not exist yet (its spec cannot be built)."""
+        return self.pending is not None and not Path(self.pending["extend"]).is_file()
+
+    @property
     def waits_for(self) -> Path | None:
-        """The checkpoint a pending extension waits for; None once it exists (or for any other entry)."""
-        if self.pending is None or Path(self.pending["extend"]).is_file():
-            return None
-        return Path(self.pending["extend"])
+        """The first checkpoint the entry needs that does not exist yet: the model a pending extension
+        extends, or the one it starts from (``init``) or learns from (``teacher``), e.g. another entry of
+        the plan not trained yet. None when it can train."""
+        if self.pending is not None:
+            return Path(self.pending["extend"]) if self._unresolved else None
+        needed = [self.spec.init, *(self.spec.teacher or ())]
+        return next((p for p in needed if p is not None and not p.is_file()), None)
 
     @property
     def style_files(self) -> tuple[Path, ...]:
@@ -96,12 +104,12 @@ class ZooModel:
 
     @property
     def steps(self) -> int:
-        return self.spec.steps if self.waits_for is None else self.pending["steps"]
+        return self.pending["steps"] if self._unresolved else self.spec.steps
 
     @property
     def norm(self) -> str:
         # An extension's norm is its base's, which must be conditional (spec._extension checks it).
-        return self.spec.network.norm if self.waits_for is None else "conditional_instance"
+        return "conditional_instance" if self._unresolved else self.spec.network.norm
 
     def run(self, runs_dir: Path) -> RunDir:
         """The run's checkpoint and folder: ``<runs>/<name>.safetensors`` and ``<runs>/<name>.run/``."""
@@ -228,7 +236,7 @@ def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> lis
         run = m.run(runs_dir)
         done = run.steps_done()
         waits = m.waits_for
-        styles = [waits.stem, *(p.stem for p in m.style_files)] if waits else m.spec.style_names
+        styles = [waits.stem, *(p.stem for p in m.style_files)] if m._unresolved else m.spec.style_names
         rows.append({"name": m.name, "norm": m.norm, "style": " + ".join(styles), "steps_done": done,
                      "waits_for": str(waits) if waits else None,
                      "steps": m.steps, "finished": done >= m.steps,
@@ -267,8 +275,9 @@ def train_zoo(models: Sequence[ZooModel], runs_dir: Path, options: TrainOptions 
             for name, keys in stale.items() if keys))
     trained = []
     for m in models:
-        if m.waits_for is not None:  # its base is neither in the plan before it nor trained elsewhere yet
-            log.warning("%s: waits for the model it extends, %s; skipped", m.name, m.waits_for)
+        if m.waits_for is not None:  # neither in the plan before it nor trained elsewhere yet
+            log.warning("%s: waits for %s (the model it %s); skipped", m.name, m.waits_for,
+                        "extends" if m.pending is not None else "starts from or learns from")
             continue
         run = m.run(runs_dir)
         done = run.steps_done()

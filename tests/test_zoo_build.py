@@ -464,6 +464,24 @@ def test_a_plan_holds_an_extension_of_a_model_it_trains_first(tmp_path, content_
     assert info.extra["styles"] == [small_style_path.stem, "other", "third"] and info.steps == 2
 
 
+def test_an_entry_that_starts_from_or_learns_from_an_untrained_entry_waits_for_it(tmp_path, content_dir,
+                                                                                     small_style_path, caplog):
+    body = TINY.format(content=content_dir, steps=1) + (
+        f'\n[[models]]\nname = "tiny"\nstyle = "{small_style_path}"\n'
+        f'\n[[models]]\nname = "warm"\nstyle = "{small_style_path}"\ninit = "runs/tiny.safetensors"\nsteps = 1\n'
+        f'\n[[models]]\nname = "pupil"\nstyle = "{small_style_path}"\nteacher = "runs/warm.safetensors"\nsteps = 1\n'
+        f'\n[[models]]\nname = "stray"\nstyle = "{small_style_path}"\ninit = "elsewhere.safetensors"\nsteps = 1\n')
+    first, warm, pupil, stray = load_plan(_write_plan(tmp_path, body))
+    assert first.waits_for is None
+    assert warm.waits_for == tmp_path / "runs" / "tiny.safetensors"
+    assert pupil.waits_for == tmp_path / "runs" / "warm.safetensors"
+    rows = {r["name"]: r for r in status([first, warm, pupil, stray], tmp_path / "runs", tmp_path)}
+    assert rows["pupil"]["waits_for"] == str(pupil.waits_for) and rows["pupil"]["style"] == small_style_path.stem
+    # Training the plan in order trains each before the entry that needs it; the stray one is skipped.
+    assert train_zoo([first, warm, pupil, stray], tmp_path / "runs") == ["tiny", "warm", "pupil"]
+    assert "stray: waits for" in caplog.text and warm.waits_for is None
+
+
 def test_a_pending_extension_is_still_checked_for_its_own_settings(tmp_path, small_style_path):
     (tmp_path / "photos").mkdir()
     body = f'[[models]]\nname = "x"\ncontent = "photos"\nextend = "none.safetensors"\nstyle = "{small_style_path}"\n' \
