@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from style_transfer.checkpoint import load_model, load_train_state
+from style_transfer.checkpoint import file_sha256, load_model, load_train_state
 from style_transfer.losses import LossConfig, PerceptualLoss
 from style_transfer.network import TransformerConfig
 from style_transfer.rundir import RunDir
@@ -174,11 +174,16 @@ def _cli_train(args: list[str], out: Path, photos: Path, launcher: list[str]) ->
 # The two-style arm sets --affine-lr to --lr (still its own param group, as train's 10x default makes it):
 # the weight tolerance below is about ten steps of one rate.
 @pytest.mark.parametrize("network", [[], ["--norm", "conditional_instance", "--affine-lr", "1e-3", "--style",
-                                          str(SHARED / "styles" / "hokusai_great_wave_c1831.jpg")]],
-                         ids=["instance", "two-style conditional"])
-def test_torchrun_two_processes_gloo_matches_one_process(tmp_path, photos, free_port, network):
+                                          str(SHARED / "styles" / "hokusai_great_wave_c1831.jpg")],
+                                     ["--teacher", "TEACHER"]],
+                         ids=["instance", "two-style conditional", "distilled"])
+def test_torchrun_two_processes_gloo_matches_one_process(tmp_path, photos, free_port, network, make_checkpoint):
     """2 processes x batch 2 (DDP, gloo) see the same images as 1 process x batch 4 and learn the same;
-    a multi-style network too (every process trains the same style at each step)."""
+    a multi-style network too (every process trains the same style at each step), and one distilled from
+    a teacher (every process runs it on its own half of the batch)."""
+    if "TEACHER" in network:
+        teacher = make_checkpoint("instance", trained=True, style_sha256=file_sha256(STYLE))
+        network = [str(teacher) if a == "TEACHER" else a for a in network]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                 "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
     _cli_train(["--batch-size", "2", *network], tmp_path / "ddp.safetensors", photos, torchrun)
