@@ -6,7 +6,7 @@ at the size given, so the two can be compared at full size by eye: a row per sty
 left. Training logs the same PSNR on its validation photos (``val_psnr`` in log.jsonl); this runs it on
 any photos, held-out ones included, on a finished or a running model's checkpoint.
 
-    python benchmarks/teacher_match.py                                  # four-styles-distilled, gallery photos
+    python benchmarks/teacher_match.py                  # the shipped four-styles, gallery photos
     python benchmarks/teacher_match.py --photos ../shared/data/content/urban100 --count 4 --size 768 \\
         --out runs/teacher-match --json runs/teacher-match.json
 """
@@ -31,8 +31,8 @@ from style_transfer.imageio import load_rgb  # noqa: E402
 from style_transfer.metrics import psnr  # noqa: E402
 from style_transfer.zoo_build import gallery_photos, load_plan  # noqa: E402
 
-PLAN = ROOT / "benchmarks" / "multistyle-plan.toml"
-MULTI = "four-styles-distilled"
+PLAN = ROOT / "weights" / "zoo.toml"
+MULTI = "four-styles"
 
 
 def match(student: torch.nn.Module, teachers: list[torch.nn.Module], photos: list[Path], size: int
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plan", type=Path, default=PLAN)
     p.add_argument("--multi", default=MULTI, help="the plan entry of the distilled network (it names the teachers)")
-    p.add_argument("--checkpoint", type=Path, help="its checkpoint (default: runs/multistyle/<multi>.safetensors)")
+    p.add_argument("--checkpoint", type=Path, help="its checkpoint (default: the shipped weights/<multi>.safetensors)")
     p.add_argument("--photos", type=Path, action="append",
                    help="photo files or folders (repeatable; default: the plan's gallery photos)")
     p.add_argument("--count", type=int, default=4, help="photos spread over each folder (default: %(default)s)")
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     (entry,) = [m for m in load_plan(args.plan) if m.name == args.multi]
     if entry.spec.teacher is None:
         p.error(f"{args.multi} has no teachers: it is not distilled")
-    checkpoint = args.checkpoint or ROOT / "runs" / "multistyle" / f"{args.multi}.safetensors"
+    checkpoint = args.checkpoint or ROOT / "weights" / f"{args.multi}.safetensors"
     student, info = load_model(checkpoint)
     if info.extra.get("styles") != entry.spec.style_names:
         p.error(f"{checkpoint} holds styles {info.extra.get('styles')}, {args.multi} has {entry.spec.style_names}")

@@ -490,8 +490,10 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
             paintings = paintings_measured(val or {})
             for k, painting in enumerate(paintings):  # a multi-style run: each painting's own
                 weight = f", style_w {weights[k]:.2g}" if weights and len(weights) == len(paintings) else ""
+                teacher = f", {val['val_psnr/' + painting]:.1f} dB to its teacher" \
+                    if f"val_psnr/{painting}" in val else ""  # a distilled run (--teacher)
                 print(f"  {painting}: kept {val['val_ssim/' + painting]:.2f}, style {val['val_style/' + painting]:.2f}"
-                      f"{weight}")
+                      f"{weight}{teacher}")
             if row["waits_for"]:
                 print(f"  waits for {row['waits_for']} (not trained yet)")
             if row["stale"]:

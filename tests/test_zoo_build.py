@@ -370,7 +370,8 @@ def test_quality_study_plan_covers_every_painting_with_the_defaults():
 def test_multistyle_plan_varies_four_styles_and_extends_it_with_the_held_out_paintings():
     plan = REPO_PLAN.parents[1] / "benchmarks" / "multistyle-plan.toml"
     models = {m.name: m for m in load_plan(plan)}  # loads whether four-styles is shipped yet or not
-    (four,) = [m for m in load_plan(REPO_PLAN) if m.name == "four-styles"]
+    four = models.pop("four-styles-warm")  # the perceptual-loss recipe the variants are defined against
+    assert four.spec.init == REPO_PLAN.parent / "starry-night.safetensors" and four.spec.teacher is None
     variant = models.pop("four-styles-affine-lr")
     assert variant.spec.diff(four.spec) == ["affine_lr"] and variant.spec.affine_lr > variant.spec.lr
     # From scratch: four-styles' paintings, loss and clipping, without the flagship's weights (whose strokes
@@ -391,9 +392,10 @@ def test_multistyle_plan_varies_four_styles_and_extends_it_with_the_held_out_pai
     assert sorted(from_identity.spec.diff(scratch_affine.spec)) == ["init", "lr_warmup", "steps"]
     assert from_identity.spec.init.stem == "identity" and from_identity.spec.init.parent.name == "multistyle"
     assert identity.steps + from_identity.steps == scratch.steps
-    # Distillation: four-styles' paintings and start, taught by the shipped singles of the same paintings
-    # (each teacher trained on its style's very image), at the distillation rates of `train --teacher`.
-    distilled = models.pop("four-styles-distilled")
+    # The shipped four-styles: four-styles-warm's paintings and start, taught by the shipped singles of the
+    # same paintings (each teacher trained on its style's very image), at the rates of `train --teacher`.
+    (distilled,) = [m for m in load_plan(REPO_PLAN) if m.name == "four-styles"]
+    assert distilled.spec.style == four.spec.style
     assert [read_model_info(t).style_sha256 for t in distilled.spec.teacher] == \
         [file_sha256(p) for p in four.spec.style]
     assert distilled.spec.init == four.spec.init and distilled.spec.clip_grad_norm == four.spec.clip_grad_norm
@@ -504,3 +506,8 @@ def test_status_shows_each_painting_of_a_multi_style_run(tmp_path, small_style_p
     assert main(["zoo", "status", "--plan", str(plan), "--runs", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert f"  {a}: kept 0.61, style 0.12, style_w 1.5e-05\n  b: kept 0.39, style 0.48, style_w 4e-06\n" in out
+    # A distilled run's log has each painting's PSNR to its teacher as well.
+    entries[0].update({f"val_psnr/{a}": 25.04, "val_psnr/b": 23.96})
+    (run / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    assert main(["zoo", "status", "--plan", str(plan), "--runs", str(tmp_path / "runs")]) == 0
+    assert f"  {a}: kept 0.61, style 0.12, style_w 1.5e-05, 25.0 dB to its teacher\n" in capsys.readouterr().out
