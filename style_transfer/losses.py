@@ -146,14 +146,28 @@ class PerceptualLoss(nn.Module):
         return sum((gram_matrix(feats[n]) - g).pow(2).mean((1, 2))
                    for n, g in zip(self.config.style_layers, self.style_grams(style)))
 
-    def forward(self, output: torch.Tensor, content: torch.Tensor, style: int = 0) -> dict[str, torch.Tensor]:
-        """The terms of ``output`` against its ``content`` images and style number ``style``."""
+    def texture_distance(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The unweighted Gram distance of ``output`` to ``target`` (another image batch, e.g. a teacher's
+        output on the same crops: its gradient flows to ``output`` only), summed over the style layers as
+        the style term is; and ``output``'s VGG features, for :meth:`forward` to reuse."""
+        cfg = self.config
+        with torch.no_grad():
+            theirs = self.vgg(target, cfg.style_layers)
+        feats = self.vgg(output)
+        distance = sum(F.mse_loss(gram_matrix(feats[n]), gram_matrix(theirs[n])) for n in cfg.style_layers)
+        return distance, feats
+
+    def forward(self, output: torch.Tensor, content: torch.Tensor, style: int = 0,
+                feats: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The terms of ``output`` against its ``content`` images and style number ``style``. ``feats``:
+        ``output``'s VGG features when already computed (texture_distance)."""
         cfg = self.config
         with torch.no_grad():
             # Only up to the content layers: for relu2_2 most of the VGG work on the targets is
             # skipped (docs/benchmarks.md, "One training step").
             target = self.vgg(content, cfg.content_layers)
-        feats = self.vgg(output)
+        if feats is None:
+            feats = self.vgg(output)
         content_loss = sum(F.mse_loss(feats[n].float(), target[n].float()) for n in cfg.content_layers)
         style_loss = sum(
             F.mse_loss(gram_matrix(feats[n]), g.expand(output.shape[0], -1, -1))

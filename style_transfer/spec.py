@@ -85,6 +85,9 @@ HELP = {
     "affine_lr": "Adam learning rate of a conditional_instance network's per-style (gamma, beta) (default: "
                  "--lr; train's default for several paintings from scratch: 10x --lr): they alone tell the "
                  "styles apart, and at --lr they hardly move (docs/multi-style.md)",
+    "teacher_style_weight": "with --teacher: also match the Gram matrices of the teacher's output on the crop (its "
+                            "texture), at this weight, beside the L1 (default: L1 alone, which renders the strokes "
+                            "softer than the teachers: docs/multi-style.md)",
     "clip_grad_norm": "clip the gradient's global L2 norm to this (default: no clipping; the log records the "
                       "norm of every step either way)",
     "bn_frozen_steps": "train the last N steps with batch norm's running statistics frozen, so the network "
@@ -147,6 +150,12 @@ class RunSpec:
     # diverged twice without it (weights/zoo.toml). Optional settings default to None ("off") and are
     # left out of the fingerprint while off, so runs from before the setting existed still resume.
     clip_grad_norm: float | None = None
+    # With ``teacher``: the weight of a texture term beside the L1, the squared distance between the Gram
+    # matrices (the perceptual loss's style layers) of the network's output and of the teacher's output on
+    # the same crop. L1 alone regresses to the mean of what it cannot place exactly, so a distilled network
+    # painted the teachers' strokes softer (docs/multi-style.md, "Distillation"); the Gram matrices do not
+    # care where a stroke is, only that it is there. None: L1 alone.
+    teacher_style_weight: float | None = None
     # Train the last N steps with batch norm's population statistics frozen (eval-mode normalization),
     # so the weights adapt to the statistics inference uses. In training mode each layer sees its own
     # batch's statistics; at inference the population's, and the gap compounds through the layers
@@ -188,6 +197,11 @@ class RunSpec:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.affine_lr is not None and not self.affine_lr > 0:
             raise ValueError(f"affine_lr must be > 0, got {self.affine_lr}")
+        if self.teacher_style_weight is not None:
+            if not self.teacher_style_weight > 0:
+                raise ValueError(f"teacher_style_weight must be > 0, got {self.teacher_style_weight}")
+            if self.teacher is None:
+                raise ValueError("teacher_style_weight needs --teacher (it weighs the Gram distance to the teacher's output)")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be > 0, got {self.clip_grad_norm}")
         if self.lr_warmup is not None and (not isinstance(self.lr_warmup, int) or self.lr_warmup < 1):

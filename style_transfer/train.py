@@ -198,23 +198,35 @@ def loss_terms(net: torch.nn.Module, criterion: PerceptualLoss, batch: torch.Ten
 
 
 def distill_terms(net: torch.nn.Module, teacher: torch.nn.Module, criterion: PerceptualLoss, batch: torch.Tensor,
-                  device: torch.device, precision: str, style: tuple[torch.Tensor, int] | None = None
-                  ) -> dict[str, torch.Tensor]:
+                  device: torch.device, precision: str, style: tuple[torch.Tensor, int] | None = None,
+                  texture_weight: float | None = None) -> dict[str, torch.Tensor]:
     """Forward pass of one distillation step (RunSpec.teacher): ``distill``, the mean absolute difference
     between the network's output and ``teacher``'s on the batch, which is also ``total``, the objective; and the perceptual terms of the same output,
     measured without a gradient so the log and the curves compare with perceptually trained runs.
 
     L1 rather than L2: the probe that settled distillation (docs/multi-style.md) used it; it does not let a
-    few large differences (a teacher's bright stroke) outweigh the rest of the picture."""
+    few large differences (a teacher's bright stroke) outweigh the rest of the picture.
+
+    With ``texture_weight`` (RunSpec.teacher_style_weight) the objective adds that weight times the Gram
+    distance to the teacher's output (``texture``, logged unweighted), and the perceptual terms reuse the
+    output's VGG features."""
     with torch.no_grad(), autocast(device, precision):
         target = teacher(batch).float()
     with autocast(device, precision):
         output = net(batch) if style is None else net(batch, style[0])
     # Unclamped: a clamp would give the pixels the network pushes past the image range no gradient back.
     distill = (output.float() - target).abs().mean()
+    painting = 0 if style is None else style[1]
+    if texture_weight is None:
+        with torch.no_grad(), autocast(device, precision):
+            measured = criterion(output.detach(), batch, painting)
+        return {**{t: measured[t] for t in TERMS if t != "total"}, "distill": distill, "total": distill}
+    with autocast(device, precision):
+        texture, feats = criterion.texture_distance(output, target)
     with torch.no_grad(), autocast(device, precision):
-        measured = criterion(output.detach(), batch, 0 if style is None else style[1])
-    return {**{t: measured[t] for t in TERMS if t != "total"}, "distill": distill, "total": distill}
+        measured = criterion(output.detach(), batch, painting, feats={k: v.detach() for k, v in feats.items()})
+    return {**{t: measured[t] for t in TERMS if t != "total"}, "distill": distill, "texture": texture.detach(),
+            "total": distill + texture_weight * texture}
 
 
 def warmup_lr(lr: float, step: int, warmup: int | None) -> float:
@@ -595,7 +607,8 @@ class _Trainer:
         painting = 0 if style is None else style - self.first_trained
         if self.teachers:
             terms = distill_terms(self.net, self.teachers[painting], self.criterion, batch, self.device,
-                                  self.spec.precision, None if style is None else (self._style_weights(style), painting))
+                                  self.spec.precision, None if style is None else (self._style_weights(style), painting),
+                                  self.spec.teacher_style_weight)
         else:
             terms = loss_terms(self.net, self.criterion, batch, self.device, self.spec.precision,
                                None if style is None else (self._style_weights(style), painting))
@@ -613,8 +626,8 @@ class _Trainer:
         self.step += 1
         return {"step": self.step, **{t: float(v) for t, v in zip(TERMS, values.tolist())},
                 "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
-                # The objective of a distilled run (its total), named so a reader of the log knows.
-                **({"distill": float(values[TERMS.index("total")])} if self.teachers else {}),
+                # A distilled run's L1 to its teacher (its whole objective without teacher_style_weight).
+                **{t: float(self.env.mean(terms[t].detach().float())) for t in ("distill", "texture") if t in terms},
                 **({"style_index": style} if style is not None else {})}
 
     @functools.cached_property

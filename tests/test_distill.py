@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from style_transfer.checkpoint import file_sha256, load_model, read_model_info
 from style_transfer.cli import main
-from style_transfer.losses import LossConfig, PerceptualLoss
+from style_transfer.losses import LossConfig, PerceptualLoss, gram_matrix
 from style_transfer.imageio import load_rgb
 from style_transfer.network import TransformerConfig, TransformerNet
 from style_transfer.rundir import TERMS, RunDir
@@ -97,6 +97,27 @@ def test_the_objective_is_the_l1_to_the_teacher_and_the_perceptual_terms_are_onl
     assert not any(t.requires_grad for name, t in terms.items() if name not in ("distill", "total"))
 
 
+def test_the_texture_term_adds_the_gram_distance_to_the_teachers_output(make_model, styles, tmp_path):
+    student, other = make_model("instance", trained=True, seed=1), make_model("instance", trained=True, seed=2)
+    criterion = PerceptualLoss(torch.rand(1, 3, 32, 32), LossConfig(style_size=32))
+    batch = torch.rand(2, 3, 32, 32)
+    same = distill_terms(student, student, criterion, batch, torch.device("cpu"), "fp32", texture_weight=1e-3)
+    assert float(same["texture"]) == 0.0 and float(same["total"].detach()) == 0.0
+    plain = distill_terms(student, other, criterion, batch, torch.device("cpu"), "fp32")
+    terms = distill_terms(student, other, criterion, batch, torch.device("cpu"), "fp32", texture_weight=1e-3)
+    with torch.no_grad():
+        mine, theirs = criterion.vgg(student(batch)), criterion.vgg(other(batch))
+    expected = sum(((gram_matrix(mine[n]) - gram_matrix(theirs[n])) ** 2).mean() for n in criterion.config.style_layers)
+    assert float(terms["texture"]) == pytest.approx(float(expected), rel=1e-4) and float(terms["texture"]) > 0
+    assert float(terms["total"].detach()) == pytest.approx(float(terms["distill"].detach()) + 1e-3 * float(expected),
+                                                           rel=1e-4)
+    # The perceptual terms it logs are the same as without it (the features are reused, not changed).
+    for t in ("content", "style", "tv"):
+        assert float(terms[t]) == pytest.approx(float(plain[t]), rel=1e-5)
+    with pytest.raises(ValueError, match="needs --teacher"):
+        RunSpec(content=tmp_path, style=styles[:1], teacher_style_weight=1.0)
+
+
 def test_each_style_learns_from_its_own_paintings_teacher(tmp_path, photos, styles, teachers):
     val = sorted((SHARED / "content" / "bsds500" / "test").glob("*.jpg"))[:1]
     result = train(*tiny(tmp_path, photos, styles, teachers, steps=60, sample_every=30, val_photos=tuple(val)))
@@ -126,6 +147,11 @@ def test_distilled_resume_is_bit_exact_and_refuses_other_teachers(tmp_path, phot
     a, b = load_file(tmp_path / "a" / "student.safetensors"), load_file(tmp_path / "b" / "student.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [e["total"] for e in resumed.history] == [e["total"] for e in straight.history]
+    # With the texture term: logged beside the L1, and part of the recipe a resume must match.
+    textured = train(*tiny(tmp_path / "c", photos, styles, teachers, steps=2, teacher_style_weight=1e-3))
+    assert all(e["total"] == pytest.approx(e["distill"] + 1e-3 * e["texture"], rel=1e-4) for e in textured.history)
+    with pytest.raises(TrainingError, match="teacher_style_weight"):
+        train(*tiny(tmp_path / "c", photos, styles, teachers, steps=4), resume=True)
     other = make_checkpoint("instance", path=tmp_path / "other" / "starry.safetensors", trained=True, seed=5,
                             style_name="starry", style_sha256=file_sha256(styles[0]))
     with pytest.raises(TrainingError, match="teacher"):
@@ -211,3 +237,22 @@ def test_teacher_match_benchmark_measures_each_style_against_its_own_teacher(tmp
         values = list(result["mean_psnr"].values())
         assert all(v > 60 for v in values) if name == "right" else all(v < 40 for v in values)
         assert (out / f"{photo.stem}.jpg").is_file()
+
+
+def test_distill_balance_benchmark_prints_the_weight_that_levels_the_two_pulls(tmp_path, photos, styles, teachers,
+                                                                               capsys):
+    from benchmarks import distill_balance
+
+    train(*tiny(tmp_path, photos, styles, teachers, steps=2))
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f'[[models]]\nname = "d"\ncontent = "{photos}"\nstyle = ["{styles[0]}", "{styles[1]}"]\n'
+                    f'teacher = ["{teachers[0]}", "{teachers[1]}"]\nnorm = "conditional_instance"\nwidth = 8\n'
+                    'num_residual = 1\nimage_size = 32\nstyle_size = 64\nsteps = 2\n')
+    assert distill_balance.main([str(tmp_path / "student.safetensors"), "--plan", str(plan), "--multi", "d",
+                                 "--batches", "1"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| starry")
+            or line.startswith("| wave")]
+    assert len(rows) == 2
+    for row in rows:
+        l1, texture, weight = (float(v) for v in row[2:5])
+        assert l1 > 0 and texture > 0 and weight == pytest.approx(l1 / texture, rel=0.05)

@@ -401,6 +401,8 @@ def test_multistyle_plan_varies_four_styles_and_extends_it_with_the_held_out_pai
     assert distilled.spec.init == four.spec.init and distilled.spec.clip_grad_norm == four.spec.clip_grad_norm
     from style_transfer.zoo import DISTILL_LR, MULTI_STYLE_AFFINE_FACTOR
     assert distilled.spec.lr == DISTILL_LR and distilled.spec.affine_lr == MULTI_STYLE_AFFINE_FACTOR * DISTILL_LR
+    textured = models.pop("four-styles-texture")
+    assert textured.spec.diff(distilled.spec) == ["teacher_style_weight"]
     base = REPO_PLAN.parent / "four-styles.safetensors"
     for m in models.values():
         assert (m.waits_for if m.waits_for is not None else m.spec.extend) == base
