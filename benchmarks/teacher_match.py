@@ -74,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     photos = []
     for source in args.photos or gallery_photos(args.plan):
         photos += pick_images(source, args.count) if source.is_dir() else [source]
-    torch.set_grad_enabled(False)
     rows = match(student.eval(), teachers, photos, args.size)
 
     names = entry.spec.style_names

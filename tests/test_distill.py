@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from style_transfer.checkpoint import file_sha256, load_model, read_model_info
@@ -23,35 +22,13 @@ from style_transfer.rundir import TERMS, RunDir
 from style_transfer.spec import RunSpec
 from style_transfer.train import TrainingError, TrainOptions, distill_terms, train
 from style_transfer.zoo_build import load_plan
+from tests.test_multistyle import photos, styles  # noqa: F401 - shared fixtures (two small paintings, six photos)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = [pytest.mark.skipif(not (SHARED / "styles").is_dir(), reason="../shared/data not available"),
               pytest.mark.usefixtures("one_thread")]
 
 NET = TransformerConfig(norm="conditional_instance", width=8, num_residual=1)
-
-
-@pytest.fixture(scope="module")
-def styles(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("styles")
-    out = []
-    for src, name in [("vangogh_starry_night_1889.jpg", "starry.jpg"), ("hokusai_great_wave_c1831.jpg", "wave.jpg")]:
-        with Image.open(SHARED / "styles" / src) as img:
-            img = img.convert("RGB")
-            img.thumbnail((64, 64))
-            img.save(folder / name, quality=95)
-        out.append(folder / name)
-    return tuple(out)
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    for src in sorted((SHARED / "content" / "bsds500" / "train").glob("*.jpg"))[:6]:
-        with Image.open(src) as img:
-            img.thumbnail((64, 64))
-            img.save(folder / src.name, quality=95)
-    return folder
 
 
 @pytest.fixture
