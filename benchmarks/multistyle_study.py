@@ -7,9 +7,9 @@ to the photo), ``style`` (style loss relative to the photo's own; lower = more o
 spots. The multi-style network runs in that painting's style. Differences are paired by photo
 (multi − single) with the Wilcoxon signed-rank p-value.
 
-Fair at equal steps: the plan gives the multi-style network the singles' total budget with their recipe
-(four-styles: 4 x 1500 steps with train's defaults), so each painting gets as many steps in it as its
-single model had alone.
+The shipped four-styles is distilled from these very singles (docs/multi-style.md): it costs their steps
+plus its own, so the study measures what one network in place of the four loses against them. For a
+perceptual-loss network at the singles' total steps, name its plan and entry (--plan, --multi).
 
     python benchmarks/multistyle_study.py                         # four-styles, 24 bsds500 test photos
     python benchmarks/multistyle_study.py --checkpoint runs/zoo/four-styles.safetensors --json out.json
