@@ -213,7 +213,15 @@ def test_cli_trains_with_style_repeated_and_stylizes_each_style_and_a_mix(tmp_pa
         assert main(["stylize", str(photo), "--model", str(model), "--out", str(out), "--no-fast", *args]) == 0
         outs[name] = decode_image(out).rgb
     assert torch.equal(outs["wave"], outs["wave1"])
-    assert not torch.equal(outs["starry"], outs["wave"]) and not torch.equal(outs["half"], outs["wave"])
+    # The styles and the mix differ in the network's own output. Not in the 8-bit files: four steps of a
+    # network this tiny may paint everything near black, and on an AVX2-only host both styles rounded to
+    # the same file (their outputs differed by 3e-4 below zero).
+    net, _ = load_model(model)
+    image = load_rgb(photo)
+    with torch.no_grad():
+        raw = {k: net(image, torch.tensor(w)) for k, w in {"starry": [1.0, 0.0], "wave": [0.0, 1.0],
+                                                           "half": [0.5, 0.5]}.items()}
+    assert not torch.equal(raw["starry"], raw["wave"]) and not torch.equal(raw["half"], raw["wave"])
     # Two styles without the conditional norm: a clear error before any work.
     assert main(["train", "--content", str(photos), "--style", str(styles[0]), "--style", str(styles[1]),
                  "--steps", "1", "--out", str(tmp_path / "x.safetensors"), "--device", "cpu"]) == 2
