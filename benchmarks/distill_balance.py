@@ -31,7 +31,8 @@ from style_transfer.zoo_build import load_plan  # noqa: E402
 def gradient_norms(net: torch.nn.Module, teacher: torch.nn.Module, criterion: PerceptualLoss, batch: torch.Tensor,
                    style: tuple[torch.Tensor, int]) -> tuple[float, float]:
     """The L1's and the (unweighted) texture term's gradient norms over ``net``'s parameters."""
-    terms = distill_terms(net, teacher, criterion, batch, torch.device("cpu"), "fp32", style, texture_weight=1.0)
+    terms = distill_terms(net, teacher, criterion, batch, torch.device("cpu"), "fp32", style, texture_weight=1.0,
+                         perceptual=False)
     texture = terms["total"] - terms["distill"]  # the weight is 1: the texture term with its gradient
     params = [p for p in net.parameters() if p.requires_grad]
     norms = []

@@ -102,6 +102,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="data loading processes (default: %(default)s)")
     p.add_argument("--sync-bn", action="store_true", help="synchronize batch norm statistics across processes")
     p.add_argument("--save-dtype", choices=("fp32", "fp16"), default="fp32", help="dtype of the served checkpoint")
+    p.add_argument("--perceptual-every", type=_positive_int, default=10, metavar="N",
+                   help="with --teacher: log the perceptual terms (content, style, tv; not the objective of a "
+                        "distilled run) in one round of the paintings out of N; measuring them costs ~40%% of a "
+                        "step (default: %(default)s; 1: every step)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its workdir")
     p.add_argument("--weights", type=Path, help="weights folder for model names given to --init and --extend "
                                                 "(default: $STYLE_TRANSFER_WEIGHTS or ./weights)")
@@ -115,7 +119,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run = RunDir.of(args.out, args.workdir)
     options = TrainOptions(device=args.device or "auto", checkpoint_every=args.checkpoint_every,
                            sample_every=args.sample_every, num_workers=args.workers, sync_bn=args.sync_bn,
-                           save_dtype=args.save_dtype, val_photos=_val_photos(args))
+                           save_dtype=args.save_dtype, val_photos=_val_photos(args),
+                           perceptual_every=args.perceptual_every)
     result = train(_train_spec(args, run), run, options, resume=args.resume)
     if result.steps and os.environ.get("RANK", "0") == "0":
         log.info("wrote %s after %d steps; final losses: %s", result.checkpoint, result.steps,

@@ -46,7 +46,7 @@ from .imageio import find_images, load_rgb, resize_max, spread
 from .losses import LossConfig, PerceptualLoss
 from .metrics import colour_distance, diff_stats, mean_sd, sign_test, wilcoxon_signed_rank
 from .network import count_parameters
-from .rundir import TERMS, RunDir, read_log
+from .rundir import TERMS, RunDir, read_log, term_mean
 from .sidebyside import photo_metrics
 from .spec import ab_group
 from .stylize import Stylizer
@@ -442,7 +442,7 @@ def summarize_training(curves: Mapping[str, list[dict[str, float]]], arms: Seque
             window = entries[-final_window(len(entries)):]
             steps.append(entries[-1]["step"])
             for t in TERMS:
-                finals[t].append(sum(e[t] for e in window) / len(window))
+                finals[t].append(term_mean(window, t))
         if steps:
             out[label] = {"steps": steps, **{t: {"seed_finals": v, "mean": mean_sd(v)[0], "sd_seeds": mean_sd(v)[1]}
                                              for t, v in finals.items()}}

@@ -24,7 +24,7 @@ from typing import Any
 
 from .evaluation import BATCH_TESTS, METRICS, Evaluation
 from .imageio import atomic_write_bytes
-from .rundir import TERMS
+from .rundir import TERMS, term_mean
 
 # Fixed colours per norm (colour-blind-safe Okabe-Ito palette); other labels cycle through the rest.
 NORM_COLOURS = {"instance": "#0072B2", "batch": "#D55E00", "group": "#009E73", "layer": "#CC79A7", "none": "#555555",
@@ -446,7 +446,7 @@ def _write_csvs(evaluation: Evaluation, out: Path) -> dict[str, Path]:
         for i in range(0, len(entries), size):
             chunk = entries[i : i + size]  # bins of consecutive steps, averaged (the step is the bin's last)
             rows.append([arm["label"], arm["name"], arm["seed"], chunk[-1]["step"]]
-                        + [sum(e[t] for e in chunk) / len(chunk) for t in TERMS])
+                        + [term_mean(chunk, t) for t in TERMS])
     if rows:
         files["curves_csv"] = write("curves.csv", ["label", "arm", "seed", "step"] + list(TERMS), rows)
     return files

@@ -24,8 +24,16 @@ from typing import IO, Any
 
 from .checkpoint import MODEL_SUFFIX, CheckpointError, ModelInfo, read_model_info
 
-# The loss terms every log line and every checkpoint's losses hold.
+# The loss terms of the log and of every checkpoint's losses. A perceptually trained run logs all four at
+# every step; a distilled one (--teacher) logs ``total`` at every step and the perceptual three only on the
+# steps it measures them (train.TrainOptions.perceptual_every).
 TERMS = ("content", "style", "tv", "total")
+
+
+def term_mean(entries: Sequence[dict[str, float]], term: str) -> float:
+    """The mean of ``term`` over the log entries that hold it (nan when none does)."""
+    values = [e[term] for e in entries if term in e]
+    return sum(values) / len(values) if values else math.nan
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from .losses import PerceptualLoss
 from .metrics import psnr
 from .network import TransformerNet
 from .norms import ConditionalInstanceNorm2d, has_batch_statistics
-from .rundir import TERMS, RunDir
+from .rundir import TERMS, RunDir, term_mean
 from .spec import RunSpec, combined_sha256
 from .validation import VAL_SIZE, Validator, photo_lost
 
@@ -103,9 +103,15 @@ class TrainOptions:
     # Photos the run never trains on, stylized at full size at every sample step and measured
     # (validation.py): what the finished model will do, which training crops do not show (issue 16).
     val_photos: tuple[Path, ...] = ()
+    # A distilled run (--teacher) measures the perceptual terms of its output (content, style, tv: what a
+    # perceptually trained run minimizes) only for the log, so its curves compare with such runs. Two VGG
+    # forward passes are ~40% of a distillation step on a CPU (benchmarks/bench_distill_step.py), so it
+    # measures them in one round of its paintings out of this many; every painting is measured in that
+    # round, so each keeps its own ``style/<name>`` in the checkpoint's losses. Ignored by perceptual runs.
+    perceptual_every: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("checkpoint_every", "sample_every"):
+        for name in ("checkpoint_every", "sample_every", "perceptual_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
@@ -199,10 +205,11 @@ def loss_terms(net: torch.nn.Module, criterion: PerceptualLoss, batch: torch.Ten
 
 def distill_terms(net: torch.nn.Module, teacher: torch.nn.Module, criterion: PerceptualLoss, batch: torch.Tensor,
                   device: torch.device, precision: str, style: tuple[torch.Tensor, int] | None = None,
-                  texture_weight: float | None = None) -> dict[str, torch.Tensor]:
+                  texture_weight: float | None = None, perceptual: bool = True) -> dict[str, torch.Tensor]:
     """Forward pass of one distillation step (RunSpec.teacher): ``distill``, the mean absolute difference
-    between the network's output and ``teacher``'s on the batch, which is also ``total``, the objective; and the perceptual terms of the same output,
-    measured without a gradient so the log and the curves compare with perceptually trained runs.
+    between the network's output and ``teacher``'s on the batch, which is also ``total``, the objective; and,
+    with ``perceptual``, the perceptual terms of the same output, measured without a gradient so the log and
+    the curves compare with perceptually trained runs (TrainOptions.perceptual_every says how often).
 
     L1 rather than L2: the probe that settled distillation (docs/multi-style.md) used it; it does not let a
     few large differences (a teacher's bright stroke) outweigh the rest of the picture.
@@ -217,16 +224,18 @@ def distill_terms(net: torch.nn.Module, teacher: torch.nn.Module, criterion: Per
     # Unclamped: a clamp would give the pixels the network pushes past the image range no gradient back.
     distill = (output.float() - target).abs().mean()
     painting = 0 if style is None else style[1]
-    if texture_weight is None:
+    terms = {"distill": distill, "total": distill}
+    feats = None
+    if texture_weight is not None:
+        with autocast(device, precision):
+            texture, feats = criterion.texture_distance(output, target)
+        terms.update(texture=texture.detach(), total=distill + texture_weight * texture)
+    if perceptual:
         with torch.no_grad(), autocast(device, precision):
-            measured = criterion(output.detach(), batch, painting)
-        return {**{t: measured[t] for t in TERMS if t != "total"}, "distill": distill, "total": distill}
-    with autocast(device, precision):
-        texture, feats = criterion.texture_distance(output, target)
-    with torch.no_grad(), autocast(device, precision):
-        measured = criterion(output.detach(), batch, painting, feats={k: v.detach() for k, v in feats.items()})
-    return {**{t: measured[t] for t in TERMS if t != "total"}, "distill": distill, "texture": texture.detach(),
-            "total": distill + texture_weight * texture}
+            measured = criterion(output.detach(), batch, painting,
+                                 **({} if feats is None else {"feats": {k: v.detach() for k, v in feats.items()}}))
+        terms.update({t: measured[t] for t in TERMS if t != "total"})
+    return terms
 
 
 def warmup_lr(lr: float, step: int, warmup: int | None) -> float:
@@ -370,6 +379,7 @@ class _Trainer:
         self.optimizer = torch.optim.Adam([{"params": params, "lr": lr} for lr, params in groups])
         self.step = self.start_step = 0
         self.history: list[dict[str, float]] = []
+        self._shown: dict[str, str] = {}  # the progress bar's loss terms
         self.spikes = SpikeWatch(SPIKE_WINDOW, SPIKE_FACTOR)
         self.resumed = False
 
@@ -556,7 +566,9 @@ class _Trainer:
                 log_file.write(json.dumps(entry) + "\n")
                 log_file.flush()
             bar.update(1)
-            bar.set_postfix({**{t: f"{entry[t]:.3g}" for t in TERMS},
+            # A distilled step that skipped the perceptual terms leaves the last measured ones on the bar.
+            self._shown.update({t: f"{entry[t]:.3g}" for t in TERMS if t in entry})
+            bar.set_postfix({**self._shown,
                              **({"kept": f"{self.last_val['val_ssim']:.2f}"} if self.last_val else {}),
                              **({"style_w": f"{self.balances[0].weight:.2g}"} if len(self.balances) == 1 else {})})
             if self.step % self.options.checkpoint_every == 0 or self.step == self.total_steps:
@@ -608,15 +620,16 @@ class _Trainer:
         if self.teachers:
             terms = distill_terms(self.net, self.teachers[painting], self.criterion, batch, self.device,
                                   self.spec.precision, None if style is None else (self._style_weights(style), painting),
-                                  self.spec.teacher_style_weight)
+                                  self.spec.teacher_style_weight, perceptual=self._perceptual_due())
         else:
             terms = loss_terms(self.net, self.criterion, batch, self.device, self.spec.precision,
                                None if style is None else (self._style_weights(style), painting))
-        values = self.env.mean(torch.stack([terms[t].detach().float() for t in TERMS]))
+        logged = [t for t in TERMS if t in terms]  # every term, but a distilled step may skip the perceptual ones
+        values = self.env.mean(torch.stack([terms[t].detach().float() for t in logged]))
         if not torch.isfinite(values).all():
             raise TrainingError(
                 f"loss became non-finite at step {self.step + 1} ("
-                + ", ".join(f"{t}={v:.4g}" for t, v in zip(TERMS, values.tolist()))
+                + ", ".join(f"{t}={v:.4g}" for t, v in zip(logged, values.tolist()))
                 + f"); training stopped. The last good checkpoint ({self.run_dir.state}, "
                 "if any) was kept. Try a lower --lr, --precision fp32, or smaller loss weights."
             )
@@ -624,11 +637,18 @@ class _Trainer:
             group["lr"] = warmup_lr(lr, self.step, self.spec.lr_warmup)
         grad_norm = optimizer_step(self.optimizer, terms["total"], self.spec.clip_grad_norm)
         self.step += 1
-        return {"step": self.step, **{t: float(v) for t, v in zip(TERMS, values.tolist())},
+        return {"step": self.step, **{t: float(v) for t, v in zip(logged, values.tolist())},
                 "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
                 # A distilled run's L1 to its teacher (its whole objective without teacher_style_weight).
                 **{t: float(self.env.mean(terms[t].detach().float())) for t in ("distill", "texture") if t in terms},
                 **({"style_index": style} if style is not None else {})}
+
+    def _perceptual_due(self) -> bool:
+        """Whether the next distillation step measures the perceptual terms: in the first of every
+        ``perceptual_every`` rounds of the trained paintings (a whole round, so every painting is measured
+        as often, whatever the number of paintings)."""
+        trained = self.num_styles - self.first_trained
+        return (self.step // trained) % self.options.perceptual_every == 0
 
     @functools.cached_property
     def _teacher_outputs(self) -> list[list[torch.Tensor]]:
@@ -674,11 +694,12 @@ class _Trainer:
     def _recent_losses(self) -> dict[str, float]:
         """Each term's mean over the last 50 steps; for a multi-style network also each style's own style
         term (``style/<name>``) over its last 50 steps."""
-        window = self.history[-50:]
-        out = {t: sum(e[t] for e in window) / len(window) for t in TERMS} if window else {}
+        # The last 50 entries that hold each term (a distilled run measures the perceptual ones now and then).
+        out = {t: term_mean([e for e in self.history if t in e][-50:], t) for t in TERMS
+               if any(t in e for e in self.history)}
         if self.num_styles > 1:
             for k, name in enumerate(self.spec.style_names[self.first_trained:], self.first_trained):
-                own = [e["style"] for e in self.history if e.get("style_index") == k][-50:]
+                own = [e["style"] for e in self.history if e.get("style_index") == k and "style" in e][-50:]
                 if own:
                     out[f"style/{name}"] = sum(own) / len(own)
         return out

@@ -72,6 +72,12 @@ def test_the_objective_is_the_l1_to_the_teacher_and_the_perceptual_terms_are_onl
     terms["total"].backward()
     assert all(p.grad is not None for p in student.parameters())
     assert not any(t.requires_grad for name, t in terms.items() if name not in ("distill", "total"))
+    # Unmeasured (TrainOptions.perceptual_every), a step has the objective alone, the same number.
+    lean = distill_terms(student, other, criterion, batch, torch.device("cpu"), "fp32", perceptual=False)
+    assert set(lean) == {"distill", "total"} and torch.equal(lean["total"].detach(), terms["total"].detach())
+    lean = distill_terms(student, other, criterion, batch, torch.device("cpu"), "fp32", texture_weight=1e-3,
+                         perceptual=False)
+    assert set(lean) == {"distill", "texture", "total"}
 
 
 def test_the_texture_term_adds_the_gram_distance_to_the_teachers_output(make_model, styles, tmp_path):
@@ -100,7 +106,9 @@ def test_each_style_learns_from_its_own_paintings_teacher(tmp_path, photos, styl
     result = train(*tiny(tmp_path, photos, styles, teachers, steps=60, sample_every=30, val_photos=tuple(val)))
     assert [e["style_index"] for e in result.history[:4]] == [0, 1, 0, 1]
     assert all(e["distill"] == e["total"] for e in result.history)
-    assert all(e["content"] > 0 and e["style"] > 0 for e in result.history)  # measured, for the curves
+    # Measured for the curves in one round of the two paintings out of ten (the default perceptual_every).
+    assert [e["step"] for e in result.history if "content" in e] == [1, 2, 21, 22, 41, 42]
+    assert all(e["content"] > 0 and e["style"] > 0 for e in result.history if "content" in e)
     first, last = result.history[:10], result.history[-10:]
     assert sum(e["distill"] for e in last) < 0.7 * sum(e["distill"] for e in first)
     student, info = load_model(tmp_path / "student.safetensors")
@@ -114,6 +122,22 @@ def test_each_style_learns_from_its_own_paintings_teacher(tmp_path, photos, styl
     last_val = RunDir.of(tmp_path / "student.safetensors").latest_validation()
     assert {"val_psnr", "val_psnr/starry", "val_psnr/wave"} <= set(last_val)
     assert last_val["val_psnr"] == pytest.approx((last_val["val_psnr/starry"] + last_val["val_psnr/wave"]) / 2)
+
+
+def test_measuring_the_perceptual_terms_now_and_then_changes_the_log_alone(tmp_path, photos, styles, teachers):
+    every = train(*tiny(tmp_path / "a", photos, styles, teachers, steps=6, perceptual_every=1))
+    sparse = train(*tiny(tmp_path / "b", photos, styles, teachers, steps=6, perceptual_every=2))
+    a, b = load_file(tmp_path / "a" / "student.safetensors"), load_file(tmp_path / "b" / "student.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [e["total"] for e in sparse.history] == [e["total"] for e in every.history]
+    assert all(set(TERMS) <= set(e) for e in every.history)
+    # Whole rounds of the two paintings: each is measured as often.
+    assert [e["step"] for e in sparse.history if "content" in e] == [1, 2, 5, 6]
+    for t in TERMS:
+        assert sparse.losses[t] == pytest.approx(
+            sum(e[t] for e in every.history if t == "total" or e["step"] in (1, 2, 5, 6))
+            / (6 if t == "total" else 4))
+    assert {"style/starry", "style/wave"} <= set(read_model_info(tmp_path / "b" / "student.safetensors").losses)
 
 
 def test_distilled_resume_is_bit_exact_and_refuses_other_teachers(tmp_path, photos, styles, teachers,
@@ -165,8 +189,14 @@ def test_cli_distills_from_teachers_named_in_the_weights_folder_with_the_distill
     assert training["lr"] == 5e-4 and training["lr_warmup"] == 100 and training["affine_lr"] == 5e-3
     assert training["loss"]["style_weight"] != "auto"
     assert training["teacher_sha256s"] == [file_sha256(t) for t in teachers]
-    assert main([*args[:-4], "--steps", "3", "--out", str(out), "--resume", "--device", "cpu"]) == 0
+    # Its log holds the perceptual terms of the first round of paintings only (the default, 1 in 10), unless
+    # asked for them every step (step 3 is in the second round).
+    assert main([*args[:-4], "--steps", "3", "--out", str(out), "--resume", "--device", "cpu",
+                 "--perceptual-every", "1"]) == 0
     assert read_model_info(out).steps == 3
+    assert ["content" in e for e in RunDir.of(out).read_log()] == [True, True, True]
+    assert main([*args[:-4], "--steps", "5", "--out", str(out), "--resume", "--device", "cpu"]) == 0
+    assert ["content" in e for e in RunDir.of(out).read_log()] == [True, True, True, False, False]
 
 
 def test_a_zoo_plan_entry_names_its_teachers_relative_to_the_plan(tmp_path, styles, teachers):
