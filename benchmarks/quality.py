@@ -43,12 +43,14 @@ PHOTOS = ROOT.parent / "shared" / "data" / "content" / "bsds500" / "test"
 
 def measure_model(model: torch.nn.Module, m: ZooModel, photos: list[Path], size: int) -> dict[str, list[dict]]:
     """Per style of plan model ``m`` (one, or a multi-style network's every style, by name): per photo,
-    ``kept``, ``style`` and ``dark`` (% of lit pixels painted near-black), in the plain fp32 network."""
+    ``kept``, ``style`` and ``dark`` (% of lit pixels painted near-black), in the plain fp32 network.
+    An extension (``extend``) is measured on the styles it trained, the network's last."""
     paintings = [load_rgb(p, m.spec.loss.style_size) for p in m.spec.style]
+    styles, names = model.config.num_styles, m.spec.style_names[-len(paintings):]  # an extension's: the new
     validator = Validator(photos, PerceptualLoss(paintings, m.spec.loss), torch.device("cpu"), size=size,
-                          style_names=m.spec.style_names)
+                          style_names=names, network_styles=styles, first_style=styles - len(paintings) if styles > 1 else 0)
     out = {}
-    for k, name in enumerate(m.spec.style_names):
+    for k, name in enumerate(names):
         results = validator.measure_each(model, "fp32", k)
         out[name] = [{"kept": r["val_ssim"], "style": r["val_style"], "dark": dark_spots(o, image)}
                      for (r, o), image in zip(results, validator.images)]
@@ -73,13 +75,16 @@ def paired(a: list[dict], b: list[dict], key: str) -> dict:
             "wilcoxon_p": wilcoxon_signed_rank(diffs)}
 
 
-def measure_fast(model: torch.nn.Module, photos: list[Path], size: int) -> list[dict]:
-    """``kept`` and ``dark`` only (no VGG: several times faster on a CPU), per photo, plain fp32 network."""
+def measure_fast(model: torch.nn.Module, photos: list[Path], size: int, style: int = 0) -> list[dict]:
+    """``kept`` and ``dark`` only (no VGG: several times faster on a CPU), per photo, plain fp32 network;
+    of its style number ``style`` for a multi-style network."""
     rows = []
+    styles = model.config.num_styles
+    weights = [torch.eye(styles)[style]] if styles > 1 else []
     with torch.no_grad():
         for path in photos:
             image = load_rgb(path, size)
-            out = model(image).float().clamp(0, 1)
+            out = model(image, *weights).float().clamp(0, 1)
             rows.append({"kept": float(luminance_ssim(out, image)), "dark": dark_spots(out, image)})
     return rows
 
@@ -125,8 +130,9 @@ def measure_file(path: Path, m: ZooModel, photos: list[Path], size: int, no_styl
     """:func:`measure_model` (or :func:`measure_fast` without the style measure) of a checkpoint file."""
     model, _ = load_model(path)
     model.eval()
-    if no_style:
-        return {m.spec.style_names[0]: measure_fast(model, photos, size)}
+    if no_style:  # the first style it trained (an extension's first new one)
+        first = model.config.num_styles - len(m.spec.style) if model.config.num_styles > 1 else 0
+        return {m.spec.style_names[-len(m.spec.style)]: measure_fast(model, photos, size, first)}
     return measure_model(model, m, photos, size)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -311,6 +312,14 @@ def test_extend_trains_only_the_new_styles_affine_and_keeps_the_old_styles_exact
     with torch.no_grad():
         for k in range(2):
             assert torch.equal(extended(x, torch.eye(3)[k]), base(x, torch.eye(2)[k]))
+    # benchmarks/quality.py measures an extension in the style it trained (the network's last), by its name.
+    from benchmarks.quality import measure_fast, measure_model
+
+    pictures = sorted(photos.glob("*.jpg"))[:2]
+    measured = measure_model(extended, SimpleNamespace(spec=spec), pictures, 40)
+    kept = [r["kept"] for r in measured["udnie"]]
+    assert list(measured) == ["udnie"] and kept == pytest.approx([r["kept"] for r in measure_fast(extended, pictures, 40, 2)])
+    assert kept != pytest.approx([r["kept"] for r in measure_fast(extended, pictures, 40, 0)])
 
 
 def test_extend_resumes_bit_exactly(tmp_path, photos, base_model, udnie):
