@@ -104,8 +104,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-dtype", choices=("fp32", "fp16"), default="fp32", help="dtype of the served checkpoint")
     p.add_argument("--perceptual-every", type=_positive_int, default=10, metavar="N",
                    help="with --teacher: log the perceptual terms (content, style, tv; not the objective of a "
-                        "distilled run) in one round of the paintings out of N; measuring them costs ~40%% of a "
-                        "step (default: %(default)s; 1: every step)")
+                        "distilled run) in one round of the paintings out of N; measuring them costs over a "
+                        "third of a step (default: %(default)s; 1: every step)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its workdir")
     p.add_argument("--weights", type=Path, help="weights folder for model names given to --init and --extend "
                                                 "(default: $STYLE_TRANSFER_WEIGHTS or ./weights)")

@@ -105,7 +105,7 @@ class TrainOptions:
     val_photos: tuple[Path, ...] = ()
     # A distilled run (--teacher) measures the perceptual terms of its output (content, style, tv: what a
     # perceptually trained run minimizes) only for the log, so its curves compare with such runs. Two VGG
-    # forward passes are ~40% of a distillation step on a CPU (benchmarks/bench_distill_step.py), so it
+    # forward passes are 37% of a distillation step on 2 CPU cores (benchmarks/bench_distill_step.py), so it
     # measures them in one round of its paintings out of this many; every painting is measured in that
     # round, so each keeps its own ``style/<name>`` in the checkpoint's losses. Ignored by perceptual runs.
     perceptual_every: int = 10
