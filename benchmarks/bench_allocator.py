@@ -1,11 +1,14 @@
-"""One CPU training step (256x256, batch 4, perceptual loss) under three memory allocators: glibc as it
-comes, glibc keeping freed memory (style_transfer.device.keep_freed_memory, what `train` does on a CPU),
-and jemalloc where one is given. Also its minor page faults per step and the peak resident memory.
+"""One CPU training step (256x256, batch 4, perceptual loss), or one stylized image (``--workload stylize``:
+the CLI's and server's fast path, 1024x1024 by default), under three memory allocators: glibc as it
+comes, glibc keeping freed memory (style_transfer.device.keep_freed_memory, what `train`, `stylize` and
+the server do on a CPU), and jemalloc where one is given. Also the minor page faults per step and the
+peak resident memory.
 
 An allocator is chosen at process start, so each runs in its own child process: one child per
 allocator per round, the rounds alternating, so drifts of the machine hit each alike.
 
     python benchmarks/bench_allocator.py --rounds 2 --steps 4
+    python benchmarks/bench_allocator.py --rounds 2 --steps 4 --workload stylize --size 1024 --batch 1
     python benchmarks/bench_allocator.py --jemalloc .venv/lib/python3.11/site-packages/ray/core/libjemalloc.so
 """
 
@@ -27,27 +30,35 @@ sys.path.insert(0, str(ROOT))
 MODES = ("glibc", "kept", "jemalloc")
 
 
-def child(mode: str, steps: int, size: int, batch: int) -> dict[str, float]:
-    """Train ``steps`` steps after one warm-up step; the median step time, faults per step, peak RSS."""
+def child(mode: str, workload: str, steps: int, size: int, batch: int) -> dict[str, float]:
+    """Run ``steps`` steps after one warm-up step; the median step time, faults per step, peak RSS."""
     import torch
 
     from benchmarks.reference import bench_model
     from style_transfer.device import keep_freed_memory, resolve_precision
     from style_transfer.losses import LossConfig, PerceptualLoss
+    from style_transfer.stylize import Stylizer
     from style_transfer.train import loss_terms, optimizer_step
 
     if mode == "kept" and not keep_freed_memory():
         raise SystemExit("keep_freed_memory() did not apply (not glibc?)")
     device = torch.device("cpu")
-    precision = resolve_precision("auto", device, training=True)
     gen = torch.Generator().manual_seed(0)
-    criterion = PerceptualLoss(torch.rand(1, 3, 256, 256, generator=gen), LossConfig())
     batch_images = torch.rand(batch, 3, size, size, generator=gen)
-    model = bench_model("instance").train()
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    if workload == "stylize":
+        stylizer = Stylizer(bench_model("instance"), device=device)
+        precision = stylizer.precision
 
-    def step() -> None:
-        optimizer_step(optimizer, loss_terms(model, criterion, batch_images, device, precision)["total"])
+        def step() -> None:
+            stylizer.run(batch_images)
+    else:
+        precision = resolve_precision("auto", device, training=True)
+        criterion = PerceptualLoss(torch.rand(1, 3, 256, 256, generator=gen), LossConfig())
+        model = bench_model("instance").train()
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+
+        def step() -> None:
+            optimizer_step(optimizer, loss_terms(model, criterion, batch_images, device, precision)["total"])
 
     step()
     times, faults = [], []
@@ -63,6 +74,7 @@ def child(mode: str, steps: int, size: int, batch: int) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", choices=("train", "stylize"), default="train")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per child (default: %(default)s)")
     parser.add_argument("--size", type=int, default=256)
@@ -71,7 +83,7 @@ def main() -> int:
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.steps, args.size, args.batch)))
+        print(json.dumps(child(args.child, args.workload, args.steps, args.size, args.batch)))
         return 0
     if args.jemalloc is not None and not args.jemalloc.is_file():
         parser.error(f"--jemalloc {args.jemalloc}: no such file")
@@ -84,7 +96,8 @@ def main() -> int:
                 # Keep jemalloc's freed pages too (its default returns them after 10 s), one arena per core.
                 env.update(LD_PRELOAD=str(args.jemalloc.resolve()),
                            MALLOC_CONF="dirty_decay_ms:-1,muzzy_decay_ms:-1,retain:true,narenas:2")
-            out = subprocess.run([sys.executable, __file__, "--child", mode, "--steps", str(args.steps),
+            out = subprocess.run([sys.executable, __file__, "--child", mode, "--workload", args.workload,
+                                  "--steps", str(args.steps),
                                   "--size", str(args.size), "--batch", str(args.batch)],
                                  env=env, check=True, capture_output=True, text=True).stdout
             results[mode].append(json.loads(out.strip().splitlines()[-1]))
@@ -92,7 +105,7 @@ def main() -> int:
 
     base = statistics.median(r["seconds"] for r in results["glibc"])
     print(f"machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"{args.rounds} rounds x {args.steps} steps, {args.size}x{args.size}, batch {args.batch}, "
+          f"{args.workload}: {args.rounds} rounds x {args.steps} steps, {args.size}x{args.size}, batch {args.batch}, "
           f"{results['glibc'][0]['precision']}")
     print("| allocator | step ms (median of rounds) | speed-up | minor page faults per step | peak RSS MB |")
     print("|---|---|---|---|---|")

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from style_transfer.checkpoint import CheckpointError, ModelInfo
-from style_transfer.device import resolve_device
+from style_transfer.device import keep_freed_memory, resolve_device
 from style_transfer.imageio import (EncodedJpeg, LoadedImage, decode_jpegs, encode_image, encode_jpegs, fitted_size,
                                     jpeg_refusal, probe_image)
 from style_transfer.network import count_parameters
@@ -175,6 +175,8 @@ class InferenceWorker:
         # The size cap of every request: the operator's, else the device's default (stylize.DEFAULT_MAX_SIZE).
         self.max_size = settings.max_size if settings.max_size is not None else default_max_size(self.device)
         self.codec = resolve_codec(settings.image_codec, self.device)
+        if self.device.type != "cuda" and settings.keep_freed_memory:
+            keep_freed_memory()
         self.stylizers: dict[str, Stylizer] = {}
         self.summaries: dict[str, dict[str, Any]] = {}
         self.load_errors: dict[str, str] = {}

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     # codec gives the same pixels and bytes but measured 2-4x slower (docs/benchmarks.md, "JPEG codecs on
     # the CPU"); pillow: Pillow everywhere; torchvision: also on the CPU (for tests and comparisons).
     image_codec: Literal["auto", "pillow", "torchvision"] = "auto"
+    # On a CPU (glibc), keep the memory an image frees for the next one instead of returning it to the OS,
+    # which faulted every activation in again: 1.48x a 1024 px image on 2 cores (docs/benchmarks.md, "The
+    # memory allocator"). The process then stays at its peak memory; false gives it back after each image.
+    keep_freed_memory: bool = True
 
     @field_validator("warmup_sizes")
     @classmethod

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import CheckpointError
 from .balance import AUTO, parse_weight
-from .device import DEVICES, PRECISIONS
+from .device import DEVICES, PRECISIONS, keep_freed_memory
 from .imageio import IMAGE_SUFFIXES, OUTPUT_FORMATS, collect_images, decode_image, save_image
 from .norms import NORM_NAMES, STUDY_NORMS
 from .spec import REQUIRED, RunSpec, settings
@@ -248,6 +248,8 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
     files = _collect_inputs(args.inputs)
     model_path = resolve_model(args.model, args.weights)
     stylizer = Stylizer.from_checkpoint(model_path, args.device, args.precision, args.fast, args.compile)
+    if stylizer.device.type == "cpu":
+        keep_freed_memory()  # 1.48x at 1024 px on 2 cores; a one-shot process gives its memory back on exit
     style = style_mix(stylizer.info, args.style_name, parse_mix(args.mix) if args.mix else None)
     options = StylizeOptions(strength=args.strength, preserve_color=args.preserve_color, max_size=args.max_size,
                              tile=args.tile, tile_overlap=args.tile_overlap, style=style)

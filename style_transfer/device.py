@@ -86,16 +86,17 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
 def keep_freed_memory() -> bool:
-    """Make glibc malloc keep the memory a CPU training step frees, for the next step; True if it applied.
+    """Make glibc malloc keep the memory the network frees on a CPU, for its next step or image; True if
+    it applied. For the whole process, from now on: training, `stylize` and the CPU server call it.
 
-    A training step allocates and frees the same large activation buffers every step. glibc serves each
-    block above its mmap threshold (at most 32 MiB) with a fresh mmap and unmaps it when freed, and trims
-    the heap's top likewise, so every step faults all of its activations into memory again: 61k minor
-    page faults a second, with half of the CPU time spent in the kernel, in a 2-core four-styles run
-    (2026-12-01). Served from the heap, never trimmed, the pages stay mapped (benchmarks/bench_allocator.py
-    measures the step both ways). The process's peak memory is unchanged; it is not given back between
-    steps. Only for training: the server's memory should shrink after a large request. Not on other C
-    libraries (musl, macOS), where mallopt is absent or means something else."""
+    A training step, or an image through the network, allocates and frees large activation buffers layer
+    after layer. glibc serves each block above its mmap threshold (at most 32 MiB) with a fresh mmap and
+    unmaps it when freed, and trims the heap's top likewise, so every step faults all of its activations
+    into memory again: 555k minor page faults a training step, half of the CPU time in the kernel.
+    Served from the heap, never trimmed, the pages stay mapped: 1.32x a training step and 1.48x a
+    1024 px image on 2 cores (benchmarks/bench_allocator.py, docs/benchmarks.md). The price: the process
+    keeps its peak memory (the server has STYLE_TRANSFER_KEEP_FREED_MEMORY=false to give it back). Not on
+    other C libraries (musl, macOS), where mallopt is absent or means something else."""
     import ctypes
     import platform
 

@@ -48,9 +48,12 @@ def run(*args: str) -> int:
     return main([*map(str, args)])
 
 
-def test_stylize_one_file_to_a_file(weights, photos, tmp_path):
+def test_stylize_one_file_to_a_file(weights, photos, tmp_path, monkeypatch):
     out = tmp_path / "out.jpg"
+    kept = []  # on a CPU it keeps the memory an image frees (device.keep_freed_memory)
+    monkeypatch.setattr("style_transfer.cli.keep_freed_memory", lambda: kept.append(1) or True)
     assert run("stylize", photos / "a.jpg", "--model", "tiny-instance", "--weights", weights, "--out", out) == 0
+    assert kept == [1]
     with Image.open(out) as img:
         assert img.format == "JPEG" and img.size == (60, 40)
 

@@ -161,6 +161,16 @@ def test_warmup_sizes_parse_and_malformed_ones_are_refused_at_start():
             Settings(warmup_sizes=bad)
 
 
+def test_a_cpu_server_keeps_freed_memory_unless_told_not_to(weights, monkeypatch):
+    calls = []
+    monkeypatch.setattr("server.inference.keep_freed_memory", lambda: calls.append(1) or True)
+    InferenceWorker(Settings(weights=weights, device="cpu"), Metrics())
+    assert calls == [1]
+    monkeypatch.setenv("STYLE_TRANSFER_KEEP_FREED_MEMORY", "false")
+    InferenceWorker(Settings(weights=weights, device="cpu"), Metrics())
+    assert calls == [1]
+
+
 def test_warmup_shapes_and_batch_sizes_by_device(weights):
     worker = InferenceWorker(Settings(weights=weights, device="cpu", warmup_size=16, max_batch_size=4), Metrics())
     assert worker.warmup_shapes() == [(16, 16)] and worker.warmup_batch_sizes() == [1, 4]
