@@ -341,7 +341,15 @@ def test_cli_extend_and_what_it_refuses(tmp_path, photos, base_model, udnie, sty
     out = tmp_path / "ext.safetensors"
     common = ["--content", str(photos), "--steps", "1", "--image-size", "32", "--batch-size", "2", "--device", "cpu"]
     assert main(["train", "--extend", str(base_model), "--style", str(udnie), "--out", str(out), *common]) == 0
-    assert read_model_info(out).extra["styles"] == ["starry", "wave", "udnie"]
+    info = read_model_info(out)
+    assert info.extra["styles"] == ["starry", "wave", "udnie"]
+    # The new painting's style weight is on auto (as `train --style` alone), not the model's fixed number;
+    # a given weight is kept.
+    assert read_model_info(base_model).training["loss"]["style_weight"] != "auto"
+    assert info.training["loss"]["style_weight"] == "auto" and "style_weight_used" in info.training
+    assert main(["train", "--extend", str(base_model), "--style", str(udnie), "--style-weight", "3e-5",
+                 "--out", str(tmp_path / "fixed.safetensors"), *common]) == 0
+    assert read_model_info(tmp_path / "fixed.safetensors").training["loss"]["style_weight"] == 3e-5
     refused = {
         "a style it has": ["--extend", str(base_model), "--style", str(styles[0])],
         "another network": ["--extend", str(base_model), "--style", str(udnie), "--width", "16"],
