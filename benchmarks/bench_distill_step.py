@@ -11,7 +11,6 @@ the default perceptual_every (one round of the paintings in N) spends per step o
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -20,28 +19,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import alternate, machine, summary  # noqa: E402
-from style_transfer.device import resolve_device, resolve_precision  # noqa: E402
+from benchmarks.common import alternate, machine, summary, train_step_parser, train_step_setup  # noqa: E402
 from style_transfer.losses import LossConfig, PerceptualLoss  # noqa: E402
 from style_transfer.network import TransformerConfig, TransformerNet  # noqa: E402
 from style_transfer.train import TrainOptions, distill_terms, optimizer_step  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=4)
+    parser = train_step_parser(__doc__)
     parser.add_argument("--styles", type=int, default=4, help="paintings of the student (default: %(default)s)")
     parser.add_argument("--texture", action="store_true", help="with the texture term (teacher_style_weight)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true", help="3 repeats")
     args = parser.parse_args()
-    if args.quick:
-        args.repeats = 3
-    device = resolve_device(args.device)
-    precision = resolve_precision("auto", device, training=True)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    device, precision, sync = train_step_setup(args)
     gen = torch.Generator().manual_seed(0)
     paintings = [torch.rand(1, 3, 256, 256, generator=gen).to(device) for _ in range(args.styles)]
     batch = torch.rand(args.batch, 3, args.size, args.size, generator=gen).to(device)

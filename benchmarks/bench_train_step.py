@@ -12,7 +12,6 @@ Both alternate in one run; the ratio is of median step times.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -22,9 +21,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import alternate, machine, summary  # noqa: E402
+from benchmarks.common import alternate, machine, summary, train_step_parser, train_step_setup  # noqa: E402
 from benchmarks.reference import ReferenceNet, bench_model, load_project_weights  # noqa: E402
-from style_transfer.device import resolve_device, resolve_precision  # noqa: E402
 from style_transfer.losses import LossConfig, PerceptualLoss, total_variation  # noqa: E402
 from style_transfer.train import loss_terms, optimizer_step  # noqa: E402
 
@@ -49,19 +47,10 @@ def reference_step(net, vgg, style_grams, cfg: LossConfig, opt, batch):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=4)
+    parser = train_step_parser(__doc__)
     parser.add_argument("--norm", default="instance")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true", help="3 repeats")
     args = parser.parse_args()
-    if args.quick:
-        args.repeats = 3
-    device = resolve_device(args.device)
-    precision = resolve_precision("auto", device, training=True)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    device, precision, sync = train_step_setup(args)
     gen = torch.Generator().manual_seed(0)
     style = torch.rand(1, 3, 256, 256, generator=gen).to(device)
     batch = torch.rand(args.batch, 3, args.size, args.size, generator=gen).to(device)

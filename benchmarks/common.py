@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import statistics
 import time
@@ -39,3 +40,25 @@ def summary(samples: list[float]) -> str:
 def machine() -> str:
     return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
             f"CUDA: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
+
+
+def train_step_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options of the training-step benchmarks: a 256x256 batch of 4, 5 repeats (3 with --quick)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quick", action="store_true", help="3 repeats")
+    return parser
+
+
+def train_step_setup(args: argparse.Namespace) -> tuple[torch.device, str, Callable[[], None]]:
+    """The device, training precision (as `train` resolves it) and a sync for timing, of the parsed options."""
+    from style_transfer.device import resolve_device, resolve_precision
+
+    if args.quick:
+        args.repeats = 3
+    device = resolve_device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return device, resolve_precision("auto", device, training=True), sync
