@@ -246,9 +246,18 @@ class RunSpec:
         return all(p.is_file() for p in self.style)
 
     def style_sha256(self) -> str:
-        """What a checkpoint records as its ``style_sha256``: the image's sha256, or for several styles the
-        sha256 of their hashes in order (another painting, or another order, is another model)."""
+        """The style images' hash: the image's sha256, or for several styles the sha256 of their hashes in
+        order (another painting, or another order, is another model). What a checkpoint records as its
+        ``style_sha256``, but for an extension (:meth:`checkpoint_style_sha256`)."""
         return combined_sha256([file_sha256(p) for p in self.style])
+
+    def checkpoint_style_sha256(self) -> str:
+        """What this run's checkpoint records as its ``style_sha256``: an extension's covers every style of
+        the network, the extended model's first (its file must exist)."""
+        if self.extend is None:
+            return self.style_sha256()
+        return combined_sha256([*extended_style_sha256s(read_model_info(self.extend)),
+                                *(file_sha256(p) for p in self.style)])
 
     # ------------------------------------------------------------------ flat names
 
@@ -363,6 +372,11 @@ def _paths(value: Any, what: str) -> tuple[Path, ...]:
 def combined_sha256(shas: list[str]) -> str:
     """One hash for a list of style images' hashes, in order: the image's own for one."""
     return shas[0] if len(shas) == 1 else hashlib.sha256(",".join(shas).encode()).hexdigest()
+
+
+def extended_style_sha256s(info: Any) -> list[str]:
+    """The hashes of a multi-style model's style images in order, from its metadata (a ModelInfo)."""
+    return list(info.extra.get("style_sha256s") or [info.style_sha256])
 
 
 def _extension(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from .metrics import psnr
 from .network import TransformerNet
 from .norms import ConditionalInstanceNorm2d, has_batch_statistics
 from .rundir import TERMS, RunDir, term_mean
-from .spec import RunSpec, combined_sha256
+from .spec import RunSpec, combined_sha256, extended_style_sha256s
 from .validation import VAL_SIZE, Validator, photo_lost
 
 log = logging.getLogger(__name__)
@@ -436,7 +436,7 @@ class _Trainer:
                 if name in state:  # persistent buffers (batch statistics; none in a conditional network yet)
                     buffer.copy_(state[name])
         self.extend_sha = file_sha256(path)
-        self.base_style_sha256s = list(info.extra.get("style_sha256s") or [info.style_sha256])
+        self.base_style_sha256s = extended_style_sha256s(info)
 
     def _load_teachers(self) -> list[torch.nn.Module]:
         """The ``teacher`` models, frozen in inference mode; [] when the run does not distill. Each must be

@@ -128,7 +128,10 @@ class ZooModel:
         precision when the plan says 'auto' and the data folders (recorded only by their link name).
         """
         keys = self.spec.differences(training)
-        if style_sha256 and self.spec.style_files_exist() and self.spec.style_sha256() != style_sha256:
+        # An extension's checkpoint records the hash of all its network's styles (the model's first).
+        extends = self.spec.extend is not None
+        if style_sha256 and self.spec.style_files_exist() and (not extends or self.spec.extend.is_file()) \
+                and self.spec.checkpoint_style_sha256() != style_sha256:
             keys.append("style")
         return keys
 

@@ -322,6 +322,23 @@ def test_extend_trains_only_the_new_styles_affine_and_keeps_the_old_styles_exact
     assert kept != pytest.approx([r["kept"] for r in measure_fast(extended, pictures, 40, 0)])
 
 
+def test_a_zoo_plan_extension_matches_its_own_checkpoint_so_it_resumes(tmp_path, photos, base_model, udnie):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f'[[models]]\nname = "ext"\ncontent = "{photos}"\nstyle = "{udnie}"\nextend = "{base_model}"\n'
+                    'steps = 2\nimage_size = 32\nbatch_size = 2\n')
+    (m,) = load_plan(plan)
+    train(m.spec, m.run(tmp_path / "runs"), TrainOptions(device="cpu", progress=False))
+    # Its checkpoint records the hash of all three styles; the plan's entry is still that run.
+    assert read_model_info(m.run(tmp_path / "runs").checkpoint).style_sha256 == m.spec.checkpoint_style_sha256()
+    assert m.stale(tmp_path / "runs") == []
+    other = tmp_path / "other.jpg"
+    shutil.copy(udnie, other)
+    with open(other, "ab") as f:
+        f.write(b"\0")  # another file: another painting as far as the hash goes
+    (moved,) = load_plan(plan.write_text(plan.read_text().replace(str(udnie), str(other))) and plan)
+    assert moved.stale(tmp_path / "runs") == ["style"]
+
+
 def test_extend_resumes_bit_exactly(tmp_path, photos, base_model, udnie):
     def run(tmp: Path, steps: int, resume: bool = False):
         spec = RunSpec.from_flat({"content": photos, "style": udnie, "extend": base_model, "steps": steps,
