@@ -100,7 +100,7 @@ def keep_freed_memory() -> bool:
     import ctypes
     import platform
 
-    if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
