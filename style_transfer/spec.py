@@ -247,17 +247,20 @@ class RunSpec:
 
     def style_sha256(self) -> str:
         """The style images' hash: the image's sha256, or for several styles the sha256 of their hashes in
-        order (another painting, or another order, is another model). What a checkpoint records as its
-        ``style_sha256``, but for an extension (:meth:`checkpoint_style_sha256`)."""
+        order (another painting, or another order, is another model). What a resumed run checks its
+        paintings by; a checkpoint records :meth:`checkpoint_style_sha256`."""
         return combined_sha256([file_sha256(p) for p in self.style])
 
+    def style_sha256s(self) -> list[str]:
+        """The hashes of every style image of the network, in the order of its styles: an extended model's
+        own first (from its metadata; its file must exist), then this run's paintings."""
+        base = extended_style_sha256s(read_model_info(self.extend)) if self.extend is not None else []
+        return [*base, *(file_sha256(p) for p in self.style)]
+
     def checkpoint_style_sha256(self) -> str:
-        """What this run's checkpoint records as its ``style_sha256``: an extension's covers every style of
-        the network, the extended model's first (its file must exist)."""
-        if self.extend is None:
-            return self.style_sha256()
-        return combined_sha256([*extended_style_sha256s(read_model_info(self.extend)),
-                                *(file_sha256(p) for p in self.style)])
+        """What this run's checkpoint records as its ``style_sha256``: the hash of all the network's
+        styles (for a run that does not extend a model, :meth:`style_sha256`)."""
+        return combined_sha256(self.style_sha256s())
 
     # ------------------------------------------------------------------ flat names
 

@@ -39,7 +39,7 @@ from .metrics import psnr
 from .network import TransformerNet
 from .norms import ConditionalInstanceNorm2d, has_batch_statistics
 from .rundir import TERMS, RunDir, term_mean
-from .spec import RunSpec, combined_sha256, extended_style_sha256s
+from .spec import RunSpec, combined_sha256
 from .validation import VAL_SIZE, Validator, photo_lost
 
 log = logging.getLogger(__name__)
@@ -349,7 +349,10 @@ class _Trainer:
 
         styles = [load_rgb(p, spec.loss.style_size).to(device) for p in spec.style]
         self.criterion = PerceptualLoss(styles, spec.loss).to(device)
-        self.style_sha = spec.style_sha256()
+        # Every style of the network by its image's hash (an extended model's first), hashed once: the
+        # checkpoint records them; a resumed run checks the paintings trained here (style_sha).
+        self.style_sha256s = spec.style_sha256s()
+        self.style_sha = combined_sha256(self.style_sha256s[len(self.style_sha256s) - len(spec.style):])
         # The network's styles; the paintings trained here are its last len(styles) (all of them unless
         # the run extends a model, whose own styles come first and stay frozen).
         self.num_styles = spec.network.num_styles if spec.network.norm == "conditional_instance" else 1
@@ -420,7 +423,7 @@ class _Trainer:
         point among styles the network already renders), and everything but the norm affines frozen.
         Its styles' rows never change: a step trains one new style, whose one-hot weights give the other
         rows an exactly zero gradient, and Adam moves nothing with zero gradients and zero moments."""
-        trained, info = load_model(path)
+        trained, _ = load_model(path)
         base = len(self.spec.base_styles or ())
         state = trained.state_dict()
         with torch.no_grad():
@@ -436,7 +439,6 @@ class _Trainer:
                 if name in state:  # persistent buffers (batch statistics; none in a conditional network yet)
                     buffer.copy_(state[name])
         self.extend_sha = file_sha256(path)
-        self.base_style_sha256s = extended_style_sha256s(info)
 
     def _load_teachers(self) -> list[torch.nn.Module]:
         """The ``teacher`` models, frozen in inference mode; [] when the run does not distill. Each must be
@@ -710,7 +712,7 @@ class _Trainer:
         spec = self.spec
         return ModelInfo(
             config=spec.network, style_name=" + ".join(spec.style_names), steps=self.step,
-            style_sha256=combined_sha256(self._style_sha256s()) if spec.extend is not None else self.style_sha,
+            style_sha256=combined_sha256(self.style_sha256s),
             training={**spec.fingerprint(), "content_dir": self.content_name, "num_images": len(self.dataset),
                       "world_size": self.env.world, "total_steps": self.total_steps,
                       "sync_bn": self.options.sync_bn,
@@ -722,19 +724,13 @@ class _Trainer:
             losses=self._recent_losses(),
             # A conditional network's styles, in the order of its (gamma, beta) pairs: what stylize --style
             # and the server choose from (stylize.style_names).
-            extra={"styles": spec.style_names, "style_sha256s": self._style_sha256s()}
+            extra={"styles": spec.style_names, "style_sha256s": self.style_sha256s}
             if spec.network.norm == "conditional_instance" else {},
         )
 
     def _weights_used(self) -> float | list[float]:
         weights = [b.weight for b in self.balances]
         return weights[0] if len(weights) == 1 else weights
-
-    def _style_sha256s(self) -> list[str]:
-        """The hashes of a conditional network's style images, in the order of its styles (an extended
-        model's own first)."""
-        return [*(self.base_style_sha256s if self.spec.extend is not None else []),
-                *(file_sha256(p) for p in self.spec.style)]
 
     def _checkpoint(self) -> None:
         # Rank 0 writes; the other ranks hold identical weights (DDP keeps them in sync).

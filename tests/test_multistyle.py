@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 
 from style_transfer.ablate import StudyError, StudySettings, run_study
 from style_transfer.checkpoint import ModelInfo, file_sha256, load_model, read_model_info
+from style_transfer import spec as spec_module
+from style_transfer import train as train_module
 from style_transfer.cli import main
 from style_transfer.evaluation import _style_for
 from style_transfer.imageio import decode_image, load_rgb
@@ -286,15 +288,21 @@ def udnie(tmp_path_factory) -> Path:
     return out
 
 
-def test_extend_trains_only_the_new_styles_affine_and_keeps_the_old_styles_exactly(tmp_path, photos, base_model, udnie):
+def test_extend_trains_only_the_new_styles_affine_and_keeps_the_old_styles_exactly(tmp_path, photos, base_model, udnie,
+                                                                                    monkeypatch):
     spec = RunSpec.from_flat({"content": photos, "style": udnie, "extend": base_model, "steps": 4,
                               "image_size": 32, "batch_size": 2})
     # The network and loss are the model's; the new style comes after its own.
     base, base_info = load_model(base_model)
     assert spec.network == TransformerConfig(**{**base_info.config.__dict__, "num_styles": 3})
     assert spec.loss == LOSS and spec.style_names == ["starry", "wave", "udnie"]
+    hashed = []
+    for module in (spec_module, train_module):
+        monkeypatch.setattr(module, "file_sha256", lambda p: hashed.append(Path(p)) or file_sha256(p))
     result = train(spec, RunDir.of(tmp_path / "ext.safetensors"),
                    TrainOptions(device="cpu", checkpoint_every=2, sample_every=2, progress=False))
+    # The painting is hashed once for the run, not again at each of its three checkpoints.
+    assert hashed.count(udnie) == 1
     assert [e["style_index"] for e in result.history] == [2, 2, 2, 2]
     extended, info = load_model(tmp_path / "ext.safetensors")
     assert info.extra["styles"] == ["starry", "wave", "udnie"]
