@@ -90,6 +90,13 @@ MULTI_STYLE_AFFINE_FACTOR = 10.0
 # (docs/multi-style.md, "Distillation"). Its target is a picture, not a loss near its minimum, so it can
 # move faster than a perceptual fine-tune (BASE_LR).
 DISTILL_LR = 5e-4
+# `train --extend` trains only the new painting's (gamma, beta) at this rate. At 1e-3 (the default for a
+# whole network) Udnie added to four-styles had moved its pair ~0.09 by step 300 and its gallery style
+# measure stood still at 0.27 from step 750 to 1000, far from its single's 0.09; at 1e-2 it reached
+# 0.23 by step 250, its single's 0.23 at the same step (docs/multi-style.md, "How many steps"). Adam moves a
+# parameter by about its rate per step at most, and 3,200 affine numbers are all that trains: there are no
+# trained convolutions for a large step to undo.
+EXTEND_LR = 1e-2
 
 
 def base_model(network: TransformerConfig, weights_dir: Path | str | None = None) -> Path | None:

@@ -25,6 +25,7 @@ from style_transfer.network import TransformerConfig
 from style_transfer.rundir import RunDir
 from style_transfer.spec import RunSpec
 from style_transfer.train import TrainingError, TrainOptions, train
+from style_transfer.zoo import EXTEND_LR
 from style_transfer.zoo_build import load_plan
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -372,9 +373,12 @@ def test_cli_extend_and_what_it_refuses(tmp_path, photos, base_model, udnie, sty
     # a given weight is kept.
     assert read_model_info(base_model).training["loss"]["style_weight"] != "auto"
     assert info.training["loss"]["style_weight"] == "auto" and "style_weight_used" in info.training
+    # Only the new pair trains, at zoo.EXTEND_LR, not the model's rate; a given weight and rate are kept.
+    assert read_model_info(base_model).training["lr"] != EXTEND_LR and info.training["lr"] == EXTEND_LR
     assert main(["train", "--extend", str(base_model), "--style", str(udnie), "--style-weight", "3e-5",
-                 "--out", str(tmp_path / "fixed.safetensors"), *common]) == 0
-    assert read_model_info(tmp_path / "fixed.safetensors").training["loss"]["style_weight"] == 3e-5
+                 "--lr", "2e-3", "--out", str(tmp_path / "fixed.safetensors"), *common]) == 0
+    fixed = read_model_info(tmp_path / "fixed.safetensors").training
+    assert fixed["loss"]["style_weight"] == 3e-5 and fixed["lr"] == 2e-3
     refused = {
         "a style it has": ["--extend", str(base_model), "--style", str(styles[0])],
         "another network": ["--extend", str(base_model), "--style", str(udnie), "--width", "16"],

@@ -403,10 +403,12 @@ def test_multistyle_plan_varies_four_styles_and_extends_it_with_the_held_out_pai
     assert distilled.spec.lr == DISTILL_LR and distilled.spec.affine_lr == MULTI_STYLE_AFFINE_FACTOR * DISTILL_LR
     textured = models.pop("four-styles-texture")
     assert textured.spec.diff(distilled.spec) == ["teacher_style_weight"]
-    # The extensions: each held-out painting at `train --extend`'s defaults (its weight on auto), and Udnie's
-    # at 10x the rate, which differs in lr alone.
+    # The extensions: each held-out painting with its weight on auto, as `train --extend` gives it; Udnie's
+    # at the old rate 1e-3 and at 10x, which differ in lr alone, Kandinsky's at `train --extend`'s rate.
     faster = models.pop("extend-picabia-lr1e-2")
     assert faster.spec.diff(models["extend-picabia"].spec) == ["lr"] and faster.spec.lr > models["extend-picabia"].spec.lr
+    from style_transfer.zoo import EXTEND_LR
+    assert faster.spec.lr == models["extend-kandinsky"].spec.lr == EXTEND_LR
     assert all(m.spec.loss.style_weight == "auto" for m in models.values())
     base = REPO_PLAN.parent / "four-styles.safetensors"
     for m in models.values():
