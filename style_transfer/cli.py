@@ -96,8 +96,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="Train a feed-forward style network on folders of content photos.")
     p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
     p.add_argument("--workdir", type=Path, help="resume state, log.jsonl and samples (default: <out>.run/)")
-    _add_spec_options(p, required=REQUIRED, defaults={"style_weight": AUTO, "init": "auto", "lr": "1e-3, or 2e-4 "
-                      "from a checkpoint (--init)"})
+    _add_spec_options(p, required=REQUIRED, defaults={"style_weight": AUTO, "init": "auto", "lr": "1e-3; 2e-4 from "
+                      "a checkpoint (--init), 5e-4 distilling (--teacher), 1e-2 extending (--extend)"})
     _add_run_options(p, checkpoint_every=500)
     p.add_argument("--workers", type=int, default=0, help="data loading processes (default: %(default)s)")
     p.add_argument("--sync-bn", action="store_true", help="synchronize batch norm statistics across processes")
