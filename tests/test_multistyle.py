@@ -340,6 +340,19 @@ def test_a_zoo_plan_extension_matches_its_own_checkpoint_so_it_resumes(tmp_path,
     # Its checkpoint records the hash of all three styles; the plan's entry is still that run.
     assert read_model_info(m.run(tmp_path / "runs").checkpoint).style_sha256 == m.spec.checkpoint_style_sha256()
     assert m.stale(tmp_path / "runs") == []
+    # benchmarks/extension_strip.py draws it: the painting on top, each photo beside its output in the new style.
+    from benchmarks.extension_strip import strip_rows
+    from style_transfer.stylize import StylizeOptions, Stylizer
+
+    pictures = sorted(photos.glob("*.jpg"))[:2]
+    rows, labels = strip_rows([m], tmp_path / "runs", pictures, cell=24)
+    assert labels == ["photo", "udnie (+2 steps)"] and len(rows) == 3
+    assert torch.equal(rows[0][1], load_rgb(udnie, max_size=24))
+    stylizer = Stylizer.from_checkpoint(m.run(tmp_path / "runs").checkpoint, device="cpu")
+    photo = load_rgb(pictures[1], max_size=48)
+    assert torch.equal(rows[2][0], photo)
+    assert torch.equal(rows[2][1], stylizer.stylize(photo, StylizeOptions(style=(0.0, 0.0, 1.0))))
+    assert not torch.equal(rows[2][1], stylizer.stylize(photo, StylizeOptions(style=(1.0, 0.0, 0.0))))
     other = tmp_path / "other.jpg"
     shutil.copy(udnie, other)
     with open(other, "ab") as f:
