@@ -407,8 +407,12 @@ def test_multistyle_plan_varies_four_styles_and_extends_it_with_the_held_out_pai
     # at the old rate 1e-3 and at 10x, which differ in lr alone, Kandinsky's at `train --extend`'s rate.
     faster = models.pop("extend-picabia-lr1e-2")
     assert faster.spec.diff(models["extend-picabia"].spec) == ["lr"] and faster.spec.lr > models["extend-picabia"].spec.lr
+    from style_transfer.balance import BASE_WEIGHT, BOUNDS
     from style_transfer.zoo import EXTEND_LR
     assert faster.spec.lr == models["extend-kandinsky"].spec.lr == EXTEND_LR
+    heavier = models.pop("extend-picabia-w1.6e-4")  # beyond the bound auto may reach: differs in the weight alone
+    assert heavier.spec.diff(faster.spec) == ["style_weight"]
+    assert heavier.spec.loss.style_weight > 2 ** BOUNDS[1] * BASE_WEIGHT
     assert all(m.spec.loss.style_weight == "auto" for m in models.values())
     base = REPO_PLAN.parent / "four-styles.safetensors"
     for m in models.values():
