@@ -142,12 +142,12 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
 
     An extension keeps its model's network, weights and loss (spec._extension) but the style weight, which
     is on auto for the new painting unless given, and trains its new (gamma, beta) at ``--lr``
-    zoo.EXTEND_LR (1e-2) unless given. A resumed run keeps the weight and
+    zoo.EXTEND_LR (1e-2) for ``--steps`` zoo.EXTEND_STEPS (500) unless given. A resumed run keeps the weight and
     learning rate it was started with when they are not given again (its weights come from its state)."""
     from .checkpoint import load_train_state, read_model_info
     from .spec import _flat_fingerprint
-    from .zoo import (BASE_LR, BASE_WARMUP, EXTEND_LR, MULTI_STYLE_AFFINE_FACTOR, MULTI_STYLE_CLIP, base_model,
-                      resolve_model)
+    from .zoo import (BASE_LR, BASE_WARMUP, EXTEND_LR, EXTEND_STEPS, MULTI_STYLE_AFFINE_FACTOR, MULTI_STYLE_CLIP,
+                      base_model, resolve_model)
 
     init = None if args.init is None else str(args.init)
     for name in ("init", "extend"):  # a checkpoint path, or a model name from the weights folder
@@ -161,9 +161,10 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
         # weight was set for other paintings, and a distilled model's (the shipped four-styles') never
         # weighed anything. At its fixed 2e-5, Udnie extending four-styles kept 0.67 of the gallery photos
         # but reached only 0.36 of the style measure by step 250 (docs/multi-style.md, "--extend"). Only the
-        # new (gamma, beta) train, at zoo.EXTEND_LR unless given.
+        # new (gamma, beta) train, at zoo.EXTEND_LR for zoo.EXTEND_STEPS unless given.
         return _spec_from_args(args, **({"style_weight": AUTO} if args.style_weight is None else {}),
-                               **({"lr": EXTEND_LR} if args.lr is None else {}))
+                               **({"lr": EXTEND_LR} if args.lr is None else {}),
+                               **({"steps": EXTEND_STEPS} if args.steps is None and args.epochs is None else {}))
     if args.resume and run.state.is_file():
         recorded = _flat_fingerprint(load_train_state(run.state)["settings"])
         kept = {k: recorded[k] for k in ("style_weight", "lr", "lr_warmup", "clip_grad_norm", "affine_lr")

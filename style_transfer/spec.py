@@ -58,7 +58,8 @@ HELP = {
             "this network, for one painting; several start from scratch) and none (random)",
     "extend": "add the --style painting(s) to this trained conditional_instance model: only the new styles' "
               "(gamma, beta) are trained, every other weight is frozen, so its styles stay exactly as they were; "
-              "the network and loss settings default to the model's",
+              "the network and loss settings default to the model's (and in train, the style weight to auto, "
+              "--lr to 1e-2 and --steps to 500)",
     "teacher": "distill: a trained single-style model per --style (same order; a path or a model name from the "
                "weights folder), and each step trains the network to reproduce the step's painting's teacher on "
                "the crop (L1) instead of the perceptual loss, which the log still records; how one network "

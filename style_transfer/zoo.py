@@ -97,6 +97,11 @@ DISTILL_LR = 5e-4
 # parameter by about its rate per step at most, and 3,200 affine numbers are all that trains: there are no
 # trained convolutions for a large step to undo.
 EXTEND_LR = 1e-2
+# ... for this many steps unless --steps or --epochs is given, not train's 40,000 (Johnson et al.'s budget
+# for a whole network): at EXTEND_LR Udnie's extension stood still from step 250, and auto's controller,
+# which waits for the first fifth of the budget and moves the weight at most 19% per 50 steps, needs the
+# rest of 500 to reach its 2x bound. ~45 minutes on 2 CPU cores.
+EXTEND_STEPS = 500
 
 
 def base_model(network: TransformerConfig, weights_dir: Path | str | None = None) -> Path | None:

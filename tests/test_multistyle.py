@@ -17,7 +17,7 @@ from style_transfer.ablate import StudyError, StudySettings, run_study
 from style_transfer.checkpoint import ModelInfo, file_sha256, load_model, read_model_info
 from style_transfer import spec as spec_module
 from style_transfer import train as train_module
-from style_transfer.cli import main
+from style_transfer.cli import _train_spec, build_parser, main
 from style_transfer.evaluation import _style_for
 from style_transfer.imageio import decode_image, load_rgb
 from style_transfer.losses import LossConfig, PerceptualLoss
@@ -25,7 +25,7 @@ from style_transfer.network import TransformerConfig
 from style_transfer.rundir import RunDir
 from style_transfer.spec import RunSpec
 from style_transfer.train import TrainingError, TrainOptions, train
-from style_transfer.zoo import EXTEND_LR
+from style_transfer.zoo import EXTEND_LR, EXTEND_STEPS
 from style_transfer.zoo_build import load_plan
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -392,6 +392,15 @@ def test_cli_extend_and_what_it_refuses(tmp_path, photos, base_model, udnie, sty
                  "--lr", "2e-3", "--out", str(tmp_path / "fixed.safetensors"), *common]) == 0
     fixed = read_model_info(tmp_path / "fixed.safetensors").training
     assert fixed["loss"]["style_weight"] == 3e-5 and fixed["lr"] == 2e-3
+    # Without --steps an extension trains zoo.EXTEND_STEPS, not a whole network's 40,000; --epochs is kept.
+    def spec_of(*extra: str) -> RunSpec:
+        args = build_parser().parse_args(["train", "--extend", str(base_model), "--style", str(udnie), "--content",
+                                          str(photos), "--out", str(out), *extra])
+        return _train_spec(args, RunDir.of(out))
+
+    assert spec_of().steps == EXTEND_STEPS < RunSpec.DEFAULT_STEPS and spec_of().lr == EXTEND_LR
+    assert spec_of("--epochs", "2").steps is None and spec_of("--epochs", "2").epochs == 2
+    assert spec_of("--steps", "7").steps == 7
     refused = {
         "a style it has": ["--extend", str(base_model), "--style", str(styles[0])],
         "another network": ["--extend", str(base_model), "--style", str(udnie), "--width", "16"],
