@@ -156,19 +156,22 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
                 else resolve_model(str(value), args.weights))
     if args.teacher:
         args.teacher = [resolve_model(str(t), args.weights) for t in args.teacher]
+    kept: dict[str, object] = {}  # a resumed run's recorded settings, where not given again
+    resuming = args.resume and run.state.is_file()
+    if resuming:
+        recorded = _flat_fingerprint(load_train_state(run.state)["settings"])
+        kept = {k: recorded[k] for k in ("style_weight", "lr", "lr_warmup", "clip_grad_norm", "affine_lr")
+                if getattr(args, k) is None and k in recorded}
     if args.extend is not None:
         # A new painting's weight on auto, as for `train --style` alone (issue 16): the extended model's own
         # weight was set for other paintings, and a distilled model's (the shipped four-styles') never
         # weighed anything. At its fixed 2e-5, Udnie extending four-styles kept 0.67 of the gallery photos
         # but reached only 0.36 of the style measure by step 250 (docs/multi-style.md, "--extend"). Only the
-        # new (gamma, beta) train, at zoo.EXTEND_LR for zoo.EXTEND_STEPS unless given.
-        return _spec_from_args(args, **({"style_weight": AUTO} if args.style_weight is None else {}),
-                               **({"lr": EXTEND_LR} if args.lr is None else {}),
-                               **({"steps": EXTEND_STEPS} if args.steps is None and args.epochs is None else {}))
-    if args.resume and run.state.is_file():
-        recorded = _flat_fingerprint(load_train_state(run.state)["settings"])
-        kept = {k: recorded[k] for k in ("style_weight", "lr", "lr_warmup", "clip_grad_norm", "affine_lr")
-                if getattr(args, k) is None and k in recorded}
+        # new (gamma, beta) train, at zoo.EXTEND_LR for zoo.EXTEND_STEPS unless given (or, resumed, recorded).
+        defaults = {"style_weight": AUTO, "lr": EXTEND_LR,
+                    **({"steps": EXTEND_STEPS} if args.steps is None and args.epochs is None else {})}
+        return _spec_from_args(args, **{**{k: v for k, v in defaults.items() if getattr(args, k) is None}, **kept})
+    if resuming:
         return _spec_from_args(args, **kept)
     distilled = bool(args.teacher)
     # A distilled run's loss has no style weight (the log measures its style term at the base weight).

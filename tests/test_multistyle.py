@@ -392,6 +392,12 @@ def test_cli_extend_and_what_it_refuses(tmp_path, photos, base_model, udnie, sty
                  "--lr", "2e-3", "--out", str(tmp_path / "fixed.safetensors"), *common]) == 0
     fixed = read_model_info(tmp_path / "fixed.safetensors").training
     assert fixed["loss"]["style_weight"] == 3e-5 and fixed["lr"] == 2e-3
+    # Resumed without them, it keeps the weight and rate it was started with, not the extension's defaults.
+    longer = [*common[:2], "--steps", "2", *common[4:]]
+    assert main(["train", "--extend", str(base_model), "--style", str(udnie), "--resume",
+                 "--out", str(tmp_path / "fixed.safetensors"), *longer]) == 0
+    resumed = read_model_info(tmp_path / "fixed.safetensors")
+    assert resumed.steps == 2 and resumed.training["lr"] == 2e-3 and resumed.training["loss"]["style_weight"] == 3e-5
     # Without --steps an extension trains zoo.EXTEND_STEPS, not a whole network's 40,000; --epochs is kept.
     def spec_of(*extra: str) -> RunSpec:
         args = build_parser().parse_args(["train", "--extend", str(base_model), "--style", str(udnie), "--content",
