@@ -20,7 +20,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from style_transfer.checkpoint import read_model_info  # noqa: E402
 from style_transfer.grid import image_grid  # noqa: E402
 from style_transfer.imageio import load_rgb  # noqa: E402
 from style_transfer.stylize import StylizeOptions, Stylizer, style_mix, style_names  # noqa: E402
@@ -41,9 +40,10 @@ def strip_rows(models: list[ZooModel], runs: Path, photos: list[Path], cell: int
         checkpoint = m.checkpoint(runs)
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{m.name}: no checkpoint at {checkpoint} (train it: style-transfer zoo train)")
-        info = read_model_info(checkpoint)
+        stylizer = Stylizer.from_checkpoint(checkpoint, device="cpu")
+        info = stylizer.info
         new = style_names(info)[-1]
-        columns.append((Stylizer.from_checkpoint(checkpoint, device="cpu"), StylizeOptions(style=style_mix(info, new))))
+        columns.append((stylizer, StylizeOptions(style=style_mix(info, new))))
         header.append(load_rgb(m.spec.style[-1], max_size=cell))
         labels.append(f"{new} (+{info.steps} steps)")
     images = [load_rgb(p, max_size=cell * 2) for p in photos]

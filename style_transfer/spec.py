@@ -246,12 +246,6 @@ class RunSpec:
     def style_files_exist(self) -> bool:
         return all(p.is_file() for p in self.style)
 
-    def style_sha256(self) -> str:
-        """The style images' hash: the image's sha256, or for several styles the sha256 of their hashes in
-        order (another painting, or another order, is another model). What a resumed run checks its
-        paintings by; a checkpoint records :meth:`checkpoint_style_sha256`."""
-        return combined_sha256([file_sha256(p) for p in self.style])
-
     def style_sha256s(self) -> list[str]:
         """The hashes of every style image of the network, in the order of its styles: an extended model's
         own first (from its metadata; its file must exist), then this run's paintings."""
@@ -259,8 +253,8 @@ class RunSpec:
         return [*base, *(file_sha256(p) for p in self.style)]
 
     def checkpoint_style_sha256(self) -> str:
-        """What this run's checkpoint records as its ``style_sha256``: the hash of all the network's
-        styles (for a run that does not extend a model, :meth:`style_sha256`)."""
+        """What this run's checkpoint records as its ``style_sha256``: one hash of all the network's style
+        images in order (another painting, or another order, is another model; combined_sha256)."""
         return combined_sha256(self.style_sha256s())
 
     # ------------------------------------------------------------------ flat names

@@ -352,7 +352,7 @@ class _Trainer:
         # Every style of the network by its image's hash (an extended model's first), hashed once: the
         # checkpoint records them; a resumed run checks the paintings trained here (style_sha).
         self.style_sha256s = spec.style_sha256s()
-        self.style_sha = combined_sha256(self.style_sha256s[len(self.style_sha256s) - len(spec.style):])
+        self.style_sha = combined_sha256(self.style_sha256s[-len(spec.style):])
         # The network's styles; the paintings trained here are its last len(styles) (all of them unless
         # the run extends a model, whose own styles come first and stay frozen).
         self.num_styles = spec.network.num_styles if spec.network.norm == "conditional_instance" else 1

@@ -245,9 +245,9 @@ def test_a_zoo_plan_entry_takes_a_list_of_styles(tmp_path, styles):
     assert model.spec.style_names == ["starry", "wave"] and model.spec.network.num_styles == 2
     # Its recorded sha is of both images in order: the run is stale if either changes.
     training = model.spec.fingerprint()
-    assert model.differences(training, model.spec.style_sha256()) == []
+    assert model.differences(training, model.spec.checkpoint_style_sha256()) == []
     assert model.differences(training, model.spec.replace(style=(tmp_path / "wave.jpg", tmp_path / "starry.jpg"))
-                             .style_sha256()) == ["style"]
+                             .checkpoint_style_sha256()) == ["style"]
 
 
 def test_compare_runs_a_multi_style_network_in_the_compared_paintings_style(tmp_path, styles):
