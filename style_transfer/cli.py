@@ -97,7 +97,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output checkpoint (.safetensors)")
     p.add_argument("--workdir", type=Path, help="resume state, log.jsonl and samples (default: <out>.run/)")
     _add_spec_options(p, required=REQUIRED, defaults={"style_weight": AUTO, "init": "auto", "lr": "1e-3; 2e-4 from "
-                      "a checkpoint (--init), 5e-4 distilling (--teacher), 1e-2 extending (--extend)"})
+                      "a checkpoint (--init), 5e-4 distilling (--teacher), 1e-2 extending (--extend)",
+                      "steps": "1500 from a trained network (--init, auto for one painting; --teacher), 500 "
+                      "extending (--extend), 40000 from scratch; resumed: the run's own budget"})
     _add_run_options(p, checkpoint_every=500)
     p.add_argument("--workers", type=int, default=0, help="data loading processes (default: %(default)s)")
     p.add_argument("--sync-bn", action="store_true", help="synchronize batch norm statistics across processes")
@@ -142,12 +144,14 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
 
     An extension keeps its model's network, weights and loss (spec._extension) but the style weight, which
     is on auto for the new painting unless given, and trains its new (gamma, beta) at ``--lr``
-    zoo.EXTEND_LR (1e-2) for ``--steps`` zoo.EXTEND_STEPS (500) unless given. A resumed run keeps the weight and
-    learning rate it was started with when they are not given again (its weights come from its state)."""
+    zoo.EXTEND_LR (1e-2) for ``--steps`` zoo.EXTEND_STEPS (500) unless given. A run from a trained network
+    (any ``--init``, auto included, and a distilled one) trains zoo.FINETUNE_STEPS (1500) unless given; from
+    scratch, the spec's 40,000. A resumed run keeps the weight, learning rate and budget it was started with
+    when they are not given again (its weights come from its state)."""
     from .checkpoint import load_train_state, read_model_info
     from .spec import _flat_fingerprint
-    from .zoo import (BASE_LR, BASE_WARMUP, EXTEND_LR, EXTEND_STEPS, MULTI_STYLE_AFFINE_FACTOR, MULTI_STYLE_CLIP,
-                      base_model, resolve_model)
+    from .zoo import (BASE_LR, BASE_WARMUP, EXTEND_LR, EXTEND_STEPS, FINETUNE_STEPS, MULTI_STYLE_AFFINE_FACTOR,
+                      MULTI_STYLE_CLIP, base_model, resolve_model)
 
     init = None if args.init is None else str(args.init)
     for name in ("init", "extend"):  # a checkpoint path, or a model name from the weights folder
@@ -158,18 +162,21 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
         args.teacher = [resolve_model(str(t), args.weights) for t in args.teacher]
     kept: dict[str, object] = {}  # a resumed run's recorded settings, where not given again
     resuming = args.resume and run.state.is_file()
+    no_budget = args.steps is None and args.epochs is None
     if resuming:
-        recorded = _flat_fingerprint(load_train_state(run.state)["settings"])
+        state = load_train_state(run.state)
+        recorded = _flat_fingerprint(state["settings"])
         kept = {k: recorded[k] for k in ("style_weight", "lr", "lr_warmup", "clip_grad_norm", "affine_lr")
                 if getattr(args, k) is None and k in recorded}
+        if no_budget and "total_steps" in state:  # recorded since the defaults below depend on the run
+            kept["steps"] = int(state["total_steps"])
     if args.extend is not None:
         # A new painting's weight on auto, as for `train --style` alone (issue 16): the extended model's own
         # weight was set for other paintings, and a distilled model's (the shipped four-styles') never
         # weighed anything. At its fixed 2e-5, Udnie extending four-styles kept 0.67 of the gallery photos
         # but reached only 0.36 of the style measure by step 250 (docs/multi-style.md, "--extend"). Only the
         # new (gamma, beta) train, at zoo.EXTEND_LR for zoo.EXTEND_STEPS unless given (or, resumed, recorded).
-        defaults = {"style_weight": AUTO, "lr": EXTEND_LR,
-                    **({"steps": EXTEND_STEPS} if args.steps is None and args.epochs is None else {})}
+        defaults = {"style_weight": AUTO, "lr": EXTEND_LR, **({"steps": EXTEND_STEPS} if no_budget else {})}
         return _spec_from_args(args, **{**{k: v for k, v in defaults.items() if getattr(args, k) is None}, **kept})
     if resuming:
         return _spec_from_args(args, **kept)
@@ -188,6 +195,9 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
             spec = spec.replace(init=base)
         elif init == "auto":
             log.info("--init auto: the weights folder has no flagship model with this network; starting from scratch")
+    if spec.init is not None and no_budget:  # from a trained network: zoo.FINETUNE_STEPS, not a day's 40,000
+        log.info("%d steps from a trained network (--steps or --epochs to change)", FINETUNE_STEPS)
+        spec = spec.replace(steps=FINETUNE_STEPS)
     if distilled:
         return _distill_spec(args, spec)
     if several and spec.init is None:

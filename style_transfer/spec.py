@@ -64,7 +64,7 @@ HELP = {
                "weights folder), and each step trains the network to reproduce the step's painting's teacher on "
                "the crop (L1) instead of the perceptual loss, which the log still records; how one network "
                "learns several paintings without the flagship's lozenges (docs/multi-style.md)",
-    "steps": "total optimizer steps (default when neither --steps nor --epochs: 40000)",
+    "steps": "total optimizer steps",
     "epochs": "passes over the content images, instead of --steps",
     "norm": "normalization layer",
     "width": "channels of the first layer",

@@ -738,6 +738,8 @@ class _Trainer:
             save_train_state(self.run_dir.state, {
                 "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "rng": _rng_state(self.device), "settings": self.spec.fingerprint(), "world_size": self.env.world,
+                # The budget, so `train --resume` without --steps/--epochs finishes the run it continues.
+                "total_steps": self.total_steps,
                 "style_sha256": self.style_sha,
                 **({"style_balance": [b.state_dict() for b in self.balances]} if self.balances else {}),
                 **({"init_sha256": self.init_sha} if self.init_sha is not None else {}),

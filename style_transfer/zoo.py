@@ -102,6 +102,12 @@ EXTEND_LR = 1e-2
 # which waits for the first fifth of the budget and moves the weight at most 19% per 50 steps, needs the
 # rest of 500 to reach its 2x bound. ~45 minutes on 2 CPU cores.
 EXTEND_STEPS = 500
+# A run that starts from a trained network (--init, which is auto for one painting, and a distilled run)
+# trains this many steps unless --steps or --epochs is given: the budget of the shipped fine-tunes
+# (weights/zoo.toml), at which each of six paintings, two never used to tune anything, kept the photo and
+# carried the painting on 24 held-out photos (docs/quality.md). ~55 minutes on 2 CPU cores, where
+# train's 40,000 (Johnson et al.'s budget from scratch) would take a day.
+FINETUNE_STEPS = 1500
 
 
 def base_model(network: TransformerConfig, weights_dir: Path | str | None = None) -> Path | None:

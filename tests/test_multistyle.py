@@ -407,6 +407,11 @@ def test_cli_extend_and_what_it_refuses(tmp_path, photos, base_model, udnie, sty
     assert spec_of().steps == EXTEND_STEPS < RunSpec.DEFAULT_STEPS and spec_of().lr == EXTEND_LR
     assert spec_of("--epochs", "2").steps is None and spec_of("--epochs", "2").epochs == 2
     assert spec_of("--steps", "7").steps == 7
+    # Resumed without them, it finishes its own budget, not a new extension's.
+    fixed_out = tmp_path / "fixed.safetensors"
+    resumed_args = build_parser().parse_args(["train", "--extend", str(base_model), "--style", str(udnie), "--resume",
+                                              "--content", str(photos), "--out", str(fixed_out)])
+    assert _train_spec(resumed_args, RunDir.of(fixed_out)).steps == 2
     refused = {
         "a style it has": ["--extend", str(base_model), "--style", str(styles[0])],
         "another network": ["--extend", str(base_model), "--style", str(udnie), "--width", "16"],

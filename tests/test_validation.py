@@ -185,6 +185,25 @@ def test_train_starts_from_the_flagship_when_it_has_the_network(tmp_path, conten
     assert (explicit["lr"], explicit["lr_warmup"]) == (5e-4, 7)
     path = run("path", "--width", "8", "--init", str(flagship))  # any checkpoint fine-tunes
     assert (path["lr"], path["lr_warmup"]) == (BASE_LR, BASE_WARMUP)
+    # Without --steps or --epochs a run from a trained network trains zoo.FINETUNE_STEPS (the shipped
+    # fine-tunes' budget), not the 40,000 meant for a network from scratch; a given budget wins.
+    from style_transfer.cli import _train_spec, build_parser
+    from style_transfer.rundir import RunDir
+    from style_transfer.spec import RunSpec
+    from style_transfer.zoo import FINETUNE_STEPS
+
+    def spec_of(*extra: str) -> RunSpec:
+        out = tmp_path / "spec.safetensors"
+        args = build_parser().parse_args(["train", "--content", str(content_dir), "--style", str(small_style_path),
+                                          "--residual-blocks", "1", "--width", "8", "--weights", str(weights),
+                                          "--out", str(out), *extra])
+        return _train_spec(args, RunDir.of(out))
+
+    assert spec_of().steps == FINETUNE_STEPS < RunSpec.DEFAULT_STEPS
+    assert spec_of("--init", str(flagship)).steps == FINETUNE_STEPS
+    assert spec_of("--init", "none").steps is None and spec_of("--init", "none").total_steps(lambda: 1) == 40_000
+    assert spec_of("--steps", "7").steps == 7
+    assert spec_of("--epochs", "2").steps is None and spec_of("--epochs", "2").epochs == 2
     # A conditional instance norm network of the flagship's shape starts its one style from it too.
     caplog.clear()
     assert run("multi", "--width", "8", "--norm", "conditional_instance")["init_sha256"] == file_sha256(flagship)
@@ -253,6 +272,16 @@ def test_a_resume_keeps_the_recipe_it_started_with(tmp_path, content_dir, small_
     assert resumed.steps == 2 and resumed.training["loss"]["style_weight"] == 3e-5
     assert resumed.training["init_sha256"] == started["init_sha256"] and resumed.training["lr"] == started["lr"]
     assert resumed.training["lr_warmup"] == started["lr_warmup"] == 100
+    # Resumed without --steps or --epochs it finishes its own budget (recorded in the state), not the
+    # default of a new run: here it has nothing left to do.
+    from style_transfer.cli import _train_spec, build_parser
+    from style_transfer.rundir import RunDir
+
+    assert _train_spec(build_parser().parse_args([*common, "--resume"]), RunDir.of(out)).steps == 2
+    assert main([*common, "--resume"]) == 0
+    assert read_model_info(out).steps == 2
+    assert main([*common, "--resume", "--steps", "3"]) == 0  # a new total continues it
+    assert read_model_info(out).steps == 3
 
 
 
