@@ -403,6 +403,9 @@ def test_multistyle_plan_varies_four_styles_and_extends_it_with_the_held_out_pai
     assert distilled.spec.lr == DISTILL_LR and distilled.spec.affine_lr == MULTI_STYLE_AFFINE_FACTOR * DISTILL_LR
     textured = models.pop("four-styles-texture")
     assert textured.spec.diff(distilled.spec) == ["teacher_style_weight"]
+    lighter = models.pop("four-styles-texture-5e-7")  # the same at half the texture weight
+    assert lighter.spec.diff(textured.spec) == ["teacher_style_weight"]
+    assert lighter.spec.teacher_style_weight == textured.spec.teacher_style_weight / 2
     # The extensions: each held-out painting with its weight on auto, as `train --extend` gives it; Udnie's
     # at the old rate 1e-3 and at 10x, which differ in lr alone, Kandinsky's at `train --extend`'s rate.
     faster = models.pop("extend-picabia-lr1e-2")
