@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="folder for one sheet per photo (teacher | network, a row per style)")
     p.add_argument("--json", type=Path, help="write the PSNRs here")
     args = p.parse_args(argv)
+    missing = [str(source) for source in args.photos or [] if not source.exists()]
+    if missing:  # before the models load, and as a usage error rather than a traceback
+        p.error(f"--photos: no such file or folder: {', '.join(missing)}")
 
     (entry,) = [m for m in load_plan(args.plan) if m.name == args.multi]
     if entry.spec.teacher is None:

@@ -210,7 +210,7 @@ def test_a_zoo_plan_entry_names_its_teachers_relative_to_the_plan(tmp_path, styl
 
 
 def test_teacher_match_benchmark_measures_each_style_against_its_own_teacher(tmp_path, styles, make_model,
-                                                                            make_checkpoint):
+                                                                            make_checkpoint, capsys):
     """A network whose style k is exactly teacher k (shared convolutions, each teacher's norm affine as
     that style's (gamma, beta)) matches both; the same network with its styles' teachers swapped does not."""
     from benchmarks import teacher_match
@@ -244,6 +244,11 @@ def test_teacher_match_benchmark_measures_each_style_against_its_own_teacher(tmp
         values = list(result["mean_psnr"].values())
         assert all(v > 60 for v in values) if name == "right" else all(v < 40 for v in values)
         assert (out / f"{photo.stem}.jpg").is_file()
+    # A photo path that does not exist is a usage error (exit 2) naming it, not a traceback.
+    with pytest.raises(SystemExit) as stopped:
+        teacher_match.main(["--plan", str(plan), "--multi", name, "--checkpoint", str(checkpoint),
+                            "--photos", str(tmp_path / "nope.jpg")])
+    assert stopped.value.code == 2 and "nope.jpg" in capsys.readouterr().err
 
 
 def test_distill_balance_benchmark_prints_the_weight_that_levels_the_two_pulls(tmp_path, photos, styles, teachers,
