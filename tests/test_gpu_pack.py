@@ -5,8 +5,6 @@ was once committed with a constant deleted and failed at once, which only a run 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,16 +12,13 @@ from PIL import Image
 
 from style_transfer.vgg import LAYER_NAMES, WEIGHTS_FILE, WEIGHTS_PACKAGE, file_key, read_weight_file
 
-ROOT = Path(__file__).resolve().parents[1]
-
 pytest.importorskip(WEIGHTS_PACKAGE)  # the VGG weights it packs (the train extra)
 
 
 @pytest.fixture()
 def gpu_pack(monkeypatch, tmp_path):
-    spec = importlib.util.spec_from_file_location("gpu_pack", ROOT / "benchmarks" / "gpu_pack.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from benchmarks import gpu_pack as module
+
     shared = tmp_path / "shared"
     (shared / "data" / "content" / "photos").mkdir(parents=True)
     (shared / "data" / "styles").mkdir(parents=True)
