@@ -9,6 +9,7 @@ log, samples), and :class:`TrainOptions` how it executes (device, intervals, wor
 from __future__ import annotations
 
 import collections
+import copy
 import functools
 import json
 import logging
@@ -379,6 +380,11 @@ class _Trainer:
             self._load_init(spec.init)
         if spec.extend is not None:
             self._load_extended(spec.extend)
+        # The moving average of the weights (spec.ema_decay): a copy of the network, always in inference
+        # mode, that the checkpoint, the samples and the validation use; None without it.
+        self.ema: torch.nn.Module | None = None
+        if spec.ema_decay is not None:
+            self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         groups = self._param_groups()
         self.group_lrs = [lr for lr, _ in groups]  # each group's rate after the warm-up, in group order
         self.optimizer = torch.optim.Adam([{"params": params, "lr": lr} for lr, params in groups])
@@ -488,6 +494,8 @@ class _Trainer:
             raise TrainingError(f"cannot resume {self.run_dir.state}: these settings differ from the "
                                 f"interrupted run: {changed}")
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:  # the settings match, so a state with ema_decay recorded has its average
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.init_sha = state.get("init_sha256", self.init_sha)
         for balance, saved in zip(self.balances, state.get("style_balance") or []):
@@ -641,11 +649,33 @@ class _Trainer:
             group["lr"] = warmup_lr(lr, self.step, self.spec.lr_warmup)
         grad_norm = optimizer_step(self.optimizer, terms["total"], self.spec.clip_grad_norm)
         self.step += 1
+        self._update_average()
         return {"step": self.step, **{t: float(v) for t, v in zip(logged, values.tolist())},
                 "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
                 # A distilled run's L1 to its teacher (its whole objective without teacher_style_weight).
                 **{t: float(self.env.mean(terms[t].detach().float())) for t in ("distill", "texture") if t in terms},
                 **({"style_index": style} if style is not None else {})}
+
+    @property
+    def shipped(self) -> torch.nn.Module:
+        """The network the checkpoint holds and the validation measures: the weights' moving average when
+        the run keeps one, else the trained weights themselves."""
+        return self.ema if self.ema is not None else self.model
+
+    def _update_average(self) -> None:
+        """One update of the weights' moving average, at the warmed-up decay min(decay, (1 + t) / (10 + t))
+        for update t (TensorFlow's ExponentialMovingAverage with num_updates). Every rank holds the same
+        weights (DDP), so every rank's average is the same. Integer buffers (batch norm's step count)
+        are copied. A frozen weight (an extension's) stays bit-exact: lerp between equal values."""
+        if self.ema is None:
+            return
+        decay = min(self.spec.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for average, current in zip(self.ema.state_dict().values(), self.model.state_dict().values()):
+                if average.is_floating_point():
+                    average.lerp_(current, 1 - decay)
+                else:
+                    average.copy_(current)
 
     def _perceptual_due(self) -> bool:
         """Whether the next distillation step measures the perceptual terms: in the first of every
@@ -685,7 +715,8 @@ class _Trainer:
         kept = torch.zeros(len(self.balances), dtype=torch.float64, device=self.device)
         if self.kept_meter is not None:
             for k, key in enumerate(keys):
-                reuse = self.kept_meter is self.validator and key in measured
+                # The controller steers the trained weights, so it measures them, not their average.
+                reuse = self.kept_meter is self.validator and key in measured and self.ema is None
                 kept[k] = measured[key] if reuse else self.kept_meter.kept(self.model, self.spec.precision, k)
         kept = self.env.broadcast(kept).tolist()
         weights = [b.update(self.step, value) for b, value in zip(self.balances, kept)]
@@ -737,6 +768,7 @@ class _Trainer:
         if self.env.main:
             save_train_state(self.run_dir.state, {
                 "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
                 "rng": _rng_state(self.device), "settings": self.spec.fingerprint(), "world_size": self.env.world,
                 # The budget, so `train --resume` without --steps/--epochs finishes the run it continues.
                 "total_steps": self.total_steps,
@@ -745,7 +777,7 @@ class _Trainer:
                 **({"init_sha256": self.init_sha} if self.init_sha is not None else {}),
                 **({"teacher_sha256s": self.teacher_sha256s} if self.teachers else {}),
             })
-            save_model(self.run_dir.checkpoint, self.model, self._info(),
+            save_model(self.run_dir.checkpoint, self.shipped, self._info(),
                        torch.float16 if self.options.save_dtype == "fp16" else torch.float32)
         self.env.barrier()
 
@@ -753,18 +785,18 @@ class _Trainer:
         """Write the step's samples; return the validation measures for its log entry ({} without any)."""
         if not self.env.main:
             return {}
-        self.model.eval()
+        net, was_training = self.shipped, self.shipped.training
+        net.eval()
         with torch.no_grad(), autocast(self.device, self.spec.precision):
             # The crop beside its output in every style the network holds.
-            outs = [self.model(self.sample_input) if self.num_styles == 1
-                    else self.model(self.sample_input, self._style_weights(k))
+            outs = [net(self.sample_input) if self.num_styles == 1 else net(self.sample_input, self._style_weights(k))
                     for k in range(self.first_trained, self.num_styles)]
-        self.model.train()
+        net.train(was_training)
         outs = [o.float().clamp(0, 1) for o in outs]
         save_image(torch.cat([self.sample_input, *outs], dim=-1), self.run_dir.sample_path(self.step))
         if self.validator is None:
             return {}
-        measures, outputs = self.validator.measure(self.model, self.spec.precision)
+        measures, outputs = self.validator.measure(net, self.spec.precision)
         if self.teachers:
             measures.update(self._teacher_psnr(outputs))
         self.validator.save(outputs, self.run_dir.val_sample_path(self.step))

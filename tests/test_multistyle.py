@@ -289,10 +289,11 @@ def udnie(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.parametrize("ema_decay", [None, 0.5])  # the weights' average keeps the frozen ones exact too
 def test_extend_trains_only_the_new_styles_affine_and_keeps_the_old_styles_exactly(tmp_path, photos, base_model, udnie,
-                                                                                    monkeypatch):
+                                                                                    monkeypatch, ema_decay):
     spec = RunSpec.from_flat({"content": photos, "style": udnie, "extend": base_model, "steps": 4,
-                              "image_size": 32, "batch_size": 2})
+                              "image_size": 32, "batch_size": 2, "ema_decay": ema_decay})
     # The network and loss are the model's; the new style comes after its own.
     base, base_info = load_model(base_model)
     assert spec.network == TransformerConfig(**{**base_info.config.__dict__, "num_styles": 3})

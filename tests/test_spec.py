@@ -40,7 +40,7 @@ def test_every_setting_is_an_option_of_train_and_ablate_and_a_plan_key(tmp_path)
                "style_layers": '["relu2_2"]', "content_weight": 2.0, "style_weight": 3.0, "tv_weight": 0.5,
                "style_size": 128, "epochs": 2.5, "image_size": 64, "batch_size": 8, "lr": 0.01, "lr_warmup": 10, "affine_lr": 0.02,
                "clip_grad_norm": 5.0,
-               "bn_frozen_steps": 2, "seed": 7, "precision": '"bf16"', "teacher_style_weight": 1e-6}
+               "bn_frozen_steps": 2, "seed": 7, "precision": '"bf16"', "teacher_style_weight": 1e-6, "ema_decay": 0.99}
     data = {"content", "style", "init", "extend", "teacher", "steps"}  # paths (and the required steps), not values
     assert set(changed) | data == {s.name for s in settings()}
     del changed["epochs"]  # a plan gives steps (required), and a spec refuses both

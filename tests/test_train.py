@@ -369,3 +369,79 @@ def test_training_warns_when_the_gradient_norm_spikes(tmp_path, content_dir, sma
     (warning,) = [r.getMessage() for r in caplog.records if "gradient norm" in r.getMessage()]
     assert warning.startswith("step 8:") and "--clip-grad-norm" in warning
     assert result.history[7]["grad_norm"] > 100 * result.history[6]["grad_norm"]
+
+
+def test_ema_checkpoint_holds_the_warmed_up_average_of_the_trained_weights(tmp_path, photos):
+    """With ema_decay the checkpoint (what ships) is the moving average of the weights after every step, at
+    the decay min(D, (1 + t) / (10 + t)); the training itself, and so the resume state's weights, are the
+    run's without it."""
+    from style_transfer.network import TransformerNet
+
+    decay = 0.2  # the warm-up's 2/11 at the first update, then capped at D: both branches run
+    raw = []
+    for steps in (1, 2, 3):  # the trained weights after each step (the same run, deterministic)
+        train(*settings(tmp_path / f"raw{steps}", photos, steps=steps))
+        raw.append(load_file(tmp_path / f"raw{steps}" / "model.safetensors"))
+    averaged = train(*settings(tmp_path / "ema", photos, steps=3, ema_decay=decay))
+    torch.manual_seed(0)  # the run's seed: its initial weights
+    expected = {k: v.clone() for k, v in TransformerNet(TINY_NET).state_dict().items()}
+    for t, weights in enumerate(raw, start=1):
+        d = min(decay, (1 + t) / (10 + t))
+        expected = {k: (v.lerp(weights[k], 1 - d) if v.is_floating_point() else weights[k]) for k, v in expected.items()}
+    shipped = load_file(tmp_path / "ema" / "model.safetensors")
+    state = load_train_state(tmp_path / "ema" / "model.run" / "train_state.pt")
+    assert shipped.keys() == expected.keys()
+    for key, value in shipped.items():
+        assert torch.allclose(value, expected[key], rtol=0, atol=1e-6), key
+        assert torch.equal(state["ema"][key], value), key  # the resume state keeps the same average
+        assert torch.equal(state["model"][key], raw[-1][key]), key  # and the trained weights, unchanged
+    moved = [k for k in shipped if shipped[k].is_floating_point() and not torch.equal(shipped[k], raw[-1][k])]
+    assert moved  # the average is not the last step's weights
+    assert [e["total"] for e in averaged.history] == \
+        [e["total"] for e in train(*settings(tmp_path / "again", photos, steps=3)).history]
+
+
+def test_ema_resumes_bit_exactly_and_a_changed_decay_is_refused(tmp_path, photos):
+    train(*settings(tmp_path / "a", photos, steps=4, checkpoint_every=2, ema_decay=0.5))
+    train(*settings(tmp_path / "b", photos, steps=2, checkpoint_every=2, ema_decay=0.5))
+    train(*settings(tmp_path / "b", photos, steps=4, checkpoint_every=2, ema_decay=0.5), resume=True)
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(TrainingError, match="ema_decay"):
+        train(*settings(tmp_path / "b", photos, steps=6, ema_decay=0.9), resume=True)
+    with pytest.raises(TrainingError, match="ema_decay"):  # nor resumed without the average it kept
+        train(*settings(tmp_path / "b", photos, steps=6), resume=True)
+
+
+@pytest.mark.parametrize("decay", [0, 1, -0.5, 1.5])
+def test_ema_decay_outside_0_1_is_refused(tmp_path, photos, decay):
+    with pytest.raises(ValueError, match="ema_decay must be between 0 and 1"):
+        settings(tmp_path, photos, ema_decay=decay)
+
+
+def test_ema_validation_measures_the_average_and_the_style_controller_the_trained_weights(
+        tmp_path, photos, monkeypatch):
+    """The logged validation is of what ships (the average); --style-weight auto steers the weights it
+    trains, so it measures those, even at a step where the validation has just measured the average."""
+    from style_transfer.validation import Validator
+
+    seen = {"measure": [], "kept": []}
+    for name in seen:
+        original = getattr(Validator, name)
+
+        def spy(self, model, *args, _original=original, _name=name, **kwargs):
+            seen[_name].append((model, {k: v.clone() for k, v in model.state_dict().items()}))
+            return _original(self, model, *args, **kwargs)
+
+        monkeypatch.setattr(Validator, name, spy)
+    monkeypatch.setattr("style_transfer.balance.EVERY", 2)  # the controller's first update at step 2, not 50
+    val = (sorted((SHARED / "content" / "bsds500" / "test").glob("*.jpg"))[0],)  # not a training photo
+    result = train(*settings(tmp_path, photos, steps=3, ema_decay=0.5, loss=LossConfig(style_size=64, style_weight="auto"),
+                             val_photos=val, sample_every=2, checkpoint_every=3))
+    assert "auto_kept" in result.history[1] and "val_ssim" in result.history[1]  # both measured at step 2
+    shipped = load_file(tmp_path / "model.safetensors")
+    (controlled, _), = seen["kept"]
+    assert len(seen["measure"]) == 2 and all(model is not controlled for model, _ in seen["measure"])
+    assert all(torch.equal(seen["measure"][-1][1][k], shipped[k]) for k in shipped)
+    trained = load_train_state(tmp_path / "model.run" / "train_state.pt")["model"]
+    assert all(torch.equal(controlled.state_dict()[k], trained[k]) for k in trained)
