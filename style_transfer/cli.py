@@ -497,7 +497,7 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
 def _cmd_zoo(args: argparse.Namespace) -> int:
     from .evaluation import pick_images
     from .validation import paintings_measured
-    from .zoo_build import export_zoo, gallery, gallery_photos, load_plan, select, status, train_zoo
+    from .zoo_build import export_zoo, gallery, gallery_photos, load_plan, precision_note, select, status, train_zoo
 
     models = select(load_plan(args.plan), args.only)
     weights = args.weights or args.plan.parent
@@ -530,6 +530,9 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
                 print(f"  run differs from the plan in: {', '.join(row['stale'])} (move it away to retrain)")
             if row["shipped_stale"]:
                 print(f"  shipped model differs from the plan in: {', '.join(row['shipped_stale'])}")
+        note = precision_note(rows)
+        if note:
+            print(note)
         left = [r["remaining_s"] for r in rows]
         print(f"training left: {hours(None if None in left else sum(left))} "
               "(at each run's recent rate; runs not started yet at the median rate)")

@@ -230,6 +230,9 @@ def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> lis
     ``stale`` / ``shipped_stale``: the plan keys the run / the shipped model differ in (see
     :meth:`ZooModel.differences`).
 
+    ``precision``: what the run trained in (its checkpoint's record; "auto" resolves per host, so two
+    arms of one plan may differ in it), None before its first checkpoint.
+
     ``seconds_per_step`` is the run's own recent median; ``remaining_s`` uses it, or for a run not yet
     started the median rate of the runs that have one (same machine), and is None with no rate at all.
     """
@@ -237,12 +240,14 @@ def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> lis
     rows = []
     for m in models:
         run = m.run(runs_dir)
-        done = run.steps_done()
+        info = run.info()
+        done = info.steps if info else 0
         waits = m.waits_for
         styles = [waits.stem, *(p.stem for p in m.style_files)] if m._unresolved else m.spec.style_names
         rows.append({"name": m.name, "norm": m.norm, "style": " + ".join(styles), "steps_done": done,
                      "waits_for": str(waits) if waits else None,
                      "steps": m.steps, "finished": done >= m.steps,
+                     "precision": info.training.get("precision") if info else None,
                      "shipped_steps": shipped.get(m.name, {}).get("steps"),
                      "stale": m.stale(runs_dir),
                      "shipped_stale": (m.differences(shipped[m.name].get("settings", {}),
@@ -257,6 +262,23 @@ def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> lis
         left = max(0, r["steps"] - r["steps_done"])
         r["remaining_s"] = 0.0 if not left else (left * rate if rate else None)
     return rows
+
+
+def precision_note(rows: Sequence[dict[str, Any]]) -> str | None:
+    """A warning when the runs listed trained in different precisions, naming them by precision; None when
+    they agree. ``precision = "auto"`` (every plan's default) is bf16 on a host with AVX512-BF16/AMX or a
+    GPU and fp32 elsewhere, so arms trained on different machines differ in it unseen: on 2026-12-02 an
+    A/B of the texture term had bf16 arms against an fp32 baseline, and only a rerun showed it did not
+    matter (docs/multi-style.md, "Precision checked")."""
+    by_precision: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("precision"):
+            by_precision.setdefault(row["precision"], []).append(row["name"])
+    if len(by_precision) < 2:
+        return None
+    listed = "; ".join(f"{p}: {', '.join(names)}" for p, names in sorted(by_precision.items()))
+    return (f"these runs trained in different precisions ({listed}): a difference between them may be the "
+            "precision's (precision = \"auto\" resolves per host); rerun the baseline where the others ran")
 
 
 def train_zoo(models: Sequence[ZooModel], runs_dir: Path, options: TrainOptions | None = None,

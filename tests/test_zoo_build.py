@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -258,6 +259,26 @@ def test_cli_status_and_errors(tmp_path, content_dir, small_style_path, capsys):
     assert main(["zoo", "gallery", "--plan", str(plan), "--weights", str(tmp_path)]) == 2  # nothing shipped
 
 
+def test_status_names_runs_trained_in_different_precisions(tmp_path, content_dir, small_style_path, capsys):
+    """precision = "auto" resolves per host, so two arms of a plan can differ in it unseen: status says so."""
+    runs = tmp_path / "runs"
+    plan = _tiny_plan(tmp_path, content_dir, small_style_path, steps=1)
+    fp32 = plan.read_text().replace("[defaults]\n", '[defaults]\nprecision = "fp32"\n')
+    (tmp_path / "fp32").mkdir()
+    train_zoo(select(load_plan(_write_plan(tmp_path / "fp32", fp32)), None), runs, EVERY_STEP)
+    assert main(["zoo", "status", "--plan", str(plan), "--runs", str(runs)]) == 0
+    assert "different precisions" not in capsys.readouterr().out  # both fp32
+    # a-batch retrained where auto means bf16 (as on a host with AVX512-BF16 or a GPU)
+    (runs / "a-batch.safetensors").unlink()
+    shutil.rmtree(runs / "a-batch.run")
+    (tmp_path / "bf16").mkdir()
+    bf16 = plan.read_text().replace("[defaults]\n", '[defaults]\nprecision = "bf16"\n')
+    train_zoo(select(load_plan(_write_plan(tmp_path / "bf16", bf16)), ["a-batch"]), runs, EVERY_STEP)
+    assert [r["precision"] for r in status(select(load_plan(plan), None), runs, tmp_path)] == ["fp32", "bf16"]
+    assert main(["zoo", "status", "--plan", str(plan), "--runs", str(runs)]) == 0
+    assert "these runs trained in different precisions (bf16: a-batch; fp32: a)" in capsys.readouterr().out
+
+
 def test_data_loading_workers_change_speed_only_not_the_trained_weights(tmp_path, content_dir, small_style_path,
                                                                         monkeypatch):
     from safetensors.torch import load_file
@@ -309,7 +330,6 @@ def test_a_run_trained_with_other_settings_than_the_plan_is_neither_skipped_nor_
 
 
 def test_plan_differences_name_each_changed_key_and_a_changed_style_image(tmp_path, content_dir, small_style_path):
-    import shutil
 
     style = tmp_path / "style.png"
     shutil.copy(small_style_path, style)
