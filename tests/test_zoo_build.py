@@ -422,8 +422,8 @@ def test_multistyle_plan_varies_four_styles_and_extends_it_with_the_held_out_pai
     from style_transfer.zoo import DISTILL_LR, MULTI_STYLE_AFFINE_FACTOR
     assert distilled.spec.lr == DISTILL_LR and distilled.spec.affine_lr == MULTI_STYLE_AFFINE_FACTOR * DISTILL_LR
     # The texture-term A/B: the L1-only recipe (shipped until 2026-12-02), 1e-6 and half that, which differ
-    # in teacher_style_weight alone; the half is the zoo's four-styles, so the plan entry reruns the
-    # shipped model and the L1 entry the one it replaced.
+    # in teacher_style_weight alone; the half with the weights' average is the zoo's four-styles, so a plan
+    # entry reruns the shipped model and others the ones it replaced.
     l1 = models.pop("four-styles-l1")
     assert l1.spec.teacher_style_weight is None
     textured = models.pop("four-styles-texture")
@@ -431,9 +431,9 @@ def test_multistyle_plan_varies_four_styles_and_extends_it_with_the_held_out_pai
     lighter = models.pop("four-styles-texture-5e-7")  # the same at half the texture weight
     assert lighter.spec.diff(textured.spec) == ["teacher_style_weight"]
     assert lighter.spec.teacher_style_weight == textured.spec.teacher_style_weight / 2
-    assert lighter.spec.diff(distilled.spec) == []
-    averaged = models.pop("four-styles-ema")  # the shipped recipe with the weights' moving average
-    assert averaged.spec.diff(distilled.spec) == ["ema_decay"] and 0 < averaged.spec.ema_decay < 1
+    averaged = models.pop("four-styles-ema")  # the same with the weights' moving average: the shipped recipe
+    assert averaged.spec.diff(lighter.spec) == ["ema_decay"] and 0 < averaged.spec.ema_decay < 1
+    assert averaged.spec.diff(distilled.spec) == []
     # The extensions: each held-out painting with its weight on auto, as `train --extend` gives it; Udnie's
     # at the old rate 1e-3 and at 10x, which differ in lr alone, Kandinsky's at `train --extend`'s rate.
     faster = models.pop("extend-picabia-lr1e-2")
