@@ -146,14 +146,20 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
     is on auto for the new painting unless given, and trains its new (gamma, beta) at ``--lr``
     zoo.EXTEND_LR (1e-2) for ``--steps`` zoo.EXTEND_STEPS (500) unless given. A run from a trained network
     (any ``--init``, auto included, and a distilled one) trains zoo.FINETUNE_STEPS (1500) unless given; from
-    scratch, the spec's 40,000. A resumed run keeps the weight, learning rate and budget it was started with
-    when they are not given again (its weights come from its state)."""
+    scratch, the spec's 40,000. A distilled run ships the average of its weights (``--ema-decay``
+    zoo.DISTILL_EMA unless given; 0 turns the average off). A resumed run keeps the weight, learning rate,
+    average and budget it was started with when they are not given again (its weights come from its
+    state)."""
     from .checkpoint import load_train_state, read_model_info
     from .spec import _flat_fingerprint
     from .zoo import (BASE_LR, BASE_WARMUP, EXTEND_LR, EXTEND_STEPS, FINETUNE_STEPS, MULTI_STYLE_AFFINE_FACTOR,
                       MULTI_STYLE_CLIP, base_model, resolve_model)
 
     init = None if args.init is None else str(args.init)
+    # --ema-decay 0: no average, where a default would keep one (a distilled run); the spec's "off" is None.
+    no_average = args.ema_decay == 0
+    if no_average:
+        args.ema_decay = None
     for name in ("init", "extend"):  # a checkpoint path, or a model name from the weights folder
         value = getattr(args, name)
         setattr(args, name, None if value is None or str(value) in ("auto", "none")
@@ -166,8 +172,8 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
     if resuming:
         state = load_train_state(run.state)
         recorded = _flat_fingerprint(state["settings"])
-        kept = {k: recorded[k] for k in ("style_weight", "lr", "lr_warmup", "clip_grad_norm", "affine_lr")
-                if getattr(args, k) is None and k in recorded}
+        kept = {k: recorded[k] for k in ("style_weight", "lr", "lr_warmup", "clip_grad_norm", "affine_lr", "ema_decay")
+                if getattr(args, k) is None and k in recorded and not (k == "ema_decay" and no_average)}
         if no_budget and "total_steps" in state:  # recorded since the defaults below depend on the run
             kept["steps"] = int(state["total_steps"])
     if args.extend is not None:
@@ -199,7 +205,7 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
         log.info("%d steps from a trained network (--steps or --epochs to change)", FINETUNE_STEPS)
         spec = spec.replace(steps=FINETUNE_STEPS)
     if distilled:
-        return _distill_spec(args, spec)
+        return _distill_spec(args, spec, average=not no_average)
     if several and spec.init is None:
         if args.affine_lr is None:
             spec = spec.replace(affine_lr=MULTI_STYLE_AFFINE_FACTOR * spec.lr)
@@ -216,15 +222,17 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
     return spec
 
 
-def _distill_spec(args: argparse.Namespace, spec: RunSpec) -> RunSpec:
+def _distill_spec(args: argparse.Namespace, spec: RunSpec, average: bool = True) -> RunSpec:
     """A distilled run's defaults (zoo.DISTILL_LR): from the flagship (--init auto) at --lr 5e-4 with a
-    100-step warm-up, a multi-style network's (gamma, beta) at 10x --lr. Unlike perceptual training, several
+    100-step warm-up, a multi-style network's (gamma, beta) at 10x --lr, the average of its weights shipped
+    (zoo.DISTILL_EMA, unless ``average`` is False: --ema-decay 0). Unlike perceptual training, several
     paintings start from the flagship too: its lozenges are what the teachers, which have none, train away
     (docs/multi-style.md, "Distillation")."""
-    from .zoo import BASE_WARMUP, DISTILL_LR, MULTI_STYLE_AFFINE_FACTOR
+    from .zoo import BASE_WARMUP, DISTILL_EMA, DISTILL_LR, MULTI_STYLE_AFFINE_FACTOR
 
     lr = DISTILL_LR if args.lr is None else spec.lr
     return spec.replace(lr=lr, **({"lr_warmup": BASE_WARMUP} if args.lr_warmup is None else {}),
+                        **({"ema_decay": DISTILL_EMA} if args.ema_decay is None and average else {}),
                         **({"affine_lr": MULTI_STYLE_AFFINE_FACTOR * lr} if args.affine_lr is None
                            and spec.network.norm == "conditional_instance" else {}))
 

@@ -95,7 +95,8 @@ HELP = {
                        "adapts to the statistics inference uses (batch norm only; default: none)",
     "ema_decay": "keep an exponential moving average of the weights with this decay (about the last 1/(1-D) "
                  "steps, e.g. 0.995) and save it as the model: it steadies a run's last steps, where the weights "
-                 "wander at a constant lr (default: none, the last step's weights)",
+                 "wander at a constant lr (default: none, the last step's weights; train --teacher: 0.995, "
+                 "and 0 turns it off)",
     "seed": "seed for init, data order and crops",
     "precision": "autocast precision; auto = bf16 where the hardware has it, else fp32; resolved once at the "
                  "start and recorded",

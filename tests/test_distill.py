@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from style_transfer.checkpoint import file_sha256, load_model, read_model_info
+from style_transfer.checkpoint import file_sha256, load_model, load_train_state, read_model_info
 from style_transfer.cli import main
 from style_transfer.losses import LossConfig, PerceptualLoss, gram_matrix
 from style_transfer.imageio import load_rgb
@@ -189,6 +189,22 @@ def test_cli_distills_from_teachers_named_in_the_weights_folder_with_the_distill
     assert training["lr"] == 5e-4 and training["lr_warmup"] == 100 and training["affine_lr"] == 5e-3
     assert training["loss"]["style_weight"] != "auto"
     assert training["teacher_sha256s"] == [file_sha256(t) for t in teachers]
+    # It ships the average of its weights (zoo.DISTILL_EMA): the resumes below keep it without the flag.
+    from style_transfer.zoo import DISTILL_EMA
+
+    assert training["ema_decay"] == DISTILL_EMA
+    state = load_train_state(RunDir.of(out).state)
+    assert "ema" in state and not all(torch.equal(state["ema"][k], state["model"][k]) for k in state["model"])
+    # --ema-decay 0 turns it off; a number replaces it; without --teacher there is none.
+    from style_transfer.cli import _train_spec, build_parser
+
+    def decay(*extra: str, teach: bool = True) -> float | None:
+        flags = args[:-4] if teach else [a for a in args[:-4] if a not in ("--teacher", "starry", "wave")]
+        return _train_spec(build_parser().parse_args([*flags, "--out", str(tmp_path / "x.safetensors"), *extra]),
+                           RunDir.of(tmp_path / "x.safetensors")).ema_decay
+
+    assert decay("--ema-decay", "0") is None and decay("--ema-decay", "0.9") == 0.9
+    assert decay(teach=False) is None
     # Its log holds the perceptual terms of the first round of paintings only (the default, 1 in 10), unless
     # asked for them every step (step 3 is in the second round).
     assert main([*args[:-4], "--steps", "3", "--out", str(out), "--resume", "--device", "cpu",
