@@ -156,10 +156,6 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
                       MULTI_STYLE_CLIP, base_model, resolve_model)
 
     init = None if args.init is None else str(args.init)
-    # --ema-decay 0: no average, where a default would keep one (a distilled run); the spec's "off" is None.
-    no_average = args.ema_decay == 0
-    if no_average:
-        args.ema_decay = None
     for name in ("init", "extend"):  # a checkpoint path, or a model name from the weights folder
         value = getattr(args, name)
         setattr(args, name, None if value is None or str(value) in ("auto", "none")
@@ -173,9 +169,14 @@ def _train_spec(args: argparse.Namespace, run: "RunDir") -> RunSpec:
         state = load_train_state(run.state)
         recorded = _flat_fingerprint(state["settings"])
         kept = {k: recorded[k] for k in ("style_weight", "lr", "lr_warmup", "clip_grad_norm", "affine_lr", "ema_decay")
-                if getattr(args, k) is None and k in recorded and not (k == "ema_decay" and no_average)}
+                if getattr(args, k) is None and k in recorded}
         if no_budget and "total_steps" in state:  # recorded since the defaults below depend on the run
             kept["steps"] = int(state["total_steps"])
+    # --ema-decay 0: no average, where a default would keep one (a distilled run); the spec's "off" is None.
+    # (Given, it was not taken from a resumed run's record above.)
+    no_average = args.ema_decay == 0
+    if no_average:
+        args.ema_decay = None
     if args.extend is not None:
         # A new painting's weight on auto, as for `train --style` alone (issue 16): the extended model's own
         # weight was set for other paintings, and a distilled model's (the shipped four-styles') never

@@ -249,7 +249,8 @@ def status(models: Sequence[ZooModel], runs_dir: Path, weights_dir: Path) -> lis
                      "steps": m.steps, "finished": done >= m.steps,
                      "precision": info.training.get("precision") if info else None,
                      "shipped_steps": shipped.get(m.name, {}).get("steps"),
-                     "stale": m.stale(runs_dir),
+                     # m.stale(runs_dir), from the metadata already read above rather than read again
+                     "stale": m.differences(info.training, info.style_sha256) if info else [],
                      "shipped_stale": (m.differences(shipped[m.name].get("settings", {}),
                                                      shipped[m.name].get("style_sha256", ""))
                                        if m.name in shipped else []),
