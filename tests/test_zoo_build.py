@@ -383,6 +383,10 @@ def test_quality_study_plan_covers_every_painting_with_the_defaults():
     warm = [m for m in models if m.spec.init is not None]
     assert warm and all(m.spec.init.is_file() and m.spec.init.parent.name == "weights" for m in warm)
     assert gallery_photos(plan) and all(p.parent.name == "test" for p in gallery_photos(plan))
+    # The weights' average in perceptual-loss training: the default recipe of a new painting plus the average.
+    by_name = {m.name: m for m in models}
+    averaged = by_name["warm-auto-the-scream-ema"]
+    assert averaged.spec.diff(by_name["warm-auto-the-scream"].spec) == ["ema_decay"] and averaged.spec.ema_decay == 0.995
 
 
 
