@@ -401,6 +401,25 @@ def test_ema_checkpoint_holds_the_warmed_up_average_of_the_trained_weights(tmp_p
         [e["total"] for e in train(*settings(tmp_path / "again", photos, steps=3)).history]
 
 
+def test_ema_arms_writes_the_trained_weights_of_an_averaged_run(tmp_path, photos, capsys):
+    """benchmarks/ema_arms.py: the second arm of an A/B of the average is the run without it, bit for bit."""
+    from benchmarks import ema_arms
+
+    train(*settings(tmp_path / "raw", photos, steps=3))
+    train(*settings(tmp_path / "ema", photos, steps=3, ema_decay=0.5))
+    out = tmp_path / "trained.safetensors"
+    assert ema_arms.main([str(tmp_path / "ema" / "model.safetensors"), str(out)]) == 0
+    raw, trained = load_file(tmp_path / "raw" / "model.safetensors"), load_file(out)
+    assert raw.keys() == trained.keys() and all(torch.equal(raw[k], trained[k]) for k in raw)
+    _, info = load_model(out)
+    _, averaged = load_model(tmp_path / "ema" / "model.safetensors")
+    assert averaged.training["ema_decay"] == 0.5 and "ema_decay" not in info.training
+    assert info.steps == 3 and {**info.training, "ema_decay": 0.5} == averaged.training
+    # A run without an average has no second arm: its checkpoint is already the trained weights.
+    assert ema_arms.main([str(tmp_path / "raw" / "model.safetensors"), str(tmp_path / "x.safetensors")]) == 2
+    assert "keeps no average" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
+
+
 def test_ema_resumes_bit_exactly_and_a_changed_decay_is_refused(tmp_path, photos):
     train(*settings(tmp_path / "a", photos, steps=4, checkpoint_every=2, ema_decay=0.5))
     train(*settings(tmp_path / "b", photos, steps=2, checkpoint_every=2, ema_decay=0.5))
