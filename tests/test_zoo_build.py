@@ -385,8 +385,10 @@ def test_quality_study_plan_covers_every_painting_with_the_defaults():
     assert gallery_photos(plan) and all(p.parent.name == "test" for p in gallery_photos(plan))
     # The weights' average in perceptual-loss training: the default recipe of a new painting plus the average.
     by_name = {m.name: m for m in models}
-    averaged = by_name["warm-auto-the-scream-ema"]
-    assert averaged.spec.diff(by_name["warm-auto-the-scream"].spec) == ["ema_decay"] and averaged.spec.ema_decay == 0.995
+    for painting in ("the-scream", "picabia"):
+        averaged = by_name[f"warm-auto-{painting}-ema"]
+        assert averaged.spec.diff(by_name[f"warm-auto-{painting}"].spec) == ["ema_decay"]
+        assert averaged.spec.ema_decay == 0.995
 
 
 
