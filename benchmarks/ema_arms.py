@@ -21,13 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from style_transfer.checkpoint import CheckpointError, load_model, load_train_state, save_model  # noqa: E402
+from style_transfer.checkpoint import CheckpointError, load_train_state, read_model_info, save_model  # noqa: E402
+from style_transfer.network import TransformerNet  # noqa: E402
 from style_transfer.rundir import RunDir  # noqa: E402
 
 
 def write_trained_weights(checkpoint: Path, out: Path, run_root: Path | None = None) -> int:
     """Write the trained weights of ``checkpoint``'s run to ``out``; return their step."""
-    model, info = load_model(checkpoint)
+    info = read_model_info(checkpoint)  # the metadata alone: the average's tensors are not the ones written
     run = RunDir.of(checkpoint, run_root)
     state = load_train_state(run.state)
     if "ema" not in state:
@@ -35,7 +36,8 @@ def write_trained_weights(checkpoint: Path, out: Path, run_root: Path | None = N
                               "already holds the trained weights")
     if state["step"] != info.steps:  # both are written together; a mismatch is another run's state
         raise CheckpointError(f"{run.state}: step {state['step']}, but {checkpoint} is of step {info.steps}")
-    model.load_state_dict(state["model"])
+    model = TransformerNet(info.config)
+    model.load_state_dict(state["model"])  # strict: a state of another network is refused
     training = {k: v for k, v in info.training.items() if k != "ema_decay"}
     save_model(out, model, dataclasses.replace(info, training=training))
     return info.steps
