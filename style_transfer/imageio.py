@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,66 @@ class LoadedImage:
     alpha: torch.Tensor | None = None
 
 
-def _to_float_array(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """Any PIL mode -> (H, W, 3) float32 RGB in [0, 1] and optional (H, W) alpha."""
+# ----------------------------------------------------------------------------- colour profiles
+#
+# The network, the VGG loss and every painting were trained on sRGB pixels, and the outputs are written
+# untagged, which every viewer shows as sRGB. A photo tagged with another ICC profile holds numbers in
+# another colour space: a phone's Display P3 JPEG, a camera's Adobe RGB one. Read as sRGB they come out
+# desaturated (Adobe RGB's green primary is far outside sRGB's), and the result no longer matches the
+# photo the user sees in a colour-managed browser. So such pixels are converted to sRGB on decode, with
+# the relative colorimetric intent that browsers use for images (out-of-gamut colours clip). A profile
+# that is sRGB's own (most tagged photos), unreadable, or not an RGB profile (greyscale, CMYK) leaves the
+# pixels as they are: what an unmanaged viewer shows.
+
+_SRGB_PRIMARY_TOLERANCE = 2e-3  # XYZ; different sRGB profiles' rounded colorants differ by ~1e-4
+
+
+@functools.cache
+def _srgb() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _is_srgb_matrix(profile) -> bool:
+    """A matrix-shaper profile whose primaries are sRGB's (D50-adapted colorants, as ICC stores them)."""
+    if not profile.is_matrix_shaper:
+        return False
+    reference = _srgb().profile
+    for ours, theirs in ((profile.red_colorant, reference.red_colorant),
+                         (profile.green_colorant, reference.green_colorant),
+                         (profile.blue_colorant, reference.blue_colorant)):
+        if ours is None or any(abs(a - b) > _SRGB_PRIMARY_TOLERANCE for a, b in zip(ours[0], theirs[0])):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=32)
+def _to_srgb(icc: bytes) -> ImageCms.ImageCmsTransform | None:
+    """The transform of an embedded ICC profile's RGB pixels to sRGB, built once per profile (uploads from
+    one phone share one); None when the pixels are used as they are (see above)."""
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if profile.profile.xcolor_space.strip() != "RGB" or _is_srgb_matrix(profile.profile):
+            return None
+        # NOCACHE: LittleCMS's one-pixel cache lives in the transform and is not thread-safe; the server
+        # decodes uploads on several threads with this one cached transform.
+        return ImageCms.buildTransform(profile, _srgb(), "RGB", "RGB",
+                                       renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+                                       flags=ImageCms.Flags.NOCACHE)
+    except (OSError, ValueError, TypeError, ImageCms.PyCMSError) as exc:
+        log.debug("ignoring an unusable ICC profile (%s): pixels taken as sRGB", exc)
+        return None
+
+
+def colour_transform(img: Image.Image) -> ImageCms.ImageCmsTransform | None:
+    """The conversion to sRGB that decode_image applies to ``img``'s pixels; None when there is none."""
+    icc = img.info.get("icc_profile")
+    return _to_srgb(bytes(icc)) if icc and img.mode in ("RGB", "RGBA", "RGBX", "P", "PA") else None
+
+
+def _to_float_array(img: Image.Image,
+                    to_srgb: ImageCms.ImageCmsTransform | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any PIL mode -> (H, W, 3) float32 RGB in [0, 1] and optional (H, W) alpha; ``to_srgb`` converts
+    the colours (alpha is kept as it is)."""
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit greyscale (PIL's convert("RGB") would clip it at 255, turning it white).
@@ -66,6 +124,11 @@ def _to_float_array(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         img = img.convert("RGB")
     elif mode not in ("RGB", "RGBA"):
         img = img.convert("RGB")
+    if to_srgb is not None:
+        converted = to_srgb.apply(img.convert("RGB") if img.mode == "RGBA" else img)
+        if img.mode == "RGBA":
+            converted.putalpha(img.getchannel("A"))
+        img = converted
     arr = np.asarray(img, dtype=np.float32) / 255.0
     if img.mode == "RGBA":
         rgb, alpha = arr[..., :3], arr[..., 3]
@@ -100,7 +163,7 @@ def _open_checked(data: bytes | Path | str, formats: tuple[str, ...] | None,
 
 def decode_image(data: bytes | Path | str, formats: tuple[str, ...] | None = None,
                  max_pixels: int | None = None) -> LoadedImage:
-    """Decode a file (path or bytes): first frame, EXIF orientation applied, any mode -> RGB (+ alpha).
+    """Decode a file (path or bytes): first frame, EXIF orientation applied, any mode -> sRGB (+ alpha).
 
     ``formats`` limits the accepted formats (PIL names, e.g. ("PNG", "JPEG", "WEBP")); the format is
     recognised from the content. ``max_pixels`` is checked from the header, before any decoding.
@@ -109,8 +172,9 @@ def decode_image(data: bytes | Path | str, formats: tuple[str, ...] | None = Non
         try:
             img.seek(0)  # animated images: the first frame
             img.load()
+            to_srgb = colour_transform(img)
             img = ImageOps.exif_transpose(img) or img
-            rgb, alpha = _to_float_array(img)
+            rgb, alpha = _to_float_array(img, to_srgb)
         except Image.DecompressionBombError as exc:
             raise ImageTooLarge(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 -- PIL's decoders raise many types on bad data
@@ -164,6 +228,7 @@ class ImageHeader:
     orientation: int | None  # EXIF orientation (1: none); None when the EXIF data cannot be read
     frame: int | None = None  # a JPEG's start-of-frame marker (BASELINE, ...); None for other formats
     adobe_transform: int | None = None  # a JPEG's Adobe APP14 colour transform (0: stored as RGB, not YCbCr)
+    foreign_profile: bool = False  # an embedded ICC profile that decode_image converts to sRGB
 
     @property
     def size(self) -> tuple[int, int]:
@@ -192,7 +257,8 @@ def probe_image(data: bytes, formats: tuple[str, ...] | None = None, max_pixels:
         is_jpeg = img.format == "JPEG"
         return ImageHeader(img.format or "", img.size[0], img.size[1], img.mode, orientation,
                            _jpeg_frame(data) if is_jpeg else None,
-                           img.info.get("adobe_transform") if is_jpeg else None)
+                           img.info.get("adobe_transform") if is_jpeg else None,
+                           colour_transform(img) is not None)
 
 
 def _jpeg_frame(data: bytes) -> int | None:
@@ -220,8 +286,8 @@ def jpeg_refusal(header: ImageHeader, data: bytes) -> str | None:
     """Why a file should be decoded by Pillow rather than torchvision's JPEG decoder; None when either will do.
 
     torchvision takes the common case only: a complete baseline JPEG, RGB (YCbCr-coded) or greyscale, with
-    a readable EXIF orientation. Everything else is Pillow's, where its conventions (CMYK inversion, an
-    Adobe RGB-coded file) are the reference, or where torchvision's GPU decoder would decode on the host,
+    a readable EXIF orientation, and no colour profile to convert. Everything else is Pillow's, where its
+    conventions (CMYK inversion, an Adobe RGB-coded file, colour management) are the reference, or where torchvision's GPU decoder would decode on the host,
     one file at a time (progressive files: torchvision's decode_jpegs_cuda sends only files its batched,
     hardware-capable decoder supports to it). A file that does not end with the end-of-image marker is
     Pillow's too: Pillow refuses a truncated file (422), and no other decoder may answer it with a picture.
@@ -236,6 +302,8 @@ def jpeg_refusal(header: ImageHeader, data: bytes) -> str | None:
         return "not a baseline JPEG" if header.frame is not None else "unparsed JPEG markers"
     if header.adobe_transform == 0 and header.mode == "RGB":
         return "RGB-coded (Adobe) JPEG"
+    if header.foreign_profile:
+        return "colour profile other than sRGB (Pillow converts it)"
     if not data.endswith(b"\xff\xd9"):
         return "no end-of-image marker at the end (truncated, or trailing data)"
     return None

@@ -32,6 +32,7 @@ from style_transfer.imageio import (CorruptImage, EncodedJpeg, ImageError, Loade
 from style_transfer.metrics import psnr
 from style_transfer.stylize import StylizeOptions
 
+from .test_imageio import icc_with_primaries, srgb_icc
 from .test_server import png_bytes, wait_ready, weights  # noqa: F401 - weights: the same tiny models' fixture
 
 # torchvision 0.29 announces that its image codecs move to TorchCodec; they are what this tests.
@@ -74,6 +75,10 @@ def test_only_complete_baseline_rgb_or_grey_jpegs_go_to_torchvision():
     assert refusal(png_bytes(format="WEBP")) == "WEBP file"
     assert refusal(jpeg(mode="CMYK")) == "CMYK JPEG"  # Pillow's inversion convention is the reference
     assert refusal(jpeg(progressive=True)) == "not a baseline JPEG"  # nvJPEG decodes those on the host
+    # nvJPEG knows nothing of colour profiles: a phone's Display P3 photo is Pillow's, which converts it;
+    # a file tagged sRGB needs no conversion.
+    assert "colour profile" in refusal(jpeg(icc_profile=icc_with_primaries()))
+    assert refusal(jpeg(icc_profile=srgb_icc())) is None
     data = jpeg()
     assert "end-of-image" in refusal(data[:-40])  # truncated: Pillow refuses it, nobody else may answer it
     assert "end-of-image" in refusal(data + b"trailing bytes")  # e.g. a motion photo's video
@@ -291,6 +296,7 @@ def corpus() -> list[tuple[str, bytes, dict[str, str]]]:
              ("over max_pixels", jpeg(photo(100, 60)), {}), ("png", png_bytes(), {}),
              ("rgba png", png_bytes(mode="RGBA"), {}), ("webp", png_bytes(format="WEBP"), {}),
              ("gif", png_bytes(format="GIF"), {}), ("empty", b"", {}), ("junk", b"junk" * 50, {}),
+             ("display p3", jpeg(icc_profile=icc_with_primaries()), {}), ("srgb tagged", jpeg(icc_profile=srgb_icc()), {}),
              ("jpeg magic", b"\xff\xd8\xff" + bytes(rng.integers(0, 256, 200, dtype=np.uint8)), {})]
     cases += [(f"orientation {o}", jpeg(orientation=o), {}) for o in (3, 5, 6, 8)]
     cases += [(f"cut at {k}", base[:k], {}) for k in range(100, len(base), len(base) // 6)]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import struct
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageCms
 
 from style_transfer.imageio import (
     LoadedImage,
@@ -359,3 +361,120 @@ def test_load_rgb_max_size(tmp_path, make_image_file):
     assert load_rgb(path, max_size=20).shape == (1, 3, 10, 20)
     assert load_rgb(path).shape == (1, 3, 40, 80)
     assert isinstance(path, Path)
+
+
+# ----------------------------------------------------------------------------- colour profiles
+
+# Display P3's primaries as an ICC profile stores them (XYZ, adapted to D50): the profile of phone photos.
+DISPLAY_P3 = ((0.51512, 0.24119, -0.00105), (0.29198, 0.69225, 0.04189), (0.15710, 0.06657, 0.78407))
+
+
+def srgb_icc() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def icc_with_primaries(primaries=DISPLAY_P3) -> bytes:
+    """An ICC profile with sRGB's tone curves and white point and these (D50) primaries: sRGB's profile
+    with its rXYZ, gXYZ and bXYZ tags rewritten."""
+    data = bytearray(srgb_icc())
+    tags = {}
+    for i in range(struct.unpack(">I", data[128:132])[0]):
+        sig, offset, _ = struct.unpack(">4sII", data[132 + 12 * i:144 + 12 * i])
+        tags[sig] = offset
+    for sig, xyz in zip((b"rXYZ", b"gXYZ", b"bXYZ"), primaries):
+        # XYZType: 'XYZ ', 4 reserved bytes, then X, Y, Z as s15Fixed16 numbers.
+        data[tags[sig] + 8:tags[sig] + 20] = struct.pack(">3i", *(round(v * 65536) for v in xyz))
+    return bytes(data)
+
+
+def _srgb_decode(v: np.ndarray) -> np.ndarray:
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def _srgb_encode(v: np.ndarray) -> np.ndarray:
+    v = np.clip(v, 0, 1)
+    return np.where(v <= 0.0031308, v * 12.92, 1.055 * v ** (1 / 2.4) - 0.055)
+
+
+def _expected_srgb(pixels: np.ndarray, primaries) -> np.ndarray:
+    """Matrix-shaper arithmetic, done independently of LittleCMS: the profile's RGB -> XYZ (D50) -> sRGB."""
+    srgb = ImageCms.createProfile("sRGB")
+    to_xyz = np.array(primaries).T
+    from_xyz = np.linalg.inv(np.array([srgb.red_colorant[0], srgb.green_colorant[0], srgb.blue_colorant[0]]).T)
+    linear = _srgb_decode(pixels / 255.0) @ (from_xyz @ to_xyz).T
+    return _srgb_encode(linear)
+
+
+COLOURS = np.array([[[200, 60, 60], [60, 160, 80], [40, 70, 190], [128, 128, 128], [250, 240, 20], [0, 0, 0]]],
+                   dtype=np.uint8)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_a_display_p3_photo_is_converted_to_srgb(fmt):
+    save = {"lossless": True} if fmt == "WEBP" else {}
+    data = _bytes(Image.fromarray(COLOURS), fmt, icc_profile=icc_with_primaries(), **save)
+    got = decode_image(data).rgb[0].permute(1, 2, 0).numpy()
+    want = _expected_srgb(COLOURS.astype(np.float64), DISPLAY_P3)
+    assert np.abs(got - want).max() <= 1.5 / 255, (got * 255).round()
+    # P3 holds more saturated colours than sRGB: the same numbers are a more saturated red in sRGB ...
+    assert got[0, 0, 0] > 200 / 255 and got[0, 0, 1] < 60 / 255
+    # ... and the white point is shared, so greys stay grey.
+    assert np.ptp(got[0, 3]) <= 1 / 255 and abs(got[0, 3, 0] - 128 / 255) <= 1 / 255
+
+
+def test_an_srgb_profile_leaves_the_pixels_as_they_are():
+    untagged = decode_image(_bytes(Image.fromarray(COLOURS), "PNG")).rgb
+    srgb = ImageCms.createProfile("sRGB")
+    # Another maker's sRGB profile: its colorants rounded a little differently.
+    other = tuple(tuple(v + 4e-4 for v in c[0]) for c in (srgb.red_colorant, srgb.green_colorant, srgb.blue_colorant))
+    for icc in (srgb_icc(), icc_with_primaries(other)):
+        tagged = decode_image(_bytes(Image.fromarray(COLOURS), "PNG", icc_profile=icc)).rgb
+        assert torch.equal(tagged, untagged)
+
+
+def test_an_unusable_profile_is_ignored():
+    untagged = decode_image(_bytes(Image.fromarray(COLOURS), "PNG")).rgb
+    for icc in (b"not a profile", srgb_icc()[:100]):
+        assert torch.equal(decode_image(_bytes(Image.fromarray(COLOURS), "PNG", icc_profile=icc)).rgb, untagged)
+
+
+def test_a_profiled_rgba_image_keeps_its_alpha():
+    rgba = np.concatenate([COLOURS, np.array([[[255], [0], [128], [255], [64], [255]]], dtype=np.uint8)], -1)
+    loaded = decode_image(_bytes(Image.fromarray(rgba, "RGBA"), "PNG", icc_profile=icc_with_primaries()))
+    assert torch.equal((loaded.alpha[0, 0] * 255).round().to(torch.uint8), torch.from_numpy(rgba[..., 3]))
+    opaque = decode_image(_bytes(Image.fromarray(COLOURS), "PNG", icc_profile=icc_with_primaries())).rgb
+    assert torch.allclose(loaded.rgb[..., 0], opaque[..., 0])  # the opaque pixel: converted alike
+
+
+def test_profiled_jpegs_decode_alike_on_many_threads():
+    """The server decodes on several threads with one cached transform per profile."""
+    data = _bytes(Image.fromarray(np.tile(COLOURS, (40, 10, 1))), "JPEG", icc_profile=icc_with_primaries())
+    want = decode_image(data).rgb
+    got, errors = [], []
+
+    def decode():
+        try:
+            for _ in range(20):
+                got.append(decode_image(data).rgb)
+        except Exception as exc:  # noqa: BLE001 -- reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=decode) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(got) == 160 and all(torch.equal(g, want) for g in got)
+
+
+def test_a_photo_saved_in_display_p3_decodes_as_the_srgb_original():
+    """What a phone does: the same colours, stored as Display P3 numbers with the profile attached."""
+    rng = np.random.default_rng(3)
+    original = rng.integers(30, 226, (16, 24, 3), dtype=np.uint8)  # inside both gamuts, away from clipping
+    p3 = ImageCms.ImageCmsProfile(io.BytesIO(icc_with_primaries()))
+    stored = ImageCms.profileToProfile(Image.fromarray(original), ImageCms.createProfile("sRGB"), p3,
+                                       renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+    assert np.abs(np.asarray(stored, dtype=int) - original).max() > 10  # other numbers ...
+    data = _bytes(stored, "PNG", icc_profile=icc_with_primaries())
+    got = (decode_image(data).rgb[0].permute(1, 2, 0).numpy() * 255).round()
+    assert np.abs(got - original).max() <= 2  # ... the same colours
