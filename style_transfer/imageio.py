@@ -13,11 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageOps, features
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# AVIF (what more and more phones and web pages save) is read where Pillow was built with libavif, as its
+# wheels are from 11.3 on; an older Pillow reads the other three.
+AVIF = features.check("avif")
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP") + (("AVIF",) if AVIF else ())  # Pillow's names
+INPUT_FORMAT_NAMES = ", ".join({"WEBP": "WebP"}.get(f, f) for f in INPUT_FORMATS)  # for messages
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp") + ((".avif",) if AVIF else ())
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
@@ -148,6 +153,10 @@ def _open_checked(data: bytes | Path | str, formats: tuple[str, ...] | None,
     try:
         img = Image.open(source, formats=list(formats) if formats else None)
     except Image.UnidentifiedImageError:
+        if AVIF and (formats is None or "AVIF" in formats) and _avif_brand(data):
+            # Pillow identifies an AVIF file only once libavif has parsed all of its boxes: a truncated
+            # one is unidentified, but it is a damaged AVIF (422 in the server), not another format (415).
+            raise CorruptImage("cannot read the AVIF data (truncated or damaged)") from None
         accepted = ", ".join(formats) if formats else "a format Pillow reads"
         raise UnsupportedImageFormat(f"not a recognised image (accepted: {accepted})") from None
     except Image.DecompressionBombError as exc:
@@ -159,6 +168,20 @@ def _open_checked(data: bytes | Path | str, formats: tuple[str, ...] | None,
         img.close()
         raise ImageTooLarge(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
     return img
+
+
+def _avif_brand(data: bytes | Path | str) -> bool:
+    """Whether a file starts as an AVIF file does: an ISO-BMFF 'ftyp' box naming the avif/avis brand."""
+    if isinstance(data, (bytes, bytearray)):
+        head = bytes(data[:64])
+    else:
+        with open(data, "rb") as f:
+            head = f.read(64)
+    if head[4:8] != b"ftyp":
+        return False
+    size = int.from_bytes(head[:4], "big")
+    brands = head[8:12] + head[16:max(16, min(size, len(head)))]  # the major brand, then the compatible ones
+    return any(brands[i:i + 4] in (b"avif", b"avis") for i in range(0, len(brands) - 3, 4))
 
 
 def decode_image(data: bytes | Path | str, formats: tuple[str, ...] | None = None,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from style_transfer.data import ContentImages, ResumableSampler, steps_per_epoch
-from style_transfer.imageio import find_images
+from style_transfer.imageio import AVIF, find_images
 
 
 def _take(sampler: ResumableSampler, n: int) -> list[tuple[int, int]]:
@@ -45,9 +45,10 @@ def test_find_images_recurses_and_filters(tmp_path, make_image_file):
     make_image_file(tmp_path / ".hidden.jpg", fmt="JPEG")
     make_image_file(tmp_path / "sub" / "._resource_fork.png", fmt="PNG")
     make_image_file(tmp_path / "picture.gif", fmt="GIF")
+    avif = make_image_file(tmp_path / "g.avif", fmt="AVIF") if AVIF else None
     (tmp_path / "folder.jpg").mkdir()  # a folder named like an image is not an image
     found = find_images(tmp_path)
-    assert found == sorted(expected)
+    assert found == sorted(expected + ([avif] if AVIF else []))
     assert all(isinstance(p, Path) for p in found)
 
 

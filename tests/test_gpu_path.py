@@ -26,7 +26,7 @@ from server.app import create_app
 from server.inference import GPU_WARMUP_SIZES, InferenceWorker, Job, resolve_codec
 from server.metrics import Metrics
 from server.settings import Settings, parse_sizes
-from style_transfer.imageio import (CorruptImage, EncodedJpeg, ImageError, LoadedImage,
+from style_transfer.imageio import (AVIF, CorruptImage, EncodedJpeg, ImageError, LoadedImage,
                                     decode_image, decode_jpegs, encode_image, encode_jpegs, fitted_size,
                                     jpeg_refusal, orient, probe_image, resize_max, to_pil, to_uint8)
 from style_transfer.metrics import psnr
@@ -298,6 +298,9 @@ def corpus() -> list[tuple[str, bytes, dict[str, str]]]:
              ("gif", png_bytes(format="GIF"), {}), ("empty", b"", {}), ("junk", b"junk" * 50, {}),
              ("display p3", jpeg(icc_profile=icc_with_primaries()), {}), ("srgb tagged", jpeg(icc_profile=srgb_icc()), {}),
              ("jpeg magic", b"\xff\xd8\xff" + bytes(rng.integers(0, 256, 200, dtype=np.uint8)), {})]
+    if AVIF:
+        avif = png_bytes(format="AVIF")
+        cases += [("avif", avif, {}), ("avif cut", avif[:len(avif) // 2], {})]
     cases += [(f"orientation {o}", jpeg(orientation=o), {}) for o in (3, 5, 6, 8)]
     cases += [(f"cut at {k}", base[:k], {}) for k in range(100, len(base), len(base) // 6)]
     # Damaged bodies that still end with the end-of-image marker reach the device decoder: some decode

@@ -13,7 +13,10 @@ import torch
 from PIL import Image, ImageCms
 
 from style_transfer.imageio import (
+    AVIF,
+    CorruptImage,
     LoadedImage,
+    UnsupportedImageFormat,
     decode_image,
     encode_image,
     load_rgb,
@@ -478,3 +481,37 @@ def test_a_photo_saved_in_display_p3_decodes_as_the_srgb_original():
     data = _bytes(stored, "PNG", icc_profile=icc_with_primaries())
     got = (decode_image(data).rgb[0].permute(1, 2, 0).numpy() * 255).round()
     assert np.abs(got - original).max() <= 2  # ... the same colours
+
+
+# ----------------------------------------------------------------------------- AVIF
+
+
+@pytest.mark.skipif(not AVIF, reason="this Pillow was built without libavif")
+def test_avif_decodes_with_alpha_and_orientation(tmp_path):
+    rgba = np.zeros((20, 40, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[:, :10] = (255, 0, 0, 255)  # a red band on the left ...
+    rgba[:, 30:, 3] = 0  # and a transparent band on the right
+    img = Image.fromarray(rgba, "RGBA")
+    exif = img.getexif()
+    exif[0x0112] = 6  # ... which a quarter turn clockwise puts at the top
+    (tmp_path / "a.avif").write_bytes(_bytes(img, "AVIF", quality=95, exif=exif.tobytes()))
+    loaded = decode_image(tmp_path / "a.avif")
+    assert loaded.rgb.shape == (1, 3, 40, 20) and loaded.alpha is not None
+    assert loaded.alpha[0, 0, 0].min() > 0.95 and loaded.alpha[0, 0, -1].max() < 0.05  # the bottom: transparent
+    assert _close(_rgb_at(loaded, 0, 10), [1, 0, 0], 0.05) and _close(_rgb_at(loaded, 25, 10), [0, 0, 0], 0.05)
+
+
+@pytest.mark.skipif(not AVIF, reason="this Pillow was built without libavif")
+def test_a_cut_avif_is_corrupt_and_other_iso_media_unsupported():
+    avif = _bytes(Image.new("RGB", (32, 24), RED), "AVIF")
+    for cut in (avif[:len(avif) // 2], avif[:40]):
+        with pytest.raises(CorruptImage, match="AVIF"):
+            decode_image(cut)
+    with pytest.raises(CorruptImage):
+        decode_image(avif[:len(avif) - 10])  # identified, then its pixels are missing
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(200)  # an iPhone photo's header
+    mp4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + bytes(200)
+    for other in (heic, mp4):
+        with pytest.raises(UnsupportedImageFormat):
+            decode_image(other)

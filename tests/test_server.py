@@ -21,7 +21,7 @@ from server.errors import ERRORS
 from server.inference import Busy, DeadlineExceeded, InferenceError, InferenceWorker, NotReady, UnknownModel
 from server.metrics import Metrics
 from server.settings import Settings
-from style_transfer.imageio import LoadedImage
+from style_transfer.imageio import AVIF, LoadedImage
 from style_transfer.stylize import StylizeOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -275,6 +275,23 @@ def test_real_gif_and_bmp_refused_by_content_even_named_png(client):
         Image.new("RGB", (8, 8)).save(buf, format=fmt)
         r = client.post("/v1/stylize", files={"file": ("photo.png", buf.getvalue())}, data={"model": "tiny-instance"})
         assert r.status_code == 415, fmt
+
+
+@pytest.mark.skipif(not AVIF, reason="this Pillow was built without libavif")
+def test_avif_uploads_are_stylized_and_checked_like_the_others(make_client):
+    avif = png_bytes(40, 30, format="AVIF", quality=90)
+    r = make_client().post("/v1/stylize", files={"file": ("phone.avif", avif)}, data={"model": "tiny-instance"})
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (40, 30)
+    r = make_client(max_pixels=1000).post("/v1/stylize", files={"file": ("a", avif)}, data={"model": "tiny-instance"})
+    assert r.status_code == 413 and error_code(r) == "image_too_large"  # from the header, before decoding
+    r = make_client().post("/v1/stylize", files={"file": ("a", avif[:len(avif) // 2])}, data={"model": "tiny-instance"})
+    assert r.status_code == 422 and error_code(r) == "corrupt_image"
+
+
+def test_the_415_message_names_the_accepted_formats(client):
+    r = client.post("/v1/stylize", files={"file": ("a", b"hello, this is text")}, data={"model": "tiny-instance"})
+    message = r.json()["error"]["message"]
+    assert all(name in message for name in ("PNG", "JPEG", "WebP")) and ("AVIF" in message) == AVIF
 
 
 def test_truncated_images_are_422(client):

@@ -18,7 +18,8 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from style_transfer.checkpoint import ModelInfo
-from style_transfer.imageio import EncodedJpeg, LoadedImage, UnsupportedImageFormat, decode_image, encode_image
+from style_transfer.imageio import (INPUT_FORMAT_NAMES, INPUT_FORMATS, EncodedJpeg, LoadedImage, UnsupportedImageFormat,
+                                    decode_image, encode_image)
 from style_transfer.sidebyside import comparison_grid, photo_metrics, stylize_each_async
 from style_transfer.stylize import StylizeOptions, fit_image, style_names
 
@@ -29,14 +30,14 @@ from ..settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["stylize"])
 
-ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+ACCEPTED_FORMATS = INPUT_FORMATS
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 
 ERROR_RESPONSES = {
     400: {"description": "bad request (empty upload, invalid model name)"},
     404: {"description": "unknown model"},
     413: {"description": "upload or pixel count over the limit"},
-    415: {"description": "not a PNG, JPEG or WebP image"},
+    415: {"description": f"not an image of these formats: {INPUT_FORMAT_NAMES}"},
     422: {"description": "invalid field (code invalid_request), style or mix (invalid_style), or a corrupt image"},
     503: {"description": "not ready, or at capacity (see Retry-After)"},
     504: {"description": "waited in the queue past the deadline"},
@@ -93,7 +94,7 @@ Strength = Annotated[float, Form(ge=0.0, le=1.0, description="0 = the photo unch
 PreserveColor = Annotated[bool, Form(description="keep the photo's colours (luminance-only transfer)")]
 MaxSize = Annotated[int | None, Form(ge=8, description="bound the long side (px); the server caps it too")]
 Format = Annotated[Literal["png", "jpeg"], Form(description="output format")]
-Upload = Annotated[UploadFile, File(description="a PNG, JPEG or WebP image")]
+Upload = Annotated[UploadFile, File(description=f"an image: {INPUT_FORMAT_NAMES}")]
 Style = Annotated[str | None, Form(description="a multi-style model's style, by name (its `styles` in GET "
                                                "/v1/models); default: its first style. Not with `mix`")]
 Mix = Annotated[str | None, Form(description="a blend of a multi-style model's styles, `NAME=WEIGHT,...`, e.g. "
@@ -115,7 +116,8 @@ async def _read_upload(upload: UploadFile) -> bytes:
 
 
 def _unsupported() -> UnsupportedImageFormat:
-    return UnsupportedImageFormat("only PNG, JPEG and WebP images are accepted (recognised by content, not by name)")
+    return UnsupportedImageFormat(f"only these image formats are accepted: {INPUT_FORMAT_NAMES} (recognised by content, "
+                                  "not by name)")
 
 
 async def _decode(data: bytes, settings: Settings, options: StylizeOptions,

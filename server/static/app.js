@@ -538,7 +538,7 @@
   function setFile(file) {
     if (!file) return;
     if (file.type && !file.type.startsWith('image/')) {
-      showError({ title: 'Not an image', message: `“${file.name}” is not an image. Use a PNG, JPEG or WebP photo.` });
+      showError({ title: 'Not an image', message: `“${file.name}” is not an image. Use a PNG, JPEG, WebP or AVIF photo.` });
       return;
     }
     clearError();
