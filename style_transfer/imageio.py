@@ -31,7 +31,18 @@ class ImageError(ValueError):
 
 
 class UnsupportedImageFormat(ImageError):
-    """Not one of the accepted formats (recognised by content, not by file name)."""
+    """Not one of the accepted formats (recognised by content, not by file name); ``hint`` says what to do
+    when the format is known (an iPhone's HEIC photo), else it is empty."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(f"{message}. {hint}" if hint else message)
+        self.hint = hint
+
+
+# iPhones save HEIC by default. Pillow reads it only through a plugin with its own HEVC decoder (patent-
+# encumbered), which this project does not depend on; such a file gets this hint instead of a bare 415.
+HEIF_HINT = ("This is a HEIC/HEIF photo (an iPhone's default format), which is not read here: export it as "
+             "JPEG (on the iPhone: Settings > Camera > Formats > Most Compatible)")
 
 
 class ImageTooLarge(ImageError):
@@ -153,12 +164,14 @@ def _open_checked(data: bytes | Path | str, formats: tuple[str, ...] | None,
     try:
         img = Image.open(source, formats=list(formats) if formats else None)
     except Image.UnidentifiedImageError:
-        if AVIF and (formats is None or "AVIF" in formats) and _avif_brand(data):
+        brands = _iso_brands(data)
+        if AVIF and (formats is None or "AVIF" in formats) and brands & {b"avif", b"avis"}:
             # Pillow identifies an AVIF file only once libavif has parsed all of its boxes: a truncated
             # one is unidentified, but it is a damaged AVIF (422 in the server), not another format (415).
             raise CorruptImage("cannot read the AVIF data (truncated or damaged)") from None
         accepted = ", ".join(formats) if formats else "a format Pillow reads"
-        raise UnsupportedImageFormat(f"not a recognised image (accepted: {accepted})") from None
+        raise UnsupportedImageFormat(f"not a recognised image (accepted: {accepted})",
+                                     HEIF_HINT if brands & _HEIF_BRANDS else "") from None
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 -- a recognised header with broken data raises anything
@@ -170,18 +183,21 @@ def _open_checked(data: bytes | Path | str, formats: tuple[str, ...] | None,
     return img
 
 
-def _avif_brand(data: bytes | Path | str) -> bool:
-    """Whether a file starts as an AVIF file does: an ISO-BMFF 'ftyp' box naming the avif/avis brand."""
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
+
+
+def _iso_brands(data: bytes | Path | str) -> set[bytes]:
+    """The brands an ISO-BMFF file (AVIF, HEIC, MP4) names in its leading 'ftyp' box; empty for other files."""
     if isinstance(data, (bytes, bytearray)):
         head = bytes(data[:64])
     else:
         with open(data, "rb") as f:
             head = f.read(64)
     if head[4:8] != b"ftyp":
-        return False
-    size = int.from_bytes(head[:4], "big")
-    brands = head[8:12] + head[16:max(16, min(size, len(head)))]  # the major brand, then the compatible ones
-    return any(brands[i:i + 4] in (b"avif", b"avis") for i in range(0, len(brands) - 3, 4))
+        return set()
+    end = min(int.from_bytes(head[:4], "big"), len(head))
+    # The major brand, then (after a 4-byte version) the compatible ones.
+    return {head[8:12]} | {head[i:i + 4] for i in range(16, end - 3, 4)}
 
 
 def decode_image(data: bytes | Path | str, formats: tuple[str, ...] | None = None,

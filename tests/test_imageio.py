@@ -502,16 +502,28 @@ def test_avif_decodes_with_alpha_and_orientation(tmp_path):
     assert _close(_rgb_at(loaded, 0, 10), [1, 0, 0], 0.05) and _close(_rgb_at(loaded, 25, 10), [0, 0, 0], 0.05)
 
 
+HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(200)  # an iPhone photo's first bytes
+MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + bytes(200)
+
+
 @pytest.mark.skipif(not AVIF, reason="this Pillow was built without libavif")
-def test_a_cut_avif_is_corrupt_and_other_iso_media_unsupported():
+def test_a_cut_avif_is_corrupt_not_unsupported():
     avif = _bytes(Image.new("RGB", (32, 24), RED), "AVIF")
     for cut in (avif[:len(avif) // 2], avif[:40]):
         with pytest.raises(CorruptImage, match="AVIF"):
             decode_image(cut)
     with pytest.raises(CorruptImage):
         decode_image(avif[:len(avif) - 10])  # identified, then its pixels are missing
-    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(200)  # an iPhone photo's header
-    mp4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + bytes(200)
-    for other in (heic, mp4):
-        with pytest.raises(UnsupportedImageFormat):
-            decode_image(other)
+    with pytest.raises(UnsupportedImageFormat):
+        decode_image(avif[:len(avif) // 2], formats=("PNG", "JPEG"))  # AVIF not accepted: another format
+
+
+def test_a_heic_photo_is_refused_with_what_to_do(tmp_path):
+    (tmp_path / "IMG_0001.HEIC").write_bytes(HEIC)
+    for source in (HEIC, tmp_path / "IMG_0001.HEIC"):
+        with pytest.raises(UnsupportedImageFormat, match="HEIC") as refused:
+            decode_image(source)
+        assert "JPEG" in refused.value.hint
+    with pytest.raises(UnsupportedImageFormat) as refused:
+        decode_image(MP4)  # other ISO media: no hint
+    assert refused.value.hint == "" and "HEIC" not in str(refused.value)

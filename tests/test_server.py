@@ -24,6 +24,8 @@ from server.settings import Settings
 from style_transfer.imageio import AVIF, LoadedImage
 from style_transfer.stylize import StylizeOptions
 
+from .test_imageio import HEIC
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -288,10 +290,14 @@ def test_avif_uploads_are_stylized_and_checked_like_the_others(make_client):
     assert r.status_code == 422 and error_code(r) == "corrupt_image"
 
 
-def test_the_415_message_names_the_accepted_formats(client):
+def test_the_415_message_names_the_accepted_formats_and_what_to_do_with_a_heic(client):
     r = client.post("/v1/stylize", files={"file": ("a", b"hello, this is text")}, data={"model": "tiny-instance"})
     message = r.json()["error"]["message"]
     assert all(name in message for name in ("PNG", "JPEG", "WebP")) and ("AVIF" in message) == AVIF
+    assert "HEIC" not in message
+    r = client.post("/v1/stylize", files={"file": ("IMG_0001.HEIC", HEIC)}, data={"model": "tiny-instance"})
+    assert r.status_code == 415 and error_code(r) == "unsupported_media_type"
+    assert r.json()["error"]["message"].startswith(message) and "export it as JPEG" in r.json()["error"]["message"]
 
 
 def test_truncated_images_are_422(client):

@@ -115,9 +115,9 @@ async def _read_upload(upload: UploadFile) -> bytes:
     return data
 
 
-def _unsupported() -> UnsupportedImageFormat:
-    return UnsupportedImageFormat(f"only these image formats are accepted: {INPUT_FORMAT_NAMES} (recognised by content, "
-                                  "not by name)")
+def _unsupported(refused: UnsupportedImageFormat) -> UnsupportedImageFormat:
+    return UnsupportedImageFormat(f"only these image formats are accepted: {INPUT_FORMAT_NAMES} (recognised by "
+                                  "content, not by name)", refused.hint)
 
 
 async def _decode(data: bytes, settings: Settings, options: StylizeOptions,
@@ -126,8 +126,8 @@ async def _decode(data: bytes, settings: Settings, options: StylizeOptions,
     given), then ``stage``-d (the worker's: pinned memory on a GPU)."""
     try:
         image = await run_in_threadpool(decode_image, data, ACCEPTED_FORMATS, settings.max_pixels)
-    except UnsupportedImageFormat:
-        raise _unsupported() from None
+    except UnsupportedImageFormat as refused:
+        raise _unsupported(refused) from None
     return await run_in_threadpool(_fit_and_stage, image, options.max_size, stage)
 
 
@@ -149,8 +149,8 @@ async def _photo_for(worker: InferenceWorker, data: bytes, settings: Settings,
     if worker.codec == "torchvision":
         try:
             jpeg = await run_in_threadpool(worker.device_jpeg, data, ACCEPTED_FORMATS, settings.max_pixels)
-        except UnsupportedImageFormat:
-            raise _unsupported() from None
+        except UnsupportedImageFormat as refused:
+            raise _unsupported(refused) from None
         if jpeg is not None:
             return jpeg
     return await _decode(data, settings, options, worker.stage)
