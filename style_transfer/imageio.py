@@ -514,13 +514,15 @@ def spread(items: list, count: int) -> list:
 
 
 def find_images(folder: Path | str) -> list[Path]:
-    """Every JPEG/PNG/WebP under ``folder`` (recursive, following symlinked folders once; hidden
-    files and folders skipped), in sorted order."""
+    """Every image (IMAGE_SUFFIXES) under ``folder`` (recursive, following symlinked folders once; hidden
+    files and folders skipped), in sorted order. HEIC/HEIF files are skipped with a warning that says
+    how to make them usable (a phone's photo folder is full of them)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"not a folder: {folder}")
     found: list[Path] = []
     seen: set[str] = set()
+    heif = 0
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:  # a symlink cycle, or the same folder linked twice
@@ -528,8 +530,11 @@ def find_images(folder: Path | str) -> list[Path]:
             continue
         seen.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(root) / f for f in files
-                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        visible = [f for f in files if not f.startswith(".")]
+        found += [Path(root) / f for f in visible if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        heif += sum(Path(f).suffix.lower() in (".heic", ".heif") for f in visible)
+    if heif:
+        log.warning("%d HEIC/HEIF file(s) under %s skipped. %s", heif, folder, HEIF_HINT)
     return sorted(p for p in found if p.is_file())
 
 

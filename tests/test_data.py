@@ -52,6 +52,22 @@ def test_find_images_recurses_and_filters(tmp_path, make_image_file):
     assert all(isinstance(p, Path) for p in found)
 
 
+def test_find_images_warns_about_the_heic_photos_it_skips(tmp_path, make_image_file, caplog):
+    keep = make_image_file(tmp_path / "a.jpg", fmt="JPEG")
+    heic = [tmp_path / "IMG_0001.HEIC", tmp_path / "sub" / "IMG_0002.heic", tmp_path / "c.heif"]
+    for path in heic:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"\x00\x00\x00\x18ftypheic")
+    with caplog.at_level("WARNING", logger="style_transfer.imageio"):
+        assert find_images(tmp_path) == [keep]
+        assert "3 HEIC/HEIF file(s)" in caplog.text and "export it as JPEG" in caplog.text
+        caplog.clear()
+        for path in heic:
+            path.unlink()
+        find_images(tmp_path)
+    assert "HEIC" not in caplog.text
+
+
 def test_find_images_skips_hidden_folders(tmp_path, make_image_file):
     keep = make_image_file(tmp_path / "visible" / "a.png")
     make_image_file(tmp_path / ".thumbnails" / "b.png")
