@@ -32,7 +32,7 @@ from style_transfer.imageio import (AVIF, CorruptImage, EncodedJpeg, ImageError,
 from style_transfer.metrics import psnr
 from style_transfer.stylize import StylizeOptions
 
-from .test_imageio import icc_with_primaries, srgb_icc
+from .test_imageio import HEIC, icc_with_primaries, srgb_icc
 from .test_server import png_bytes, wait_ready, weights  # noqa: F401 - weights: the same tiny models' fixture
 
 # torchvision 0.29 announces that its image codecs move to TorchCodec; they are what this tests.
@@ -297,6 +297,7 @@ def corpus() -> list[tuple[str, bytes, dict[str, str]]]:
              ("rgba png", png_bytes(mode="RGBA"), {}), ("webp", png_bytes(format="WEBP"), {}),
              ("gif", png_bytes(format="GIF"), {}), ("empty", b"", {}), ("junk", b"junk" * 50, {}),
              ("display p3", jpeg(icc_profile=icc_with_primaries()), {}), ("srgb tagged", jpeg(icc_profile=srgb_icc()), {}),
+             ("heic", HEIC, {}),
              ("jpeg magic", b"\xff\xd8\xff" + bytes(rng.integers(0, 256, 200, dtype=np.uint8)), {})]
     if AVIF:
         avif = png_bytes(format="AVIF")
