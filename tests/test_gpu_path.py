@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import server.inference as inference
+from benchmarks.bench_colour_profiles import icc_with_primaries, srgb_icc
 from server.app import create_app
 from server.inference import GPU_WARMUP_SIZES, InferenceWorker, Job, resolve_codec
 from server.metrics import Metrics
@@ -32,7 +33,7 @@ from style_transfer.imageio import (AVIF, CorruptImage, EncodedJpeg, ImageError,
 from style_transfer.metrics import psnr
 from style_transfer.stylize import StylizeOptions
 
-from .test_imageio import HEIC, icc_with_primaries, srgb_icc
+from .test_imageio import HEIC
 from .test_server import png_bytes, wait_ready, weights  # noqa: F401 - weights: the same tiny models' fixture
 
 # torchvision 0.29 announces that its image codecs move to TorchCodec; they are what this tests.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
 import threading
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
+from benchmarks.bench_colour_profiles import DISPLAY_P3, icc_with_primaries, srgb_icc
 from style_transfer.imageio import (
     AVIF,
     CorruptImage,
@@ -367,28 +367,6 @@ def test_load_rgb_max_size(tmp_path, make_image_file):
 
 
 # ----------------------------------------------------------------------------- colour profiles
-
-# Display P3's primaries as an ICC profile stores them (XYZ, adapted to D50): the profile of phone photos.
-DISPLAY_P3 = ((0.51512, 0.24119, -0.00105), (0.29198, 0.69225, 0.04189), (0.15710, 0.06657, 0.78407))
-
-
-def srgb_icc() -> bytes:
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-
-
-def icc_with_primaries(primaries=DISPLAY_P3) -> bytes:
-    """An ICC profile with sRGB's tone curves and white point and these (D50) primaries: sRGB's profile
-    with its rXYZ, gXYZ and bXYZ tags rewritten."""
-    data = bytearray(srgb_icc())
-    tags = {}
-    for i in range(struct.unpack(">I", data[128:132])[0]):
-        sig, offset, _ = struct.unpack(">4sII", data[132 + 12 * i:144 + 12 * i])
-        tags[sig] = offset
-    for sig, xyz in zip((b"rXYZ", b"gXYZ", b"bXYZ"), primaries):
-        # XYZType: 'XYZ ', 4 reserved bytes, then X, Y, Z as s15Fixed16 numbers.
-        data[tags[sig] + 8:tags[sig] + 20] = struct.pack(">3i", *(round(v * 65536) for v in xyz))
-    return bytes(data)
-
 
 def _srgb_decode(v: np.ndarray) -> np.ndarray:
     return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
