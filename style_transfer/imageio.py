@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,10 +95,33 @@ def _is_srgb_matrix(profile) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=32)
+_TRANSFORMS: OrderedDict[bytes, ImageCms.ImageCmsTransform | None] = OrderedDict()  # digest -> transform
+_TRANSFORMS_KEPT = 32
+_TRANSFORM_CACHED_BYTES = 1 << 20  # phones' and cameras' RGB profiles are 0.5-4 KB, calibrated LUT ones ~100 KB
+_transforms_lock = threading.Lock()
+
+
 def _to_srgb(icc: bytes) -> ImageCms.ImageCmsTransform | None:
     """The transform of an embedded ICC profile's RGB pixels to sRGB, built once per profile (uploads from
     one phone share one); None when the pixels are used as they are (see above)."""
+    # A profile is whatever an upload carries (a JPEG's APP2 segments hold up to 16 MB), and a transform
+    # keeps a copy of its profile: so the cache is keyed by a digest, and a profile over 1 MB is not kept.
+    if len(icc) > _TRANSFORM_CACHED_BYTES:
+        return _build_to_srgb(icc)
+    key = hashlib.sha256(icc).digest()
+    with _transforms_lock:
+        if key in _TRANSFORMS:
+            _TRANSFORMS.move_to_end(key)
+            return _TRANSFORMS[key]
+    transform = _build_to_srgb(icc)  # outside the lock: two threads may build one twice, harmlessly
+    with _transforms_lock:
+        _TRANSFORMS[key] = transform
+        while len(_TRANSFORMS) > _TRANSFORMS_KEPT:
+            _TRANSFORMS.popitem(last=False)
+    return transform
+
+
+def _build_to_srgb(icc: bytes) -> ImageCms.ImageCmsTransform | None:
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         if profile.profile.xcolor_space.strip() != "RGB" or _is_srgb_matrix(profile.profile):

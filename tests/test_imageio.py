@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
+import style_transfer.imageio as imageio
 from benchmarks.bench_colour_profiles import DISPLAY_P3, icc_with_primaries, srgb_icc
 from style_transfer.imageio import (
     AVIF,
@@ -425,6 +427,21 @@ def test_a_profiled_rgba_image_keeps_its_alpha():
     assert torch.equal((loaded.alpha[0, 0] * 255).round().to(torch.uint8), torch.from_numpy(rgba[..., 3]))
     opaque = decode_image(_bytes(Image.fromarray(COLOURS), "PNG", icc_profile=icc_with_primaries())).rgb
     assert torch.allclose(loaded.rgb[..., 0], opaque[..., 0])  # the opaque pixel: converted alike
+
+
+def test_the_cache_of_profiles_is_bounded_and_keeps_no_upload_bytes(monkeypatch):
+    """Every upload may carry its own profile: at most 32 are kept, by digest, and none over 1 MB."""
+    monkeypatch.setattr(imageio, "_TRANSFORMS", type(imageio._TRANSFORMS)())
+    pixels = Image.fromarray(COLOURS)
+    for i in range(40):
+        primaries = ((DISPLAY_P3[0][0] + i * 1e-3,) + DISPLAY_P3[0][1:],) + DISPLAY_P3[1:]
+        decode_image(_bytes(pixels, "PNG", icc_profile=icc_with_primaries(primaries)))
+    assert len(imageio._TRANSFORMS) == 32 and all(len(key) == 32 for key in imageio._TRANSFORMS)
+    # A profile padded past 1 MB (ICC readers ignore bytes past the tags) still converts, and is not kept.
+    big = icc_with_primaries() + bytes(imageio._TRANSFORM_CACHED_BYTES)
+    converted = decode_image(_bytes(pixels, "JPEG", icc_profile=big)).rgb  # PNG caps a profile's size
+    assert torch.equal(converted, decode_image(_bytes(pixels, "JPEG", icc_profile=icc_with_primaries())).rgb)
+    assert len(imageio._TRANSFORMS) == 32 and hashlib.sha256(big).digest() not in imageio._TRANSFORMS
 
 
 def test_profiled_jpegs_decode_alike_on_many_threads():
