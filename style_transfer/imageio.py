@@ -351,10 +351,11 @@ def jpeg_refusal(header: ImageHeader, data: bytes) -> str | None:
 
     torchvision takes the common case only: a complete baseline JPEG, RGB (YCbCr-coded) or greyscale, with
     a readable EXIF orientation, and no colour profile to convert. Everything else is Pillow's, where its
-    conventions (CMYK inversion, an Adobe RGB-coded file, colour management) are the reference, or where torchvision's GPU decoder would decode on the host,
-    one file at a time (progressive files: torchvision's decode_jpegs_cuda sends only files its batched,
-    hardware-capable decoder supports to it). A file that does not end with the end-of-image marker is
-    Pillow's too: Pillow refuses a truncated file (422), and no other decoder may answer it with a picture.
+    conventions (CMYK inversion, an Adobe RGB-coded file, colour management) are the reference, or where
+    torchvision's GPU decoder would decode on the host, one file at a time (progressive files:
+    torchvision's decode_jpegs_cuda sends only files its batched, hardware-capable decoder supports to it).
+    A file that does not end with the end-of-image marker is Pillow's too: Pillow refuses a truncated file
+    (422), and no other decoder may answer it with a picture.
     """
     if header.format != "JPEG":
         return f"{header.format or 'unknown'} file"  # PNG, WebP, and MPO (a multi-picture camera JPEG)

@@ -297,8 +297,8 @@ def corpus() -> list[tuple[str, bytes, dict[str, str]]]:
              ("over max_pixels", jpeg(photo(100, 60)), {}), ("png", png_bytes(), {}),
              ("rgba png", png_bytes(mode="RGBA"), {}), ("webp", png_bytes(format="WEBP"), {}),
              ("gif", png_bytes(format="GIF"), {}), ("empty", b"", {}), ("junk", b"junk" * 50, {}),
-             ("display p3", jpeg(icc_profile=icc_with_primaries()), {}), ("srgb tagged", jpeg(icc_profile=srgb_icc()), {}),
-             ("heic", HEIC, {}),
+             ("display p3", jpeg(icc_profile=icc_with_primaries()), {}),
+             ("srgb tagged", jpeg(icc_profile=srgb_icc()), {}), ("heic", HEIC, {}),
              ("jpeg magic", b"\xff\xd8\xff" + bytes(rng.integers(0, 256, 200, dtype=np.uint8)), {})]
     if AVIF:
         avif = png_bytes(format="AVIF")
