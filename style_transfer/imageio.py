@@ -43,8 +43,8 @@ class UnsupportedImageFormat(ImageError):
 
 # iPhones save HEIC by default. Pillow reads it only through a plugin with its own HEVC decoder (patent-
 # encumbered), which this project does not depend on; such a file gets this hint instead of a bare 415.
-HEIF_HINT = ("This is a HEIC/HEIF photo (an iPhone's default format), which is not read here: export it as "
-             "JPEG (on the iPhone: Settings > Camera > Formats > Most Compatible)")
+HEIF_HINT = ("HEIC/HEIF photos (an iPhone's default format) are not read here: export them as JPEG (on the "
+             "iPhone: Settings > Camera > Formats > Most Compatible)")
 
 
 class ImageTooLarge(ImageError):

@@ -60,7 +60,7 @@ def test_find_images_warns_about_the_heic_photos_it_skips(tmp_path, make_image_f
         path.write_bytes(b"\x00\x00\x00\x18ftypheic")
     with caplog.at_level("WARNING", logger="style_transfer.imageio"):
         assert find_images(tmp_path) == [keep]
-        assert "3 HEIC/HEIF file(s)" in caplog.text and "export it as JPEG" in caplog.text
+        assert "3 HEIC/HEIF file(s)" in caplog.text and "export them as JPEG" in caplog.text
         caplog.clear()
         for path in heic:
             path.unlink()

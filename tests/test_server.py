@@ -297,7 +297,7 @@ def test_the_415_message_names_the_accepted_formats_and_what_to_do_with_a_heic(c
     assert "HEIC" not in message
     r = client.post("/v1/stylize", files={"file": ("IMG_0001.HEIC", HEIC)}, data={"model": "tiny-instance"})
     assert r.status_code == 415 and error_code(r) == "unsupported_media_type"
-    assert r.json()["error"]["message"].startswith(message) and "export it as JPEG" in r.json()["error"]["message"]
+    assert r.json()["error"]["message"].startswith(message) and "export them as JPEG" in r.json()["error"]["message"]
 
 
 def test_truncated_images_are_422(client):
