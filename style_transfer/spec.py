@@ -92,7 +92,8 @@ HELP = {
     "clip_grad_norm": "clip the gradient's global L2 norm to this (default: no clipping; the log records the "
                       "norm of every step either way)",
     "bn_frozen_steps": "train the last N steps with batch norm's running statistics frozen, so the network "
-                       "adapts to the statistics inference uses (batch norm only; default: none)",
+                       "adapts to the statistics inference uses; the optimizer's moments restart there and the "
+                       "learning rate ramps up again over 50 steps (batch norm only; default: none)",
     "ema_decay": "keep an exponential moving average of the weights with this decay (about the last 1/(1-D) "
                  "steps, e.g. 0.995) and save it as the model: it steadies a run's last steps, where the weights "
                  "wander at a constant lr (default: none, the last step's weights; train --teacher: 0.995, "

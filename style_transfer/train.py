@@ -604,12 +604,41 @@ class _Trainer:
 
     def _freeze_batch_statistics(self) -> None:
         """In the last ``bn_frozen_steps`` steps, batch norm layers normalize with (and keep) their running
-        statistics; set before every step, since sampling puts the model back in training mode."""
+        statistics; set before every step, since sampling puts the model back in training mode.
+
+        At the first frozen step the optimizer's moments start over. Adam's second moments were measured
+        on a network that normalizes with its batch's statistics, where a weight change that shifts or
+        scales a layer's output is undone by the next batch norm, so its gradient is ~0 and its second
+        moment tiny. With the statistics frozen those directions matter at once: their gradients divide
+        by those tiny moments, and the steps blow up. A retrain of the A/B set's batch arm (lr 1e-3) did
+        so: gradient norm 9 at the freeze, 72 three steps later, 1.4e6 at six, then a flat grey output
+        (docs/quality.md, "Frozen statistics and the optimizer"). Restarted moments adapt to the new
+        gradients; the learning rate ramps up meanwhile (_freeze_ramp)."""
         frozen = self.spec.bn_frozen_steps
-        if frozen and self.step >= self.total_steps - frozen:
-            for module in self.model.modules():
-                if has_batch_statistics(module):
-                    module.eval()
+        if not frozen or self.step < self.total_steps - frozen:
+            return
+        for module in self.model.modules():
+            if has_batch_statistics(module):
+                module.eval()
+        if self._batch_statistics and self.step == self.total_steps - frozen and self.optimizer.state:
+            self.optimizer.state.clear()
+            log.info("step %d: batch norm statistics frozen for the last %d steps; the optimizer's moments "
+                     "start over", self.step + 1, frozen)
+
+    def _freeze_ramp(self) -> float:
+        """The learning rate's factor in the frozen steps: from 1/W up to 1 over their first W (50, or half
+        of them when fewer), since restarted moments make each first step lr-sized on every weight at
+        once, which threw the loss of a batch arm from 1.2 to 26 at lr 1e-3 (docs/quality.md, "Frozen
+        statistics and the optimizer"); 1 elsewhere."""
+        frozen = self.spec.bn_frozen_steps
+        if not frozen or self.step < self.total_steps - frozen or not self._batch_statistics:
+            return 1.0
+        ramp = min(50, max(1, frozen // 2))
+        return min(1.0, (self.step - (self.total_steps - frozen) + 1) / ramp)
+
+    @functools.cached_property
+    def _batch_statistics(self) -> bool:
+        return any(has_batch_statistics(module) for module in self.model.modules())
 
     def _style_of_step(self) -> int | None:
         """The style the next step trains, for a multi-style network: each in turn, so every style gets
@@ -646,7 +675,7 @@ class _Trainer:
                 "if any) was kept. Try a lower --lr, --precision fp32, or smaller loss weights."
             )
         for group, lr in zip(self.optimizer.param_groups, self.group_lrs):
-            group["lr"] = warmup_lr(lr, self.step, self.spec.lr_warmup)
+            group["lr"] = warmup_lr(lr, self.step, self.spec.lr_warmup) * self._freeze_ramp()
         grad_norm = optimizer_step(self.optimizer, terms["total"], self.spec.clip_grad_norm)
         self.step += 1
         self._update_average()

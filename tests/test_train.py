@@ -298,10 +298,35 @@ def test_bn_frozen_steps_keep_the_statistics_and_train_the_weights(tmp_path, pho
     assert not all(torch.equal(at_2[k], after_free[k]) for k in stats)  # as they would have moved
     assert not any(torch.equal(at_2[k], after_frozen[k]) for k in weights)  # while the weights learned
     assert [e["total"] for e in frozen.history[:2]] == [e["total"] for e in free.history[:2]]
+    # The optimizer's moments start over at the freeze (Adam's step counts: 2 of the 4 steps), and only then.
+    counts = {float(v["step"]) for v in load_train_state(tmp_path / "b" / "model.run" / "train_state.pt")
+              ["optimizer"]["state"].values()}
+    assert counts == {2.0}
+    assert {float(v["step"]) for v in load_train_state(tmp_path / "c" / "model.run" / "train_state.pt")
+            ["optimizer"]["state"].values()} == {4.0}
     # Only batch norm has statistics to freeze: an instance-norm run is unchanged by the setting.
     a = train(*settings(tmp_path / "d", photos, steps=3, bn_frozen_steps=2))
     b = train(*settings(tmp_path / "e", photos, steps=3))
     assert [e["total"] for e in a.history] == [e["total"] for e in b.history]
+
+
+def test_the_frozen_steps_ramp_the_learning_rate_up_again(tmp_path, photos, monkeypatch):
+    """Restarted moments make a first step lr-sized on every weight: the frozen steps' rate ramps from
+    1/W over their first W steps (W = 50, or half the frozen steps), for batch norm only."""
+    seen = []
+    step = torch.optim.Adam.step
+
+    def recording(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    net = TransformerConfig(norm="batch", width=8, num_residual=1)
+    train(*settings(tmp_path / "a", photos, network=net, steps=6, bn_frozen_steps=4, lr=1e-3))
+    assert seen == pytest.approx([1e-3, 1e-3, 5e-4, 1e-3, 1e-3, 1e-3])
+    seen.clear()
+    train(*settings(tmp_path / "b", photos, steps=6, bn_frozen_steps=4, lr=1e-3))  # instance norm: no ramp
+    assert seen == pytest.approx([1e-3] * 6)
 
 
 @pytest.mark.slow
