@@ -617,10 +617,9 @@ class _Trainer:
         frozen = self.spec.bn_frozen_steps
         if not frozen or self.step < self.total_steps - frozen:
             return
-        for module in self.model.modules():
-            if has_batch_statistics(module):
-                module.eval()
-        if self._batch_statistics and self.step == self.total_steps - frozen and self.optimizer.state:
+        for module in self._batch_norms:
+            module.eval()
+        if self._batch_norms and self.step == self.total_steps - frozen and self.optimizer.state:
             self.optimizer.state.clear()
             log.info("step %d: batch norm statistics frozen for the last %d steps; the optimizer's moments "
                      "start over", self.step + 1, frozen)
@@ -631,14 +630,15 @@ class _Trainer:
         once, which threw the loss of a batch arm from 1.2 to 26 at lr 1e-3 (docs/quality.md, "Frozen
         statistics and the optimizer"); 1 elsewhere."""
         frozen = self.spec.bn_frozen_steps
-        if not frozen or self.step < self.total_steps - frozen or not self._batch_statistics:
+        if not frozen or self.step < self.total_steps - frozen or not self._batch_norms:
             return 1.0
         ramp = min(50, max(1, frozen // 2))
         return min(1.0, (self.step - (self.total_steps - frozen) + 1) / ramp)
 
     @functools.cached_property
-    def _batch_statistics(self) -> bool:
-        return any(has_batch_statistics(module) for module in self.model.modules())
+    def _batch_norms(self) -> list[torch.nn.Module]:
+        """The network's layers that keep batch statistics (none unless its norm is batch)."""
+        return [module for module in self.model.modules() if has_batch_statistics(module)]
 
     def _style_of_step(self) -> int | None:
         """The style the next step trains, for a multi-style network: each in turn, so every style gets
