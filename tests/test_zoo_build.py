@@ -373,8 +373,8 @@ def test_quality_study_plan_covers_every_painting_with_the_defaults():
     styles = sorted((REPO_PLAN.parents[2] / "shared" / "data" / "styles").glob("*.jpg"))
     defaults = [m for m in models if m.name.startswith("default-")]
     assert sorted(m.spec.style[0] for m in defaults) == [s.resolve() for s in styles]
-    # 1500 steps, as `train` trains a new painting; the one A/B-set arm has the zoo's 3000 (checked below).
-    assert all(m.steps == 1500 for m in models if m.name != "starry-night-batch-ema")
+    # 1500 steps, as `train` trains a new painting; the A/B-set batch arms have their own (checked below).
+    assert all(m.steps == 1500 for m in models if not m.name.startswith("starry-night-batch-"))
     # Fixed-weight runs share one loss; the auto ones differ from it in the style weight alone.
     auto = [m for m in models if m.spec.loss.style_weight == "auto"]
     assert sorted(m.spec.style[0] for m in auto if m.name.startswith("auto-")) == [s.resolve() for s in styles]
@@ -394,6 +394,9 @@ def test_quality_study_plan_covers_every_painting_with_the_defaults():
     shipped = {m.name: m for m in load_plan(REPO_PLAN)}["starry-night-batch"]
     batch = by_name["starry-night-batch-ema"]
     assert batch.spec.diff(shipped.spec) == ["ema_decay"] and batch.steps == shipped.steps
+    # The frozen-statistics check: the shipped arm's recipe, shorter.
+    short = by_name["starry-night-batch-1000"]
+    assert short.spec.diff(shipped.spec) == ["steps"] and short.steps == 1000 and short.spec.bn_frozen_steps == 300
 
 
 
