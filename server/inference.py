@@ -50,8 +50,8 @@ from style_transfer.imageio import (EncodedJpeg, LoadedImage, decode_jpegs, enco
                                     jpeg_refusal, probe_image)
 from style_transfer.network import count_parameters
 from style_transfer.spec import ab_group
-from style_transfer.stylize import (Stylizer, StylizeOptions, default_max_size, fit_image, parse_mix, style_mix,
-                                    style_names)
+from style_transfer.stylize import (Stylizer, StylizeOptions, default_max_size, fit_image,
+                                    paint_size_option, parse_mix, style_mix, style_names)
 from style_transfer.zoo import is_valid_name, list_models
 
 from .metrics import Metrics
@@ -139,7 +139,8 @@ class Job:
 
     def batch_key(self) -> tuple | None:
         """Jobs with equal keys may run as one batch; None: this job runs alone, because it is tiled or
-        not yet bounded to its max_size (stylize_batch neither tiles nor resizes)."""
+        not yet bounded to its max_size (stylize_batch tiles only a batch of one, and does not bound sizes).
+        Equal sizes and options paint at equal sizes, so painted jobs batch too."""
         h, w = self.size()
         if self.options.tiles(h, w) or (self.options.max_size is not None and max(h, w) > self.options.max_size):
             return None
@@ -489,10 +490,13 @@ class InferenceWorker:
     # ------------------------------------------------------------------ API for the routes
 
     def options(self, strength: float = 1.0, preserve_color: bool = False,
-                max_size: int | None = None, style: tuple[float, ...] | None = None) -> StylizeOptions:
+                max_size: int | None = None, style: tuple[float, ...] | None = None,
+                paint_size: int | None = None) -> StylizeOptions:
         """A request's options under this server's limits: its ``max_size`` capped at ``self.max_size``,
-        and images past ``tile_size`` stylized in tiles (bounded memory); ``style`` from :meth:`style_weights`."""
-        return StylizeOptions(strength=strength, preserve_color=preserve_color, max_size=max_size,
+        and images past ``tile_size`` stylized in tiles (bounded memory); ``style`` from :meth:`style_weights`;
+        ``paint_size`` as the API takes it (None: the server's ``paint_size``; 0: the image's size)."""
+        paint = paint_size_option(self.settings.paint_size if paint_size is None else paint_size)
+        return StylizeOptions(strength=strength, preserve_color=preserve_color, max_size=max_size, paint_size=paint,
                               tile=self.settings.tile_size, style=style).capped(self.max_size)
 
     def info(self, name: str) -> ModelInfo | None:

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from style_transfer.stylize import DEFAULT_PAINT_SIZE, MIN_PAINT_SIZE
+
 
 def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
     """"512,1024x768" -> ((512, 512), (768, 1024)): image sizes as (height, width), from ``WxH`` (as in the
@@ -43,6 +45,10 @@ class Settings(BaseSettings):
     # style_transfer.stylize.DEFAULT_MAX_SIZE — 1024 px on CPU keeps a request around a second or two;
     # 2048 px on a GPU).
     max_size: int | None = Field(None, ge=8)
+    # Long side the network paints at when the client asks for none (0: the image's size); the painting is
+    # brought back to the output's size with the photo's fine detail (style_transfer.stylize.DEFAULT_PAINT_SIZE:
+    # strokes that stay visible on a large output, and a cheaper one). Only outputs past it are affected.
+    paint_size: int = Field(DEFAULT_PAINT_SIZE, ge=0)
     # Images whose long side exceeds this are stylized in tiles (bounded memory).
     tile_size: int = Field(1024, ge=64)
 
@@ -70,6 +76,13 @@ class Settings(BaseSettings):
     # which faulted every activation in again: 1.48x a 1024 px image on 2 cores (docs/benchmarks.md, "The
     # memory allocator"). The process then stays at its peak memory; false gives it back after each image.
     keep_freed_memory: bool = True
+
+    @field_validator("paint_size")
+    @classmethod
+    def _check_paint_size(cls, value: int) -> int:
+        if 0 < value < MIN_PAINT_SIZE:
+            raise ValueError(f"paint_size must be 0 (the image's size) or at least {MIN_PAINT_SIZE} px, got {value}")
+        return value
 
     @field_validator("warmup_sizes")
     @classmethod

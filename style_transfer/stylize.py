@@ -5,6 +5,9 @@ The inference rules live here, so the CLI, the server and library callers follow
 * size: an image is downscaled so its long side is at most ``StylizeOptions.max_size`` (:func:`fit_image`,
   alpha resized with it); a service lowers that to its own cap with :meth:`StylizeOptions.capped`, by
   default :func:`default_max_size` of its device;
+* stroke size: the network paints the image downscaled so its long side is at most
+  ``StylizeOptions.paint_size``, and :func:`upscale_painting` brings the painting back to the image's size
+  with the photo's fine detail (None: paints at the image's size);
 * tiling: an image whose long side (after resizing) exceeds ``StylizeOptions.tile`` is stylized in
   seamless tiles (:meth:`StylizeOptions.tiles`, :meth:`Stylizer.run_tiled`), anything smaller in one pass.
 """
@@ -22,7 +25,7 @@ import torch
 from .checkpoint import ModelInfo, load_model
 from .device import autocast, conv_autotune, dtype_of, resolve_device, resolve_precision
 from .fast import compiled, optimize
-from .imageio import LoadedImage, resize_max
+from .imageio import LoadedImage, fitted_size, resize_max
 from .network import TransformerNet
 from .norms import frozen_statistics
 
@@ -38,6 +41,15 @@ MAX_DEFAULT_OVERLAP = 128
 # Long side a service bounds images to when its operator sets no cap, by device type: 1024 px keeps a
 # request on a CPU around a second or two; 2048 px on a GPU.
 DEFAULT_MAX_SIZE = {"cpu": 1024, "cuda": 2048}
+# Long side the CLI and the server paint at unless told otherwise (0 = the image's size). The strokes of a
+# network trained on 256 px crops have a fixed size in pixels: painted at full size, a 2048 px photo seen
+# whole (fitted to a screen) shows them as a fine texture on a tinted photo. Painted at 1024 px and brought
+# back to 2048, it is half as far from the painting seen at that size, 15x faster on a CPU; at 1024 px,
+# painting any smaller moves away from the painting (docs/quality.md, "Stroke size").
+DEFAULT_PAINT_SIZE = 1024
+# Smallest paint_size: after the network's two stride-2 convs a 64 px image is a 16 px grid of strokes;
+# below that the photo's subjects are gone from the painting (its detail alone would carry them).
+MIN_PAINT_SIZE = 64
 
 
 def default_max_size(device: torch.device | str) -> int:
@@ -57,6 +69,10 @@ class StylizeOptions:
     strength: float = 1.0  # 0 = the content unchanged, 1 = fully stylized
     preserve_color: bool = False  # keep the content's colours (luminance-only transfer)
     max_size: int | None = None  # downscale so the long side is at most this (None: keep the size)
+    # The network paints the image downscaled to this long side, then the painting is brought back to the
+    # image's size with the photo's fine detail (upscale_painting): the strokes keep the size they have at
+    # paint_size, so a large photo looks painted instead of finely textured. None: paint at full size.
+    paint_size: int | None = None
     tile: int | None = None  # stylize in tiles of this many px (None: the whole image at once)
     tile_overlap: int | None = None  # px shared by neighbouring tiles (None: default_overlap(tile))
     # A conditional instance norm network's style: convex weights over its styles, in the order of its
@@ -68,6 +84,9 @@ class StylizeOptions:
             raise ValueError(f"strength must be between 0 and 1, got {self.strength}")
         if self.max_size is not None and self.max_size < 8:
             raise ValueError(f"max_size must be at least 8 px, got {self.max_size}")
+        if self.paint_size is not None and self.paint_size < MIN_PAINT_SIZE:
+            raise ValueError(f"paint_size must be at least {MIN_PAINT_SIZE} px (or 0: the image's size), "
+                             f"got {self.paint_size}")
         if self.tile is not None:
             if self.tile < 32:
                 raise ValueError(f"tile must be at least 32 px, got {self.tile}")
@@ -83,9 +102,23 @@ class StylizeOptions:
             return self
         return dataclasses.replace(self, max_size=cap)
 
+    def paints_smaller(self, height: int, width: int) -> bool:
+        """Whether an image of this size (after ``max_size``) is painted downscaled: only past paint_size."""
+        return self.paint_size is not None and max(height, width) > self.paint_size
+
     def tiles(self, height: int, width: int) -> bool:
-        """Whether an image of this size (after ``max_size``) is stylized in tiles: only past the tile size."""
-        return self.tile is not None and max(height, width) > self.tile
+        """Whether an image of this size (after ``max_size`` and ``paint_size``) is stylized in tiles: only
+        past the tile size."""
+        h, w = fitted_size(height, width, self.paint_size)
+        return self.tile is not None and max(h, w) > self.tile
+
+
+def paint_size_option(value: int | None) -> int | None:
+    """A paint size as the CLI and the API take it (0: paint at the image's size; None: DEFAULT_PAINT_SIZE)
+    as :class:`StylizeOptions` takes it (None: the image's size)."""
+    if value is None:
+        return DEFAULT_PAINT_SIZE
+    return None if value == 0 else value
 
 
 def style_names(info: ModelInfo) -> list[str]:
@@ -206,6 +239,31 @@ def _axis_weights(spans: list[tuple[int, int]], fade: int) -> list[torch.Tensor]
     return weights
 
 
+def luma(rgb: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB -> (B, 1, H, W) BT.601 luma, the Y of :func:`rgb_to_ycbcr`."""
+    return torch.einsum("j,bjhw->bhw", _RGB_TO_YCC[0].to(rgb), rgb).unsqueeze(1)
+
+
+def upscale_painting(styled: torch.Tensor, small: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """The network's painting ``styled`` of ``small`` (``content`` downscaled) brought to ``content``'s size.
+
+    Upsampled alone (bicubic) the painting is blurred: edges and lettering of the photo go soft. So the
+    photo's luminance detail that the downscale removed (its luma minus the upsampled luma of ``small``)
+    is added back, equally to R, G and B: the strokes keep the size they were painted at, the photo's
+    edges are as sharp as at full size. This is the detail layer of the guided upsampling family
+    (Kopf et al. 2007, He et al. 2013) with a gain of 1: the guided filter's fitted gain follows the
+    strokes, which do not correlate with the photo, and drops the detail (docs/quality.md, "Stroke size").
+    Where ``small`` is ``content`` the detail is zero and the result is ``styled`` itself. Not clamped:
+    :func:`finish` does.
+    """
+    size = content.shape[-2:]
+    if styled.shape[-2:] == size:
+        return styled
+    up = dict(size=size, mode="bicubic", align_corners=False)
+    detail = luma(content) - torch.nn.functional.interpolate(luma(small), **up)
+    return torch.nn.functional.interpolate(styled, **up).add_(detail)
+
+
 def finish(styled: torch.Tensor, content: torch.Tensor, options: StylizeOptions) -> torch.Tensor:
     """Colour preservation and strength blending, applied after the network."""
     if options.preserve_color:
@@ -321,19 +379,24 @@ class Stylizer:
         content = resize_max(image, options.max_size) if options.max_size else image
         if options.strength == 0.0:
             return content.clone()
-        if options.tiles(*content.shape[-2:]):
-            styled = self.run_tiled(content, options.tile, options.tile_overlap, options.style)
-        else:
-            styled = self.run(content, options.style)
-        return finish(styled, content, options)
+        return self.stylize_batch(content, options)
 
     def stylize_batch(self, images: torch.Tensor, options: StylizeOptions = StylizeOptions()) -> torch.Tensor:
-        """Same-size images (B, 3, H, W) in one pass; no resizing or tiling (the caller bounded them).
+        """Same-size images (B, 3, H, W) in one pass, painted at ``options.paint_size``; not resized to
+        ``max_size`` (the caller bounded them), and tiled only when there is one image.
 
         The network is in eval mode, so every norm (batch norm included, with its running statistics)
         treats each image on its own: an output does not depend on the rest of the batch.
         """
-        return finish(self.run(images, options.style), images, options)
+        h, w = images.shape[-2:]
+        small = resize_max(images, options.paint_size) if options.paints_smaller(h, w) else images
+        if options.tiles(h, w):
+            if images.shape[0] != 1:
+                raise ValueError(f"a batch of {images.shape[0]} images cannot be tiled; stylize them one by one")
+            styled = self.run_tiled(small, options.tile, options.tile_overlap, options.style)
+        else:
+            styled = self.run(small, options.style)
+        return finish(upscale_painting(styled, small, images), images, options)
 
     def stylize_image(self, image: LoadedImage, options: StylizeOptions = StylizeOptions()) -> LoadedImage:
         """Stylize a decoded file, carrying its alpha channel over (resized with the image)."""

@@ -319,6 +319,29 @@ def test_single_model_and_before_after_slider(page, tmp_path):
     assert divider() == pytest.approx(75, abs=2)
 
 
+def test_stroke_size_is_sent_only_when_chosen(page, tmp_path):
+    """The Stroke size choice reaches the API as ``paint_size`` (Large: 512, Fine: 0); Standard, and Reset,
+    send none, so the server's own paint size applies."""
+    photo = _write_photo(tmp_path / "photo.png")
+    _upload_and_select(page, photo, ["tiny-instance"])
+
+    def sent_fields() -> dict[str, str]:
+        with page.expect_request("**/v1/stylize") as request:
+            page.click("#run")
+        _wait_for_results(page, 1)
+        body = request.value.post_data_buffer.decode("latin-1")
+        return dict(re.findall(r'name="([a-z_]+)"\r\n\r\n([^\r]*)\r\n', body))
+
+    assert "paint_size" not in sent_fields()
+    page.click('label:has(input[name="paint_size"][value="512"])')
+    assert sent_fields()["paint_size"] == "512"
+    page.click('label:has(input[name="paint_size"][value="0"])')
+    assert sent_fields()["paint_size"] == "0"
+    assert _error_text(page) == "", _error_text(page)
+    page.click("#reset-options")
+    assert "paint_size" not in sent_fields()
+
+
 def _left_inset(clip: str) -> float:
     """Left inset of a computed ``inset(...)`` clip-path, in %; 0 for 0px (CSS shorthand rules)."""
     match = re.fullmatch(r"inset\((.*)\)", clip.strip())

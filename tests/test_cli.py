@@ -94,6 +94,25 @@ def test_options_change_the_output(weights, photos, tmp_path):
     assert np.abs(stylize("--preserve-color") - full).mean() > 1
 
 
+def test_paint_size_paints_smaller_and_keeps_the_size(weights, tmp_path, capsys):
+    photo = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (100, 150, 3), dtype=np.uint8)).save(photo)
+
+    def stylize(*extra: str) -> np.ndarray:
+        target = tmp_path / f"o{len(list(tmp_path.iterdir()))}.png"
+        assert run("stylize", photo, "--model", "tiny-instance", "--weights", weights, "--out", target, *extra) == 0
+        with Image.open(target) as img:
+            assert img.size == (150, 100)
+            return np.asarray(img, dtype=np.float32)
+
+    full = stylize("--paint-size", "0")
+    assert np.array_equal(stylize(), full)  # the default (1024 px) paints a 150 px image at its size
+    assert np.abs(stylize("--paint-size", "64") - full).mean() > 1
+    with pytest.raises(SystemExit):
+        run("stylize", photo, "--model", "tiny-instance", "--weights", weights, "--paint-size", "10")
+    assert "--paint-size: must be 0" in capsys.readouterr().err
+
+
 def test_unknown_model_lists_available(weights, photos, tmp_path, caplog):
     assert run("stylize", photos / "a.jpg", "--model", "nope", "--weights", weights, "--out", tmp_path / "x") == 2
     assert "tiny-batch" in caplog.text and "tiny-instance" in caplog.text

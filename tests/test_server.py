@@ -179,6 +179,32 @@ def test_max_size_from_client_and_server_cap(make_client):
     assert Image.open(io.BytesIO(r.content)).size == (40, 20)  # the server's cap wins
 
 
+def test_paint_size_from_client_and_server(make_client):
+    def stylize(client, **data) -> np.ndarray:
+        r = client.post("/v1/stylize", files={"file": ("a.png", png_bytes(150, 90))},
+                        data={"model": "tiny-instance", **data})
+        assert r.status_code == 200, r.text
+        out = Image.open(io.BytesIO(r.content))
+        assert out.size == (150, 90)  # painted smaller or not, the output keeps its size
+        return np.asarray(out, dtype=np.float32)
+
+    client = make_client()
+    assert client.get("/v1/models").json()["paint_size"] == 1024
+    full = stylize(client)
+    assert np.array_equal(stylize(client, paint_size="0"), full)
+    small = stylize(client, paint_size="64")
+    assert np.abs(small - full).mean() > 1
+    r = client.post("/v1/stylize", files={"file": ("a.png", png_bytes(150, 90))},
+                    data={"model": "tiny-instance", "paint_size": "10"})
+    assert r.status_code == 422 and error_code(r) == "invalid_request" and "paint_size" in r.text
+    # The operator's paint size is the default a request can override; 0 paints at the image's size.
+    painting = make_client(paint_size=64)
+    assert painting.get("/v1/models").json()["paint_size"] == 64
+    assert np.array_equal(stylize(painting), small) and np.array_equal(stylize(painting, paint_size="0"), full)
+    with pytest.raises(ValueError, match="paint_size"):
+        Settings(paint_size=10)
+
+
 def test_large_images_are_tiled(make_client):
     client = make_client(tile_size=64, max_size=200)
     r = client.post("/v1/stylize", files={"file": ("a.png", png_bytes(150, 90))}, data={"model": "tiny-instance"})

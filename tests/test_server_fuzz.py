@@ -39,6 +39,7 @@ fields = st.fixed_dictionaries({}, optional={
     "strength": st.one_of(text, st.floats(allow_nan=True).map(str)),
     "preserve_color": st.one_of(text, st.sampled_from(["true", "false"])),
     "max_size": st.one_of(text, st.integers(-10, 10_000).map(str)),
+    "paint_size": st.one_of(text, st.integers(-10, 10_000).map(str)),
     "format": st.one_of(text, st.sampled_from(["png", "jpeg"])),
 })
 

@@ -11,8 +11,9 @@ import style_transfer.stylize as stylize_module
 from style_transfer.network import TransformerConfig, TransformerNet
 from style_transfer.norms import NORM_NAMES
 from style_transfer.imageio import LoadedImage
-from style_transfer.stylize import (Stylizer, StylizeOptions, default_max_size, fit_image, preserve_color,
-                                    rgb_to_ycbcr, ycbcr_to_rgb)
+from style_transfer.imageio import resize_max
+from style_transfer.stylize import (DEFAULT_PAINT_SIZE, Stylizer, StylizeOptions, default_max_size, fit_image, luma,
+                                    paint_size_option, preserve_color, rgb_to_ycbcr, upscale_painting, ycbcr_to_rgb)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -133,6 +134,75 @@ def test_only_images_past_the_tile_size_are_tiled(monkeypatch):
     assert tiled == []
     stylizer.stylize(photo_like(130, 80), StylizeOptions(tile=64, max_size=100))
     assert tiled == [(1, 3, 100, 62)]
+
+
+# ----------------------------------------------------------------------------- stroke size (paint_size)
+
+
+def fine_photo(h: int = 120, w: int = 200) -> torch.Tensor:
+    """photo_like with fine detail a downscale loses: a one-pixel checker and a sharp edge."""
+    image = photo_like(h, w)
+    y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    image = image + 0.15 * (((x + y) % 2).float() - 0.5)
+    image[..., :, w // 2:] *= 0.6
+    return image.clamp(0, 1)
+
+
+def test_upscaling_a_painting_brings_the_photos_luminance_back():
+    """With a painter that paints nothing (its output is its input), the painting brought to full size has
+    the photo's luminance exactly: the detail the downscale removed comes back. Upsampled alone it is blurred."""
+    photo = fine_photo()
+    small = resize_max(photo, 64)
+    out = upscale_painting(small.clone(), small, photo)
+    assert out.shape == photo.shape
+    assert torch.allclose(luma(out), luma(photo), atol=1e-5)
+    upsampled = torch.nn.functional.interpolate(small, size=photo.shape[-2:], mode="bicubic", align_corners=False)
+    assert (luma(upsampled) - luma(photo)).abs().mean() > 0.05  # what the detail layer is for
+    # The detail is luminance alone, equal in R, G and B: the painting's colours are its own.
+    assert torch.allclose((out - upsampled).std(dim=1), torch.zeros(1, *photo.shape[-2:]), atol=1e-5)
+    # At the photo's own size there is nothing to bring back.
+    assert upscale_painting(photo, photo, photo) is photo
+
+
+def test_the_network_paints_at_paint_size_and_the_output_keeps_the_size(monkeypatch):
+    stylizer, photo, seen = tiny_stylizer("instance"), fine_photo(120, 200), []
+    real = stylizer.run
+    monkeypatch.setattr(stylizer, "run", lambda images, style=None: seen.append(images.shape) or real(images, style))
+    painted = stylizer.stylize(photo, StylizeOptions(paint_size=100))
+    assert seen == [(1, 3, 60, 100)] and painted.shape == photo.shape
+    assert psnr(painted, stylizer.stylize(photo)) < 40  # painted smaller is not painted at full size
+    # An image that fits paint_size is painted at its size: the same as without the option.
+    assert torch.equal(stylizer.stylize(photo, StylizeOptions(paint_size=200)), stylizer.stylize(photo))
+    # max_size applies first: the output is bounded, and painted at paint_size within it.
+    seen.clear()
+    bounded = stylizer.stylize(photo, StylizeOptions(max_size=150, paint_size=75))
+    assert bounded.shape[-2:] == (90, 150) and seen == [(1, 3, 45, 75)]
+
+
+def test_painted_batches_equal_single_images_and_tile_at_the_painted_size(monkeypatch):
+    stylizer = tiny_stylizer("instance")
+    photos = torch.cat([fine_photo(120, 200), fine_photo(120, 200).flip(-1)])
+    options = StylizeOptions(paint_size=100, strength=0.8)
+    batch = stylizer.stylize_batch(photos, options)
+    for k in range(2):
+        assert torch.allclose(batch[k:k + 1], stylizer.stylize(photos[k:k + 1], options), atol=1e-5)
+    # Tiling is decided on the painted size: 200 px painted at 100 fits a 128 px tile, at 160 it does not.
+    assert not StylizeOptions(tile=128, paint_size=100).tiles(120, 200)
+    assert StylizeOptions(tile=128, paint_size=160).tiles(120, 200)
+    tiled = []
+    real = stylizer.run_tiled
+    monkeypatch.setattr(stylizer, "run_tiled", lambda *args: tiled.append(args[0].shape) or real(*args))
+    out = stylizer.stylize(photos[:1], StylizeOptions(tile=128, tile_overlap=32, paint_size=160))
+    assert tiled == [(1, 3, 96, 160)] and out.shape == photos[:1].shape
+    with pytest.raises(ValueError, match="tiled"):
+        stylizer.stylize_batch(photos, StylizeOptions(tile=128, paint_size=160))
+
+
+def test_paint_size_as_the_cli_and_the_api_take_it():
+    assert paint_size_option(None) == DEFAULT_PAINT_SIZE and paint_size_option(0) is None
+    assert paint_size_option(512) == 512
+    with pytest.raises(ValueError, match="paint_size"):
+        StylizeOptions(paint_size=63)
 
 
 def test_fit_image_resizes_the_alpha_with_the_colours():

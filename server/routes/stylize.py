@@ -15,13 +15,13 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from style_transfer.checkpoint import ModelInfo
 from style_transfer.imageio import (INPUT_FORMAT_NAMES, INPUT_FORMATS, EncodedJpeg, LoadedImage, UnsupportedImageFormat,
                                     decode_image, encode_image)
 from style_transfer.sidebyside import comparison_grid, photo_metrics, stylize_each_async
-from style_transfer.stylize import StylizeOptions, fit_image, style_names
+from style_transfer.stylize import MIN_PAINT_SIZE, StylizeOptions, fit_image, style_names
 
 from ..deps import SettingsDep, WorkerDep
 from ..errors import EmptyUpload, InvalidField
@@ -68,6 +68,8 @@ class ModelList(BaseModel):
     ready: bool
     models: list[ModelSummary]
     errors: dict[str, str] = Field(default_factory=dict, description="checkpoints that could not be loaded")
+    paint_size: int = Field(description="the long side (px) the server paints at when a request gives no "
+                                        "`paint_size` (0: the output's size)")
 
 
 class CompareResult(BaseModel):
@@ -93,6 +95,19 @@ class CompareResponse(BaseModel):
 Strength = Annotated[float, Form(ge=0.0, le=1.0, description="0 = the photo unchanged, 1 = fully stylized")]
 PreserveColor = Annotated[bool, Form(description="keep the photo's colours (luminance-only transfer)")]
 MaxSize = Annotated[int | None, Form(ge=8, description="bound the long side (px); the server caps it too")]
+
+
+def _paint_size(value: int | None) -> int | None:
+    if value is not None and 0 < value < MIN_PAINT_SIZE:
+        raise ValueError(f"give 0 (the image's size) or at least {MIN_PAINT_SIZE} px")
+    return value
+
+
+PaintSize = Annotated[int | None, Form(ge=0, description="paint at most this long side (px), then bring the painting "
+                                                        "back to the output's size with the photo's fine detail: "
+                                                        "smaller = larger strokes; 0 = paint at the output's size; "
+                                                        "default: the server's (GET /v1/models, `paint_size`)"),
+                      AfterValidator(_paint_size)]
 Format = Annotated[Literal["png", "jpeg"], Form(description="output format")]
 Upload = Annotated[UploadFile, File(description=f"an image: {INPUT_FORMAT_NAMES}")]
 Style = Annotated[str | None, Form(description="a multi-style model's style, by name (its `styles` in GET "
@@ -105,7 +120,8 @@ Mix = Annotated[str | None, Form(description="a blend of a multi-style model's s
 @router.get("/models", response_model=ModelList, summary="The loaded models and their metadata")
 async def models(worker: WorkerDep) -> ModelList:
     return ModelList(device=worker.device.type, ready=worker.ready.is_set(),
-                     models=[ModelSummary(**s) for s in worker.summaries.values()], errors=worker.load_errors)
+                     models=[ModelSummary(**s) for s in worker.summaries.values()], errors=worker.load_errors,
+                     paint_size=worker.settings.paint_size)
 
 
 async def _read_upload(upload: UploadFile) -> bytes:
@@ -163,12 +179,12 @@ async def stylize(settings: SettingsDep, worker: WorkerDep, file: Upload,
                   model: Annotated[str, Form(description="model name, from GET /v1/models")],
                   strength: Strength = 1.0, preserve_color: PreserveColor = False,
                   max_size: MaxSize = None, format: Format = "png", style: Style = None, mix: Mix = None,
-                  ) -> Response:
+                  paint_size: PaintSize = None) -> Response:
     worker.check_ready()
     worker.check_model(model)
     weights = worker.style_weights([model], style, mix)[model]
     worker.check_capacity()
-    options = worker.options(strength, preserve_color, max_size, weights)
+    options = worker.options(strength, preserve_color, max_size, weights, paint_size)
     upload = await _read_upload(file)
     image = await _photo_for(worker, upload, settings, options)
     # A JPEG output may be written by the worker, on its device (Result.data); else it is encoded here.
@@ -215,7 +231,7 @@ async def compare(settings: SettingsDep, worker: WorkerDep, file: Upload,
                   strength: Strength = 1.0, preserve_color: PreserveColor = False, max_size: MaxSize = None,
                   format: Format = "png",
                   output: Annotated[Literal["json", "image"], Form(description="JSON or one grid image")] = "json",
-                  style: Style = None, mix: Mix = None) -> Response | CompareResponse:
+                  style: Style = None, mix: Mix = None, paint_size: PaintSize = None) -> Response | CompareResponse:
     worker.check_ready()
     names = list(dict.fromkeys(n.strip() for n in models.split(",") if n.strip()))
     if not names:
@@ -227,7 +243,7 @@ async def compare(settings: SettingsDep, worker: WorkerDep, file: Upload,
     # A style or mix applies to the multi-style models among them; the others run their one style.
     weights = worker.style_weights(names, style, mix)
     worker.check_capacity(len(names))
-    options = {name: worker.options(strength, preserve_color, max_size, weights[name]) for name in names}
+    options = {name: worker.options(strength, preserve_color, max_size, weights[name], paint_size) for name in names}
     image = await _read_photo(file, settings, options[names[0]])  # max_size is the same for every model
     # One photo through many models (style_transfer.sidebyside); the worker owns the device.
     outputs = await stylize_each_async(names, lambda name: worker.submit(name, image, options[name]), worker.info)

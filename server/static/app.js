@@ -647,6 +647,7 @@
     els.preserve.checked = false;
     els.maxSize.value = '';
     $('input[name="format"][value="png"]').checked = true;
+    $('input[name="paint_size"][value=""]').checked = true;
     showStrength();
     state.styleModel = null;  // back to the model's first two styles, blend 0
     updateStylePanel();
@@ -658,6 +659,9 @@
       preserve_color: els.preserve.checked ? 'true' : 'false',
       format: ($('input[name="format"]:checked') || { value: 'png' }).value,
     };
+    // Standard sends nothing: the server's paint size (GET /v1/models, paint_size).
+    const paint = ($('input[name="paint_size"]:checked') || { value: '' }).value;
+    if (paint) opts.paint_size = paint;
     const raw = els.maxSize.value.trim();
     if (raw) {
       const n = Number(raw);
