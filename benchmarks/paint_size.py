@@ -19,6 +19,11 @@ against ``full``: the mean difference, on how many photos it is better, Wilcoxon
     python benchmarks/paint_size.py                 # 8 sun80 photos, 1024 -> 2048 px, seen at 1024
     python benchmarks/paint_size.py --upscale 1     # the photos as they are: paint a 1024 px photo smaller?
     python benchmarks/paint_size.py --only starry-night --max-images 2 --paint 512 --no-detail
+    python benchmarks/paint_size.py --gallery docs/gallery/stroke-size.jpg \
+        --gallery-photo ../shared/data/content/urban100/img_096.jpg --only starry-night   # the picture only
+
+``--gallery`` writes one picture instead of measuring: the photo enlarged, painted at full size (left)
+and at the first ``--paint`` size (right), seen whole (top) and a crop at 100% (bottom).
 """
 
 from __future__ import annotations
@@ -71,6 +76,27 @@ def stylize(stylizer: Stylizer, image: torch.Tensor, paint: int | None, detail: 
     return out, time.perf_counter() - start
 
 
+def gallery(stylizer: Stylizer, photo: Path, size: int, upscale: float, paint: int, tile: int, path: Path) -> None:
+    """The picture of ``--gallery``: full size vs ``paint``, seen whole (top row) and at 100% (bottom)."""
+    from PIL import Image
+
+    from style_transfer.imageio import to_pil
+
+    image = load_rgb(photo, size)
+    big = torch.nn.functional.interpolate(image, scale_factor=upscale, mode="bicubic", align_corners=False).clamp(0, 1)
+    pair = [stylize(stylizer, big, p, True, tile)[0] for p in (None, paint)]
+    whole = [to_pil(resize_max(out, size // 2)) for out in pair]
+    w, h = whole[0].size
+    top, left = big.shape[-2] // 3, big.shape[-1] // 3
+    crops = [to_pil(out[..., top:top + h, left:left + w]) for out in pair]
+    sheet = Image.new("RGB", (2 * w, 2 * h), "white")
+    for k, (a, b) in enumerate(zip(whole, crops)):
+        sheet.paste(a, (k * w, 0))
+        sheet.paste(b, (k * w, h))
+    sheet.save(path, quality=88)
+    print(f"wrote {path}: {photo.name}, full size vs painted at {paint} px, whole and at 100%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plan", type=Path, default=ROOT / "weights" / "zoo.toml")
@@ -84,6 +110,8 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=1024, help="tile size of every variant (default: %(default)s)")
     parser.add_argument("--no-detail", action="store_true", help="also measure each paint size without the detail layer")
     parser.add_argument("--only", action="append", help=f"models (default: {', '.join(MODELS)})")
+    parser.add_argument("--gallery", type=Path, help="write the picture described above here instead of measuring")
+    parser.add_argument("--gallery-photo", type=Path, help="the photo of --gallery")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     shipped = list_models(args.plan.parent)
@@ -101,6 +129,9 @@ def main() -> None:
         if m.name not in shipped or m.norm == "conditional_instance":
             continue
         stylizer = Stylizer.from_checkpoint(shipped[m.name], device="cpu")
+        if args.gallery:
+            return gallery(stylizer, args.gallery_photo or photos[0], args.size, args.upscale,
+                           int(args.paint.split(",")[0]), args.tile, args.gallery)
         criterion = PerceptualLoss([load_rgb(p, m.spec.loss.style_size) for p in m.spec.style], m.spec.loss)
         own = [float(criterion.style_distance(image)) for image in images]
         stylize(stylizer, images[0], None, True, args.tile)  # warm-up
