@@ -96,10 +96,11 @@ def playwright_factory():
 
 
 @contextlib.contextmanager
-def _serve(weights: Path, port: int, log: Path) -> Iterator[str]:
-    """Run ``python -m server`` on ``weights``; yield its base URL once /readyz answers 200."""
+def _serve(weights: Path, port: int, log: Path, **settings: str) -> Iterator[str]:
+    """Run ``python -m server`` on ``weights`` (and more ``STYLE_TRANSFER_*`` settings); yield its base URL
+    once /readyz answers 200."""
     env = dict(os.environ, STYLE_TRANSFER_WEIGHTS=str(weights), STYLE_TRANSFER_DEVICE="cpu",
-               STYLE_TRANSFER_WARMUP_SIZE="16", PYTHONUNBUFFERED="1")
+               STYLE_TRANSFER_WARMUP_SIZE="16", PYTHONUNBUFFERED="1", **settings)
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port)],
                                 cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -130,10 +131,11 @@ def _serve(weights: Path, port: int, log: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def server(playwright_factory, tmp_path_factory, free_port):
-    """The server with the two tiny models of MODELS."""
+    """The server with the two tiny models of MODELS, painting at 768 px (not the default: the page must
+    show the server's paint size, not its own text)."""
     root = tmp_path_factory.mktemp("browser_server")
     _write_models(root / "weights")
-    with _serve(root / "weights", free_port(), root / "server.log") as base:
+    with _serve(root / "weights", free_port(), root / "server.log", STYLE_TRANSFER_PAINT_SIZE="768") as base:
         yield base
 
 
@@ -324,6 +326,7 @@ def test_stroke_size_is_sent_only_when_chosen(page, tmp_path):
     send none, so the server's own paint size applies."""
     photo = _write_photo(tmp_path / "photo.png")
     _upload_and_select(page, photo, ["tiny-instance"])
+    assert page.inner_text("#paint-default") == "768\u00a0px"  # what Standard means on this server
 
     def sent_fields() -> dict[str, str]:
         with page.expect_request("**/v1/stylize") as request:

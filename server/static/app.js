@@ -43,6 +43,7 @@
     strengthValue: $('#strength-value'),
     preserve: $('#preserve-color'),
     maxSize: $('#max-size'),
+    paintDefault: $('#paint-default'),
     resetOptions: $('#reset-options'),
     run: $('#run'),
     runLabel: $('#run-label'),
@@ -284,6 +285,10 @@
       els.deviceName.textContent = device ? device.toUpperCase() : '—';
       els.device.dataset.device = device;
       els.device.title = `Inference device: ${device || 'unknown'}`;
+      // The server's paint size is what Standard means (0: it paints at full size, as Fine does).
+      if (Number.isInteger(data.paint_size)) {
+        els.paintDefault.textContent = data.paint_size > 0 ? `${data.paint_size}\u00a0px` : 'full size';
+      }
       state.models = Array.isArray(data.models) ? data.models : [];
       if (data.ready || state.models.length) {
         state.modelsLoaded = Boolean(data.ready);
