@@ -184,8 +184,10 @@ def browser(playwright_factory):
 
 
 @contextlib.contextmanager
-def _open_page(browser, server: str):
-    """A fresh page at the server's root; fails the test on JS errors or requests to other hosts."""
+def _open_page(browser, server: str, models_json=None):
+    """A fresh page at the server's root; fails the test on JS errors or requests to other hosts.
+    ``models_json``: rewrites the body of GET /v1/models as the page receives it (a server we cannot
+    start here, e.g. one whose Pillow lacks AVIF)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
     page = context.new_page()
     page.set_default_timeout(30_000)
@@ -202,6 +204,12 @@ def _open_page(browser, server: str):
             route.abort()
 
     page.route("**/*", only_this_server)
+    if models_json is not None:
+        def rewrite(route):
+            response = route.fetch()
+            route.fulfill(response=response, json=models_json(response.json()))
+
+        page.route("**/v1/models", rewrite)
     page.goto(server + "/")
     page.wait_for_selector('#status[data-state="ready"]')
     page.wait_for_selector("#models input[name=model]")  # filled from GET /v1/models
@@ -319,6 +327,14 @@ def test_single_model_and_before_after_slider(page, tmp_path):
     page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] / 2, steps=4)
     page.mouse.up()
     assert divider() == pytest.approx(75, abs=2)
+
+
+def test_the_page_names_the_formats_the_server_reads(browser, server):
+    """A server whose Pillow lacks libavif reads PNG, JPEG and WebP: the drop zone and the file picker
+    say so, not the page's own list."""
+    with _open_page(browser, server, lambda body: {**body, "input_formats": ["PNG", "JPEG", "WEBP"]}) as page:
+        assert page.inner_text("#format-names") == "PNG, JPEG or WebP"
+        assert page.get_attribute("#file-input", "accept") == "image/png,image/jpeg,image/webp"
 
 
 def test_stroke_size_is_sent_only_when_chosen(page, tmp_path):

@@ -21,7 +21,7 @@ from server.errors import ERRORS
 from server.inference import Busy, DeadlineExceeded, InferenceError, InferenceWorker, NotReady, UnknownModel
 from server.metrics import Metrics
 from server.settings import Settings
-from style_transfer.imageio import AVIF, LoadedImage
+from style_transfer.imageio import AVIF, INPUT_FORMATS, LoadedImage
 from style_transfer.stylize import StylizeOptions
 
 from .test_imageio import HEIC
@@ -91,6 +91,7 @@ def test_health_ready_and_models(client):
     assert client.get("/readyz").status_code == 200
     body = client.get("/v1/models").json()
     assert body["device"] == "cpu" and body["ready"] is True
+    assert body["input_formats"] == list(INPUT_FORMATS)  # what the web page offers
     by_name = {m["name"]: m for m in body["models"]}
     assert set(by_name) == {"tiny-instance", "tiny-batch"}
     assert by_name["tiny-batch"]["norm"] == "batch"

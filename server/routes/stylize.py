@@ -70,6 +70,8 @@ class ModelList(BaseModel):
     errors: dict[str, str] = Field(default_factory=dict, description="checkpoints that could not be loaded")
     paint_size: int = Field(description="the long side (px) the server paints at when a request gives no "
                                         "`paint_size` (0: the output's size)")
+    input_formats: list[str] = Field(description="the image formats uploads may be in (Pillow's names; AVIF only "
+                                                 "where the server's Pillow reads it)")
 
 
 class CompareResult(BaseModel):
@@ -121,7 +123,7 @@ Mix = Annotated[str | None, Form(description="a blend of a multi-style model's s
 async def models(worker: WorkerDep) -> ModelList:
     return ModelList(device=worker.device.type, ready=worker.ready.is_set(),
                      models=[ModelSummary(**s) for s in worker.summaries.values()], errors=worker.load_errors,
-                     paint_size=worker.settings.paint_size)
+                     paint_size=worker.settings.paint_size, input_formats=list(ACCEPTED_FORMATS))
 
 
 async def _read_upload(upload: UploadFile) -> bytes:

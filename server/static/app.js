@@ -22,6 +22,7 @@
     deviceName: $('#device-name'),
     form: $('#controls'),
     fileInput: $('#file-input'),
+    formatNames: $('#format-names'),
     dropzone: $('#dropzone'),
     dzEmpty: $('.dz-empty'),
     dzPreview: $('.dz-preview'),
@@ -63,6 +64,8 @@
   };
 
   const DEFAULT_META = els.resultsMeta.textContent;
+  // The formats the server reads, in words (from GET v1/models: AVIF only where its Pillow has libavif).
+  let formatNames = els.formatNames.textContent;
 
   const state = {
     ready: false,
@@ -285,6 +288,7 @@
       els.deviceName.textContent = device ? device.toUpperCase() : '—';
       els.device.dataset.device = device;
       els.device.title = `Inference device: ${device || 'unknown'}`;
+      if (Array.isArray(data.input_formats) && data.input_formats.length) showFormats(data.input_formats);
       // The server's paint size is what Standard means (0: it paints at full size, as Fine does).
       if (Number.isInteger(data.paint_size)) {
         els.paintDefault.textContent = data.paint_size > 0 ? `${data.paint_size}\u00a0px` : 'full size';
@@ -540,10 +544,17 @@
 
   // ------------------------------------------------------------------ photo
 
+  function showFormats(formats) {
+    const names = formats.map((f) => ({ WEBP: 'WebP' }[f] || f));
+    formatNames = names.length > 1 ? `${names.slice(0, -1).join(', ')} or ${names[names.length - 1]}` : names[0];
+    els.formatNames.textContent = formatNames;
+    els.fileInput.accept = formats.map((f) => `image/${f.toLowerCase()}`).join(',');
+  }
+
   function setFile(file) {
     if (!file) return;
     if (file.type && !file.type.startsWith('image/')) {
-      showError({ title: 'Not an image', message: `“${file.name}” is not an image. Use a PNG, JPEG, WebP or AVIF photo.` });
+      showError({ title: 'Not an image', message: `“${file.name}” is not an image. Use a ${formatNames} photo.` });
       return;
     }
     clearError();
