@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from style_transfer.stylize import DEFAULT_PAINT_SIZE, MIN_PAINT_SIZE
+from style_transfer.stylize import DEFAULT_PAINT_SIZE, check_paint_size
 
 
 def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
@@ -80,9 +80,7 @@ class Settings(BaseSettings):
     @field_validator("paint_size")
     @classmethod
     def _check_paint_size(cls, value: int) -> int:
-        if 0 < value < MIN_PAINT_SIZE:
-            raise ValueError(f"paint_size must be 0 (the image's size) or at least {MIN_PAINT_SIZE} px, got {value}")
-        return value
+        return check_paint_size(value)
 
     @field_validator("warmup_sizes")
     @classmethod

@@ -44,8 +44,9 @@ DEFAULT_MAX_SIZE = {"cpu": 1024, "cuda": 2048}
 # Long side the CLI and the server paint at unless told otherwise (0 = the image's size). The strokes of a
 # network trained on 256 px crops have a fixed size in pixels: painted at full size, a 2048 px photo seen
 # whole (fitted to a screen) shows them as a fine texture on a tinted photo. Painted at 1024 px and brought
-# back to 2048, it is half as far from the painting seen at that size, 15x faster on a CPU; at 1024 px,
-# painting any smaller moves away from the painting (docs/quality.md, "Stroke size").
+# back to 2048, it is 27-63% closer to the painting seen at 1024 (the four shipped styles) and 20-25x faster
+# on a CPU; painting smaller than the picture is seen at moves away from the painting again
+# (benchmarks/paint_size.py; docs/quality.md, "Stroke size").
 DEFAULT_PAINT_SIZE = 1024
 # Smallest paint_size: after the network's two stride-2 convs a 64 px image is a 16 px grid of strokes;
 # below that the photo's subjects are gone from the painting (its detail alone would carry them).
@@ -85,7 +86,7 @@ class StylizeOptions:
         if self.max_size is not None and self.max_size < 8:
             raise ValueError(f"max_size must be at least 8 px, got {self.max_size}")
         if self.paint_size is not None and self.paint_size < MIN_PAINT_SIZE:
-            raise ValueError(f"paint_size must be at least {MIN_PAINT_SIZE} px (or 0: the image's size), "
+            raise ValueError(f"paint_size must be at least {MIN_PAINT_SIZE} px (None: the image's size), "
                              f"got {self.paint_size}")
         if self.tile is not None:
             if self.tile < 32:
@@ -113,12 +114,19 @@ class StylizeOptions:
         return self.tile is not None and max(h, w) > self.tile
 
 
+def check_paint_size(value: int) -> int:
+    """A paint size as the CLI and the API take it: 0 (the image's size) or at least MIN_PAINT_SIZE px."""
+    if value != 0 and value < MIN_PAINT_SIZE:
+        raise ValueError(f"give 0 (the image's size) or at least {MIN_PAINT_SIZE} px, got {value}")
+    return value
+
+
 def paint_size_option(value: int | None) -> int | None:
     """A paint size as the CLI and the API take it (0: paint at the image's size; None: DEFAULT_PAINT_SIZE)
     as :class:`StylizeOptions` takes it (None: the image's size)."""
     if value is None:
         return DEFAULT_PAINT_SIZE
-    return None if value == 0 else value
+    return None if check_paint_size(value) == 0 else value
 
 
 def style_names(info: ModelInfo) -> list[str]:

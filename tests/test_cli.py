@@ -110,7 +110,7 @@ def test_paint_size_paints_smaller_and_keeps_the_size(weights, tmp_path, capsys)
     assert np.abs(stylize("--paint-size", "64") - full).mean() > 1
     with pytest.raises(SystemExit):
         run("stylize", photo, "--model", "tiny-instance", "--weights", weights, "--paint-size", "10")
-    assert "--paint-size: must be 0" in capsys.readouterr().err
+    assert "--paint-size: give 0 (the image's size) or at least 64 px" in capsys.readouterr().err
 
 
 def test_unknown_model_lists_available(weights, photos, tmp_path, caplog):

@@ -21,7 +21,7 @@ from style_transfer.checkpoint import ModelInfo
 from style_transfer.imageio import (INPUT_FORMAT_NAMES, INPUT_FORMATS, EncodedJpeg, LoadedImage, UnsupportedImageFormat,
                                     decode_image, encode_image)
 from style_transfer.sidebyside import comparison_grid, photo_metrics, stylize_each_async
-from style_transfer.stylize import MIN_PAINT_SIZE, StylizeOptions, fit_image, style_names
+from style_transfer.stylize import StylizeOptions, check_paint_size, fit_image, style_names
 
 from ..deps import SettingsDep, WorkerDep
 from ..errors import EmptyUpload, InvalidField
@@ -97,19 +97,11 @@ class CompareResponse(BaseModel):
 Strength = Annotated[float, Form(ge=0.0, le=1.0, description="0 = the photo unchanged, 1 = fully stylized")]
 PreserveColor = Annotated[bool, Form(description="keep the photo's colours (luminance-only transfer)")]
 MaxSize = Annotated[int | None, Form(ge=8, description="bound the long side (px); the server caps it too")]
-
-
-def _paint_size(value: int | None) -> int | None:
-    if value is not None and 0 < value < MIN_PAINT_SIZE:
-        raise ValueError(f"give 0 (the image's size) or at least {MIN_PAINT_SIZE} px")
-    return value
-
-
 PaintSize = Annotated[int | None, Form(ge=0, description="paint at most this long side (px), then bring the painting "
                                                         "back to the output's size with the photo's fine detail: "
                                                         "smaller = larger strokes; 0 = paint at the output's size; "
                                                         "default: the server's (GET /v1/models, `paint_size`)"),
-                      AfterValidator(_paint_size)]
+                      AfterValidator(lambda v: v if v is None else check_paint_size(v))]
 Format = Annotated[Literal["png", "jpeg"], Form(description="output format")]
 Upload = Annotated[UploadFile, File(description=f"an image: {INPUT_FORMAT_NAMES}")]
 Style = Annotated[str | None, Form(description="a multi-style model's style, by name (its `styles` in GET "
