@@ -108,7 +108,8 @@ def main() -> None:
                         help="enlarge the photos this many times to stand for a large photo (default: %(default)s)")
     parser.add_argument("--paint", default="1024,768,512", help="paint sizes, comma-separated (default: %(default)s)")
     parser.add_argument("--tile", type=int, default=1024, help="tile size of every variant (default: %(default)s)")
-    parser.add_argument("--no-detail", action="store_true", help="also measure each paint size without the detail layer")
+    parser.add_argument("--no-detail", action="store_true",
+                        help="also measure each paint size without the detail layer")
     parser.add_argument("--only", action="append", help=f"models (default: {', '.join(MODELS)})")
     parser.add_argument("--gallery", type=Path, help="write the picture described above here instead of measuring")
     parser.add_argument("--gallery-photo", type=Path, help="the photo of --gallery")
