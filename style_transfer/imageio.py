@@ -22,9 +22,27 @@ log = logging.getLogger(__name__)
 # AVIF (what more and more phones and web pages save) is read where Pillow was built with libavif, as its
 # wheels are from 11.3 on; an older Pillow reads the other three.
 AVIF = features.check("avif")
-INPUT_FORMATS = ("PNG", "JPEG", "WEBP") + (("AVIF",) if AVIF else ())  # Pillow's names
-INPUT_FORMAT_NAMES = ", ".join({"WEBP": "WebP"}.get(f, f) for f in INPUT_FORMATS)  # for messages
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp") + ((".avif",) if AVIF else ())
+# HEIC/HEIF (an iPhone's default format) is read where the optional pillow-heif plugin is installed
+# (`pip install 'style-transfer[heif]'`): it brings libheif with its own HEVC decoder (libde265, LGPL; its
+# wheels also hold the x265 encoder, GPL), so neither the base install nor the serving image depend on it.
+try:
+    import pillow_heif
+except ImportError:  # the plugin is optional: HEIC files are refused with HEIF_HINT
+    pillow_heif = None
+else:
+    pillow_heif.register_heif_opener()
+HEIF = pillow_heif is not None
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP") + (("AVIF",) if AVIF else ()) + (("HEIF",) if HEIF else ())  # Pillow's
+
+
+def format_names(formats: tuple[str, ...]) -> str:
+    """Pillow's format names as people know them, for messages: "PNG, JPEG, WebP, AVIF, HEIC"."""
+    return ", ".join({"WEBP": "WebP", "HEIF": "HEIC"}.get(f, f) for f in formats)
+
+
+INPUT_FORMAT_NAMES = format_names(INPUT_FORMATS)
+HEIF_SUFFIXES = (".heic", ".heif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp") + ((".avif",) if AVIF else ()) + (HEIF_SUFFIXES if HEIF else ())
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
@@ -42,9 +60,11 @@ class UnsupportedImageFormat(ImageError):
 
 
 # iPhones save HEIC by default. Pillow reads it only through a plugin with its own HEVC decoder (patent-
-# encumbered), which this project does not depend on; such a file gets this hint instead of a bare 415.
-HEIF_HINT = ("HEIC/HEIF photos (an iPhone's default format) are not read here: export them as JPEG (on the "
-             "iPhone: Settings > Camera > Formats > Most Compatible)")
+# encumbered), which this project depends on only as an option; without it such a file gets this hint
+# instead of a bare 415.
+HEIF_HINT = ("HEIC/HEIF photos (an iPhone's default format) are read only with the optional HEIC support "
+             "(pip install 'style-transfer[heif]'); or export them as JPEG (on the iPhone: Settings > Camera > "
+             "Formats > Most Compatible)")
 
 
 class ImageTooLarge(ImageError):
@@ -190,10 +210,12 @@ def _open_checked(data: bytes | Path | str, formats: tuple[str, ...] | None,
         img = Image.open(source, formats=list(formats) if formats else None)
     except Image.UnidentifiedImageError:
         brands = _iso_brands(data)
-        if AVIF and (formats is None or "AVIF" in formats) and brands & {b"avif", b"avis"}:
-            # Pillow identifies an AVIF file only once libavif has parsed all of its boxes: a truncated
-            # one is unidentified, but it is a damaged AVIF (422 in the server), not another format (415).
-            raise CorruptImage("cannot read the AVIF data (truncated or damaged)") from None
+        for name, readable, known in (("AVIF", AVIF, _AVIF_BRANDS), ("HEIF", HEIF, _HEIF_BRANDS)):
+            if readable and (formats is None or name in formats) and brands & known:
+                # Pillow identifies an AVIF (HEIC) file only once libavif (libheif) has parsed all of its
+                # boxes: a truncated one is unidentified, but it is a damaged AVIF (HEIC), 422 in the
+                # server as a cut JPEG is, not another format (415).
+                raise CorruptImage(f"cannot read the {name} data (truncated or damaged)") from None
         accepted = ", ".join(formats) if formats else "a format Pillow reads"
         raise UnsupportedImageFormat(f"not a recognised image (accepted: {accepted})",
                                      HEIF_HINT if brands & _HEIF_BRANDS else "") from None
@@ -208,6 +230,7 @@ def _open_checked(data: bytes | Path | str, formats: tuple[str, ...] | None,
     return img
 
 
+_AVIF_BRANDS = {b"avif", b"avis"}
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
 
 
@@ -541,8 +564,8 @@ def spread(items: list, count: int) -> list:
 
 def find_images(folder: Path | str) -> list[Path]:
     """Every image (IMAGE_SUFFIXES) under ``folder`` (recursive, following symlinked folders once; hidden
-    files and folders skipped), in sorted order. HEIC/HEIF files are skipped with a warning that says
-    how to make them usable (a phone's photo folder is full of them)."""
+    files and folders skipped), in sorted order. Without the optional HEIC support, HEIC/HEIF files are
+    skipped with a warning that says how to make them usable (a phone's photo folder is full of them)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"not a folder: {folder}")
@@ -558,7 +581,7 @@ def find_images(folder: Path | str) -> list[Path]:
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         visible = [f for f in files if not f.startswith(".")]
         found += [Path(root) / f for f in visible if Path(f).suffix.lower() in IMAGE_SUFFIXES]
-        heif += sum(Path(f).suffix.lower() in (".heic", ".heif") for f in visible)
+        heif += sum(Path(f).suffix.lower() in HEIF_SUFFIXES for f in visible) if not HEIF else 0
     if heif:
         log.warning("%d HEIC/HEIF file(s) under %s skipped. %s", heif, folder, HEIF_HINT)
     return sorted(p for p in found if p.is_file())

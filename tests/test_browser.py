@@ -329,12 +329,17 @@ def test_single_model_and_before_after_slider(page, tmp_path):
     assert divider() == pytest.approx(75, abs=2)
 
 
-def test_the_page_names_the_formats_the_server_reads(browser, server):
-    """A server whose Pillow lacks libavif reads PNG, JPEG and WebP: the drop zone and the file picker
-    say so, not the page's own list."""
-    with _open_page(browser, server, lambda body: {**body, "input_formats": ["PNG", "JPEG", "WEBP"]}) as page:
-        assert page.inner_text("#format-names") == "PNG, JPEG or WebP"
-        assert page.get_attribute("#file-input", "accept") == "image/png,image/jpeg,image/webp"
+@pytest.mark.parametrize("formats, names, accept", [
+    (["PNG", "JPEG", "WEBP"], "PNG, JPEG or WebP", "image/png,image/jpeg,image/webp"),
+    (["PNG", "JPEG", "WEBP", "AVIF", "HEIF"], "PNG, JPEG, WebP, AVIF or HEIC",
+     "image/png,image/jpeg,image/webp,image/avif,image/heic,image/heif"),
+])
+def test_the_page_names_the_formats_the_server_reads(browser, server, formats, names, accept):
+    """A server whose Pillow lacks libavif reads PNG, JPEG and WebP; one with the optional HEIC support
+    reads an iPhone's photos too: the drop zone and the file picker say so, not the page's own list."""
+    with _open_page(browser, server, lambda body: {**body, "input_formats": formats}) as page:
+        assert page.inner_text("#format-names") == names
+        assert page.get_attribute("#file-input", "accept") == accept
 
 
 def test_stroke_size_is_sent_only_when_chosen(page, tmp_path):

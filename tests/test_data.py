@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from style_transfer.data import ContentImages, ResumableSampler, steps_per_epoch
+from style_transfer import imageio
 from style_transfer.imageio import AVIF, find_images
 
 
@@ -52,15 +53,26 @@ def test_find_images_recurses_and_filters(tmp_path, make_image_file):
     assert all(isinstance(p, Path) for p in found)
 
 
-def test_find_images_warns_about_the_heic_photos_it_skips(tmp_path, make_image_file, caplog):
+@pytest.mark.parametrize("heic_support", [False, True])
+def test_find_images_takes_heic_photos_or_warns_it_skips_them(tmp_path, make_image_file, caplog, monkeypatch,
+                                                              heic_support):
+    """With the optional HEIC support a phone's folder is read whole; without it, its HEIC photos are
+    skipped with a warning saying how to read them."""
+    monkeypatch.setattr(imageio, "HEIF", heic_support)
+    base = tuple(s for s in imageio.IMAGE_SUFFIXES if s not in imageio.HEIF_SUFFIXES)
+    monkeypatch.setattr(imageio, "IMAGE_SUFFIXES", base + (imageio.HEIF_SUFFIXES if heic_support else ()))
     keep = make_image_file(tmp_path / "a.jpg", fmt="JPEG")
     heic = [tmp_path / "IMG_0001.HEIC", tmp_path / "sub" / "IMG_0002.heic", tmp_path / "c.heif"]
     for path in heic:
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"\x00\x00\x00\x18ftypheic")
     with caplog.at_level("WARNING", logger="style_transfer.imageio"):
+        if heic_support:
+            assert find_images(tmp_path) == sorted([keep, *heic]) and "HEIC" not in caplog.text
+            return
         assert find_images(tmp_path) == [keep]
         assert "3 HEIC/HEIF file(s)" in caplog.text and "export them as JPEG" in caplog.text
+        assert "style-transfer[heif]" in caplog.text
         caplog.clear()
         for path in heic:
             path.unlink()

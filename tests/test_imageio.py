@@ -16,6 +16,8 @@ import style_transfer.imageio as imageio
 from benchmarks.bench_colour_profiles import DISPLAY_P3, icc_with_primaries, srgb_icc
 from style_transfer.imageio import (
     AVIF,
+    HEIF,
+    INPUT_FORMATS,
     CorruptImage,
     LoadedImage,
     UnsupportedImageFormat,
@@ -513,12 +515,48 @@ def test_a_cut_avif_is_corrupt_not_unsupported():
         decode_image(avif[:len(avif) // 2], formats=("PNG", "JPEG"))  # AVIF not accepted: another format
 
 
-def test_a_heic_photo_is_refused_with_what_to_do(tmp_path):
+# Formats without HEIF: what a decoder reads where the optional HEIC support is not installed.
+WITHOUT_HEIF = tuple(f for f in INPUT_FORMATS if f != "HEIF")
+
+
+def test_a_heic_photo_is_refused_with_what_to_do_without_the_heic_support(tmp_path):
     (tmp_path / "IMG_0001.HEIC").write_bytes(HEIC)
     for source in (HEIC, tmp_path / "IMG_0001.HEIC"):
         with pytest.raises(UnsupportedImageFormat, match="HEIC") as refused:
-            decode_image(source)
-        assert "JPEG" in refused.value.hint
+            decode_image(source, formats=WITHOUT_HEIF)
+        assert "JPEG" in refused.value.hint and "style-transfer[heif]" in refused.value.hint
     with pytest.raises(UnsupportedImageFormat) as refused:
         decode_image(MP4)  # other ISO media: no hint
     assert refused.value.hint == "" and "HEIC" not in str(refused.value)
+
+
+def _heic(img: Image.Image, **save) -> bytes:
+    return _bytes(img, "HEIF", quality=95, **save)
+
+
+@pytest.mark.skipif(not HEIF, reason="the optional HEIC support (pillow-heif) is not installed")
+def test_heic_photos_are_read_oriented_and_colour_managed():
+    """An iPhone's photo: HEIC, rotated by its container (pillow-heif turns EXIF orientation 6 into the
+    HEIF rotation it applies itself, and resets the EXIF tag), tagged Display P3."""
+    img = Image.new("RGB", (64, 32), RED)
+    img.paste(BLUE, (0, 0, 16, 32))  # the left quarter blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    loaded = decode_image(_heic(img, exif=exif.tobytes()))
+    assert loaded.rgb.shape == (1, 3, 64, 32)  # rotated once, not twice
+    assert _close(_rgb_at(loaded, 2, 16), [0, 0, 1], 0.1) and _close(_rgb_at(loaded, 60, 16), [1, 0, 0], 0.1)
+    tagged = decode_image(_heic(Image.fromarray(np.repeat(np.repeat(COLOURS, 16, 0), 16, 1)),
+                                icc_profile=icc_with_primaries())).rgb
+    plain = decode_image(_heic(Image.fromarray(np.repeat(np.repeat(COLOURS, 16, 0), 16, 1)))).rgb
+    # The P3 red comes out a more saturated sRGB red than the same numbers untagged (see the PNG test).
+    assert tagged[0, 0, 8, 8] > plain[0, 0, 8, 8] + 0.02 and tagged[0, 1, 8, 8] < plain[0, 1, 8, 8] - 0.02
+
+
+@pytest.mark.skipif(not HEIF, reason="the optional HEIC support (pillow-heif) is not installed")
+def test_a_cut_heic_is_corrupt_not_unsupported():
+    heic = _heic(Image.new("RGB", (32, 24), RED))
+    for cut in (heic[:len(heic) // 2], heic[:40], HEIC):
+        with pytest.raises(CorruptImage, match="HEIF"):
+            decode_image(cut)
+    with pytest.raises(UnsupportedImageFormat):
+        decode_image(heic, formats=WITHOUT_HEIF)  # HEIF not accepted: refused, with the hint

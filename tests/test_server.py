@@ -21,10 +21,11 @@ from server.errors import ERRORS
 from server.inference import Busy, DeadlineExceeded, InferenceError, InferenceWorker, NotReady, UnknownModel
 from server.metrics import Metrics
 from server.settings import Settings
-from style_transfer.imageio import AVIF, INPUT_FORMATS, LoadedImage
+from server.routes import stylize as stylize_routes
+from style_transfer.imageio import AVIF, HEIF, INPUT_FORMATS, LoadedImage
 from style_transfer.stylize import StylizeOptions
 
-from .test_imageio import HEIC
+from .test_imageio import HEIC, WITHOUT_HEIF
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -317,14 +318,28 @@ def test_avif_uploads_are_stylized_and_checked_like_the_others(make_client):
     assert r.status_code == 422 and error_code(r) == "corrupt_image"
 
 
-def test_the_415_message_names_the_accepted_formats_and_what_to_do_with_a_heic(client):
+def test_the_415_message_names_the_accepted_formats_and_what_to_do_with_a_heic(client, monkeypatch):
     r = client.post("/v1/stylize", files={"file": ("a", b"hello, this is text")}, data={"model": "tiny-instance"})
     message = r.json()["error"]["message"]
     assert all(name in message for name in ("PNG", "JPEG", "WebP")) and ("AVIF" in message) == AVIF
-    assert "HEIC" not in message
+    assert ("HEIC" in message) == HEIF
+    # A server without the optional HEIC support: an iPhone's photo gets what to do with it.
+    monkeypatch.setattr(stylize_routes, "ACCEPTED_FORMATS", WITHOUT_HEIF)
     r = client.post("/v1/stylize", files={"file": ("IMG_0001.HEIC", HEIC)}, data={"model": "tiny-instance"})
     assert r.status_code == 415 and error_code(r) == "unsupported_media_type"
-    assert r.json()["error"]["message"].startswith(message) and "export them as JPEG" in r.json()["error"]["message"]
+    message = r.json()["error"]["message"]
+    assert "HEIC, " not in message.split(" (recognised")[0] and "export them as JPEG" in message
+
+
+@pytest.mark.skipif(not HEIF, reason="the optional HEIC support (pillow-heif) is not installed")
+def test_heic_photos_are_stylized(client):
+    photo = Image.open(io.BytesIO(png_bytes(48, 32)))
+    buf = io.BytesIO()
+    photo.save(buf, format="HEIF", quality=95)
+    r = client.post("/v1/stylize", files={"file": ("IMG_0001.HEIC", buf.getvalue())}, data={"model": "tiny-instance"})
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (48, 32)
+    r = client.post("/v1/stylize", files={"file": ("IMG_0002.HEIC", HEIC)}, data={"model": "tiny-instance"})
+    assert r.status_code == 422 and error_code(r) == "corrupt_image"  # a damaged HEIC, as a cut JPEG
 
 
 def test_truncated_images_are_422(client):

@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from style_transfer.checkpoint import ModelInfo
 from style_transfer.imageio import (INPUT_FORMAT_NAMES, INPUT_FORMATS, EncodedJpeg, LoadedImage, UnsupportedImageFormat,
-                                    decode_image, encode_image)
+                                    decode_image, encode_image, format_names)
 from style_transfer.sidebyside import comparison_grid, photo_metrics, stylize_each_async
 from style_transfer.stylize import StylizeOptions, check_paint_size, fit_image, style_names
 
@@ -126,8 +126,8 @@ async def _read_upload(upload: UploadFile) -> bytes:
 
 
 def _unsupported(refused: UnsupportedImageFormat) -> UnsupportedImageFormat:
-    return UnsupportedImageFormat(f"only these image formats are accepted: {INPUT_FORMAT_NAMES} (recognised by "
-                                  "content, not by name)", refused.hint)
+    return UnsupportedImageFormat(f"only these image formats are accepted: {format_names(ACCEPTED_FORMATS)} "
+                                  "(recognised by content, not by name)", refused.hint)
 
 
 async def _decode(data: bytes, settings: Settings, options: StylizeOptions,

@@ -545,10 +545,11 @@
   // ------------------------------------------------------------------ photo
 
   function showFormats(formats) {
-    const names = formats.map((f) => ({ WEBP: 'WebP' }[f] || f));
+    const names = formats.map((f) => ({ WEBP: 'WebP', HEIF: 'HEIC' }[f] || f));
     formatNames = names.length > 1 ? `${names.slice(0, -1).join(', ')} or ${names[names.length - 1]}` : names[0];
     els.formatNames.textContent = formatNames;
-    els.fileInput.accept = formats.map((f) => `image/${f.toLowerCase()}`).join(',');
+    // An iPhone's HEIC photo is image/heic; HEIF is the container's name (image/heif).
+    els.fileInput.accept = formats.flatMap((f) => (f === 'HEIF' ? ['image/heic', 'image/heif'] : [`image/${f.toLowerCase()}`])).join(',');
   }
 
   function setFile(file) {
