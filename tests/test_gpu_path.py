@@ -468,3 +468,27 @@ def test_a_tiled_blend_on_the_gpu(weights):
             r = client.post("/v1/stylize", files={"file": ("f", jpeg(photo(150, 100)))},
                             data={"model": "tiny-instance", "strength": "0.5", "preserve_color": "true", "format": fmt})
             assert r.status_code == 200 and r.headers["x-image-size"] == "150x100"
+
+
+@cuda
+def test_a_painted_batch_on_the_gpu_matches_the_cpu(weights):
+    """Large uploads painted smaller (paint_size), decoded by nvJPEG, batched and upscaled on the GPU: the
+    same pictures as the CPU server's, up to reduced precision."""
+    files = [jpeg(photo(150, 100, seed=s)) for s in range(2)]
+    form = {"model": "tiny-instance", "paint_size": "64"}
+    answers = {}
+    for device in ("cpu", "cuda"):
+        settings = Settings(weights=weights, device=device, warmup_size=16, max_batch_size=2, batch_wait_ms=50)
+        with TestClient(create_app(settings)) as client:
+            wait_ready(client)
+            threads = [threading.Thread(target=lambda i=i: answers.__setitem__(
+                (device, i), client.post("/v1/stylize", files={"file": ("f", files[i])}, data=form)))
+                for i in range(len(files))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    for i in range(len(files)):
+        cpu, gpu = answers["cpu", i], answers["cuda", i]
+        assert cpu.status_code == gpu.status_code == 200 and gpu.headers["x-image-size"] == "150x100"
+        assert psnr(decode_image(gpu.content).rgb, decode_image(cpu.content).rgb) >= 30
