@@ -87,7 +87,9 @@ def install_error_handlers(app: FastAPI) -> None:
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
-            problems.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+            # A field's own rule (a ValueError in its validator) says it best; pydantic would prefix "Value error, ".
+            cause = err.get("ctx", {}).get("error") if err.get("type") == "value_error" else None
+            problems.append(f"{where or 'request'}: {cause if cause is not None else err.get('msg', 'invalid')}")
         return error_response(422, "invalid_request", "; ".join(problems) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)

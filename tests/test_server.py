@@ -198,7 +198,8 @@ def test_paint_size_from_client_and_server(make_client):
     assert np.abs(small - full).mean() > 1
     r = client.post("/v1/stylize", files={"file": ("a.png", png_bytes(150, 90))},
                     data={"model": "tiny-instance", "paint_size": "10"})
-    assert r.status_code == 422 and error_code(r) == "invalid_request" and "paint_size" in r.text
+    assert r.status_code == 422 and error_code(r) == "invalid_request"
+    assert r.json()["error"]["message"] == "paint_size: give 0 (the image's size) or at least 64 px, got 10"
     # The operator's paint size is the default a request can override; 0 paints at the image's size.
     painting = make_client(paint_size=64)
     assert painting.get("/v1/models").json()["paint_size"] == 64
