@@ -76,14 +76,20 @@ def stylize(stylizer: Stylizer, image: torch.Tensor, paint: int | None, detail: 
     return out, time.perf_counter() - start
 
 
+def enlarge(image: torch.Tensor, upscale: float) -> torch.Tensor:
+    """``image`` enlarged ``upscale`` times (bicubic), standing for a large photo; itself at 1."""
+    if upscale == 1:
+        return image
+    return torch.nn.functional.interpolate(image, scale_factor=upscale, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
 def gallery(stylizer: Stylizer, photo: Path, size: int, upscale: float, paint: int, tile: int, path: Path) -> None:
     """The picture of ``--gallery``: full size vs ``paint``, seen whole (top row) and at 100% (bottom)."""
     from PIL import Image
 
     from style_transfer.imageio import to_pil
 
-    image = load_rgb(photo, size)
-    big = torch.nn.functional.interpolate(image, scale_factor=upscale, mode="bicubic", align_corners=False).clamp(0, 1)
+    big = enlarge(load_rgb(photo, size), upscale)
     pair = [stylize(stylizer, big, p, True, tile)[0] for p in (None, paint)]
     whole = [to_pil(resize_max(out, size // 2)) for out in pair]
     w, h = whole[0].size
@@ -116,23 +122,22 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     shipped = list_models(args.plan.parent)
+    models = [m for m in select(load_plan(args.plan), args.only or MODELS)
+              if m.name in shipped and m.norm != "conditional_instance"]
     photos = pick_images(args.photos, args.max_images)
+    if args.gallery:  # the first model, on one photo: nothing else is loaded
+        return gallery(Stylizer.from_checkpoint(shipped[models[0].name], device="cpu"),
+                       args.gallery_photo or photos[0], args.size, args.upscale, int(args.paint.split(",")[0]),
+                       args.tile, args.gallery)
     images = [load_rgb(p, args.size) for p in photos]
-    large = [torch.nn.functional.interpolate(image, scale_factor=args.upscale, mode="bicubic",
-                                             align_corners=False).clamp(0, 1) if args.upscale != 1 else image
-             for image in images]
+    large = [enlarge(image, args.upscale) for image in images]
     runs = variants([int(s) for s in args.paint.split(",")], args.no_detail)
     print(f"{len(photos)} photos from {args.photos} at <= {args.size} px, enlarged {args.upscale:g}x "
           f"(long side {max(large[0].shape[-2:])} px), seen at <= {args.size} px; fast path, "
           f"{torch.get_num_threads()} threads")
     print(f"{'model':<14} {'paint':<16} {'kept':>6} {'style':>6} {'ms':>6}   vs full: kept, style (better on, p)")
-    for m in select(load_plan(args.plan), args.only or MODELS):
-        if m.name not in shipped or m.norm == "conditional_instance":
-            continue
+    for m in models:
         stylizer = Stylizer.from_checkpoint(shipped[m.name], device="cpu")
-        if args.gallery:
-            return gallery(stylizer, args.gallery_photo or photos[0], args.size, args.upscale,
-                           int(args.paint.split(",")[0]), args.tile, args.gallery)
         criterion = PerceptualLoss([load_rgb(p, m.spec.loss.style_size) for p in m.spec.style], m.spec.loss)
         own = [float(criterion.style_distance(image)) for image in images]
         stylize(stylizer, images[0], None, True, args.tile)  # warm-up

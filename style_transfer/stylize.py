@@ -103,10 +103,6 @@ class StylizeOptions:
             return self
         return dataclasses.replace(self, max_size=cap)
 
-    def paints_smaller(self, height: int, width: int) -> bool:
-        """Whether an image of this size (after ``max_size``) is painted downscaled: only past paint_size."""
-        return self.paint_size is not None and max(height, width) > self.paint_size
-
     def tiles(self, height: int, width: int) -> bool:
         """Whether an image of this size (after ``max_size`` and ``paint_size``) is stylized in tiles: only
         past the tile size."""
@@ -397,7 +393,7 @@ class Stylizer:
         treats each image on its own: an output does not depend on the rest of the batch.
         """
         h, w = images.shape[-2:]
-        small = resize_max(images, options.paint_size) if options.paints_smaller(h, w) else images
+        small = resize_max(images, options.paint_size) if options.paint_size else images  # itself when it fits
         if options.tiles(h, w):
             if images.shape[0] != 1:
                 raise ValueError(f"a batch of {images.shape[0]} images cannot be tiled; stylize them one by one")
