@@ -90,9 +90,13 @@ class LoadedImage:
 # another colour space: a phone's Display P3 JPEG, a camera's Adobe RGB one. Read as sRGB they come out
 # desaturated (Adobe RGB's green primary is far outside sRGB's), and the result no longer matches the
 # photo the user sees in a colour-managed browser. So such pixels are converted to sRGB on decode, with
-# the relative colorimetric intent that browsers use for images (out-of-gamut colours clip). A profile
-# that is sRGB's own (most tagged photos), unreadable, or not an RGB profile (greyscale, CMYK) leaves the
-# pixels as they are: what an unmanaged viewer shows.
+# the relative colorimetric intent that browsers use for images (out-of-gamut colours clip). The same
+# holds for the other colour spaces a profile can describe: a CMYK JPEG from a print workflow (its profile
+# says what each ink mix looks like on paper; without it, Pillow's plain inversion paints cyan as
+# (0, 255, 255), far more saturated than ink) and a greyscale one (Photoshop tags those with a dot-gain
+# profile). Without black point compensation, as browsers convert: a print's rich black stays the dark
+# grey it is on paper. A profile that is sRGB's own (most tagged photos), unreadable, or of another colour
+# space than the pixels leaves the pixels as they are: what an unmanaged viewer shows.
 
 _SRGB_PRIMARY_TOLERANCE = 2e-3  # XYZ; different sRGB profiles' rounded colorants differ by ~1e-4
 
@@ -141,14 +145,21 @@ def _to_srgb(icc: bytes) -> ImageCms.ImageCmsTransform | None:
     return transform
 
 
+# A profile's colour space -> the Pillow mode its transform reads ...
+_TRANSFORM_MODE = {"RGB": "RGB", "CMYK": "CMYK", "GRAY": "L"}
+# ... and the images' modes such a transform applies to (alpha set aside, a palette expanded: _apply_profile).
+_APPLIES_TO = {"RGB": ("RGB", "RGBA", "RGBX", "P", "PA"), "CMYK": ("CMYK",), "L": ("L", "LA")}
+
+
 def _build_to_srgb(icc: bytes) -> ImageCms.ImageCmsTransform | None:
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if profile.profile.xcolor_space.strip() != "RGB" or _is_srgb_matrix(profile.profile):
+        space = profile.profile.xcolor_space.strip()
+        if space not in _TRANSFORM_MODE or (space == "RGB" and _is_srgb_matrix(profile.profile)):
             return None
         # NOCACHE: LittleCMS's one-pixel cache lives in the transform and is not thread-safe; the server
         # decodes uploads on several threads with this one cached transform.
-        return ImageCms.buildTransform(profile, _srgb(), "RGB", "RGB",
+        return ImageCms.buildTransform(profile, _srgb(), _TRANSFORM_MODE[space], "RGB",
                                        renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
                                        flags=ImageCms.Flags.NOCACHE)
     except (OSError, ValueError, TypeError, ImageCms.PyCMSError) as exc:
@@ -159,7 +170,23 @@ def _build_to_srgb(icc: bytes) -> ImageCms.ImageCmsTransform | None:
 def colour_transform(img: Image.Image) -> ImageCms.ImageCmsTransform | None:
     """The conversion to sRGB that decode_image applies to ``img``'s pixels; None when there is none."""
     icc = img.info.get("icc_profile")
-    return _to_srgb(bytes(icc)) if icc and img.mode in ("RGB", "RGBA", "RGBX", "P", "PA") else None
+    if not icc or not any(img.mode in modes for modes in _APPLIES_TO.values()):
+        return None
+    transform = _to_srgb(bytes(icc))
+    if transform is None or img.mode not in _APPLIES_TO[transform.input_mode]:
+        return None  # e.g. a CMYK profile on RGB pixels: a broken file, shown as an unmanaged viewer would
+    return transform
+
+
+def _apply_profile(img: Image.Image, to_srgb: ImageCms.ImageCmsTransform) -> Image.Image:
+    """``img`` (a mode colour_transform accepted for ``to_srgb``) in sRGB: RGB, or RGBA keeping its alpha."""
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    alpha = img.getchannel("A") if img.mode in ("RGBA", "LA") else None
+    converted = to_srgb.apply(img if img.mode == to_srgb.input_mode else img.convert(to_srgb.input_mode))
+    if alpha is not None:
+        converted.putalpha(alpha)
+    return converted
 
 
 def _to_float_array(img: Image.Image,
@@ -176,20 +203,14 @@ def _to_float_array(img: Image.Image,
     if mode == "F":
         grey = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
         return np.repeat(grey[..., None], 3, axis=2), None
-    if mode == "P":
+    if to_srgb is not None:
+        img = _apply_profile(img, to_srgb)
+    elif mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     elif mode in ("LA", "La", "PA", "RGBa"):
         img = img.convert("RGBA")
-    elif mode == "CMYK":
-        # PIL's conversion is a plain inversion (no ICC transform): close enough for style transfer.
-        img = img.convert("RGB")
     elif mode not in ("RGB", "RGBA"):
-        img = img.convert("RGB")
-    if to_srgb is not None:
-        converted = to_srgb.apply(img.convert("RGB") if img.mode == "RGBA" else img)
-        if img.mode == "RGBA":
-            converted.putalpha(img.getchannel("A"))
-        img = converted
+        img = img.convert("RGB")  # CMYK without a profile: Pillow's plain inversion (an unmanaged viewer's)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     if img.mode == "RGBA":
         rgb, alpha = arr[..., :3], arr[..., 3]

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import server.inference as inference
-from benchmarks.bench_colour_profiles import icc_with_primaries, srgb_icc
+from benchmarks.bench_colour_profiles import cmyk_icc, grey_icc, icc_with_primaries, srgb_icc
 from server.app import create_app
 from server.inference import GPU_WARMUP_SIZES, InferenceWorker, Job, resolve_codec
 from server.metrics import Metrics
@@ -80,6 +80,7 @@ def test_only_complete_baseline_rgb_or_grey_jpegs_go_to_torchvision():
     # a file tagged sRGB needs no conversion.
     assert "colour profile" in refusal(jpeg(icc_profile=icc_with_primaries()))
     assert refusal(jpeg(icc_profile=srgb_icc())) is None
+    assert "colour profile" in refusal(jpeg(mode="L", icc_profile=grey_icc()))  # a grey profile is converted too
     data = jpeg()
     assert "end-of-image" in refusal(data[:-40])  # truncated: Pillow refuses it, nobody else may answer it
     assert "end-of-image" in refusal(data + b"trailing bytes")  # e.g. a motion photo's video
@@ -299,6 +300,8 @@ def corpus() -> list[tuple[str, bytes, dict[str, str]]]:
              ("gif", png_bytes(format="GIF"), {}), ("empty", b"", {}), ("junk", b"junk" * 50, {}),
              ("display p3", jpeg(icc_profile=icc_with_primaries()), {}),
              ("srgb tagged", jpeg(icc_profile=srgb_icc()), {}), ("heic", HEIC, {}),
+             ("grey profiled", jpeg(mode="L", icc_profile=grey_icc()), {}),
+             ("cmyk profiled", jpeg(mode="CMYK", icc_profile=cmyk_icc()), {}),
              ("jpeg magic", b"\xff\xd8\xff" + bytes(rng.integers(0, 256, 200, dtype=np.uint8)), {})]
     if AVIF:
         avif = png_bytes(format="AVIF")

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageCms
 
 import style_transfer.imageio as imageio
-from benchmarks.bench_colour_profiles import DISPLAY_P3, icc_with_primaries, srgb_icc
+from benchmarks.bench_colour_profiles import DISPLAY_P3, cmyk_icc, grey_icc, icc_with_primaries, ink_lab, srgb_icc
 from style_transfer.imageio import (
     AVIF,
     HEIF,
@@ -429,6 +429,65 @@ def test_a_profiled_rgba_image_keeps_its_alpha():
     assert torch.equal((loaded.alpha[0, 0] * 255).round().to(torch.uint8), torch.from_numpy(rgba[..., 3]))
     opaque = decode_image(_bytes(Image.fromarray(COLOURS), "PNG", icc_profile=icc_with_primaries())).rgb
     assert torch.allclose(loaded.rgb[..., 0], opaque[..., 0])  # the opaque pixel: converted alike
+
+
+def _lab_to_srgb(lab) -> np.ndarray:
+    """CIELAB (D50) -> sRGB in [0, 1], done independently of LittleCMS (CIE 15 formulas, then sRGB's
+    D50-adapted colorants as its ICC profile stores them, as _expected_srgb does)."""
+    lightness, a, b = lab
+    fy = (lightness + 16) / 116
+    f = np.array([fy + a / 500, fy, fy - b / 200])
+    xyz = np.where(f > 6 / 29, f ** 3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * np.array([0.9642, 1.0, 0.8249])
+    srgb = ImageCms.createProfile("sRGB")
+    colorants = np.array([srgb.red_colorant[0], srgb.green_colorant[0], srgb.blue_colorant[0]]).T
+    return _srgb_encode(np.linalg.solve(colorants, xyz))
+
+
+# Paper, each ink alone, and all four: the exact points of cmyk_icc's table.
+INKS = [(0, 0, 0, 0), (1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1), (1, 1, 1, 1)]
+
+
+def _cmyk_patches(inks=INKS) -> Image.Image:
+    """8x8 patches side by side (JPEG's blocks: each patch is flat in its own)."""
+    row = np.concatenate([np.full((8, 8, 4), np.array(ink) * 255, dtype=np.uint8) for ink in inks], axis=1)
+    return Image.fromarray(row, "CMYK")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
+def test_a_cmyk_image_is_converted_with_its_profile(fmt):
+    """A print workflow's CMYK file: each ink mix is the colour its profile says it prints as (paper
+    white, cyan ink a mid blue), not Pillow's plain inversion (cyan = (0, 255, 255))."""
+    data = _bytes(_cmyk_patches(), fmt, icc_profile=cmyk_icc(), **({"quality": 100} if fmt == "JPEG" else {}))
+    got = decode_image(data).rgb[0, :, 4, 4::8].T.numpy()
+    want = np.stack([_lab_to_srgb(ink_lab(*ink)) for ink in INKS])
+    assert np.abs(got - want).max() <= 2 / 255, (got * 255).round()
+    assert got[1, 1] < 0.7  # cyan: plain inversion would give full green
+    assert 0.1 < got[4].mean() < 0.2 and np.ptp(got[4]) < 1 / 255  # black ink: the paper's dark grey
+    plain = decode_image(_bytes(_cmyk_patches(), fmt)).rgb[0, :, 4, 4::8].T.numpy()
+    assert np.allclose(plain, 1 - np.clip(np.array(INKS)[:, :3] + np.array(INKS)[:, 3:], 0, 1), atol=1 / 255)
+
+
+def test_a_greyscale_image_is_converted_with_its_profile():
+    """A grey profile whose tone curve is linear light: grey 128 is half the light, which sRGB writes as
+    188. The alpha of a grey image with alpha stays as it is."""
+    levels = np.array([[0, 64, 128, 192, 255]], dtype=np.uint8)
+    got = decode_image(_bytes(Image.fromarray(levels), "PNG", icc_profile=grey_icc())).rgb[0].numpy()
+    assert np.abs(got - _srgb_encode(levels / 255.0)).max() <= 1.5 / 255, (got * 255).round()
+    with_alpha = Image.fromarray(np.stack([levels, levels[:, ::-1]], -1), "LA")
+    loaded = decode_image(_bytes(with_alpha, "PNG", icc_profile=grey_icc()))
+    assert torch.equal((loaded.alpha[0, 0] * 255).round().to(torch.uint8), torch.from_numpy(levels[:, ::-1].copy()))
+    opaque = loaded.rgb[0, :, 0, -1].numpy()  # alpha 255 there, so no white shows through
+    assert np.allclose(opaque, got[:, 0, -1], atol=1 / 255)
+
+
+def test_a_profile_of_another_colour_space_than_the_pixels_is_ignored():
+    """A broken file: a CMYK profile on RGB pixels, an RGB one on CMYK, a grey one on RGB. The pixels are
+    read as an unmanaged viewer reads them."""
+    untagged = decode_image(_bytes(Image.fromarray(COLOURS), "PNG")).rgb
+    for icc in (cmyk_icc(), grey_icc()):
+        assert torch.equal(decode_image(_bytes(Image.fromarray(COLOURS), "PNG", icc_profile=icc)).rgb, untagged)
+    plain = decode_image(_bytes(_cmyk_patches(), "TIFF")).rgb
+    assert torch.equal(decode_image(_bytes(_cmyk_patches(), "TIFF", icc_profile=icc_with_primaries())).rgb, plain)
 
 
 def test_the_cache_of_profiles_is_bounded_and_keeps_no_upload_bytes(monkeypatch):
