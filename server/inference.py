@@ -60,8 +60,13 @@ from .settings import Settings, parse_sizes
 log = logging.getLogger("server.inference")
 
 # Sizes a GPU server warms up when its operator lists none (STYLE_TRANSFER_WARMUP_SIZES): the issue-18
-# benchmark sizes, and 4:3 photos bounded to 1024 px in either orientation.
-GPU_WARMUP_SIZES = "512,1024,1024x768,768x1024"
+# benchmark sizes ...
+GPU_WARMUP_SIZES = "512,1024"
+# ... and the shapes the network paints the photos clients send most at: a phone's 4:3, a camera's 3:2 and
+# a screen's 16:9, in either orientation, bounded to the server's max_size and painted at its paint_size
+# (a 4032x3024 phone photo on a GPU server: 2048x1536, painted at 1024x768). Without them the first request
+# of each such shape would pay cuDNN's autotuning (and a compile, with STYLE_TRANSFER_COMPILE).
+PHOTO_SIZES = ((3024, 4032), (4000, 6000), (2160, 3840))
 JPEG_QUALITY = 92  # encode_image's default, so that both encoders write the same quality
 
 
@@ -231,12 +236,16 @@ class InferenceWorker:
 
     def warmup_shapes(self) -> list[tuple[int, int]]:
         """(height, width) of every image each model runs before the server is ready: ``warmup_size``, then
-        ``warmup_sizes`` (by default none more on the CPU, GPU_WARMUP_SIZES on a GPU)."""
-        more = self.settings.warmup_sizes
-        if more is None:
-            more = GPU_WARMUP_SIZES if self.device.type == "cuda" else ""
+        ``warmup_sizes`` (by default none more on the CPU; on a GPU, GPU_WARMUP_SIZES and the shapes the
+        PHOTO_SIZES are painted at)."""
         square = self.settings.warmup_size
-        return list(dict.fromkeys([(square, square), *parse_sizes(more)]))
+        if self.settings.warmup_sizes is not None or self.device.type != "cuda":
+            more = list(parse_sizes(self.settings.warmup_sizes or ""))
+        else:
+            options = self.options()
+            more = [*parse_sizes(GPU_WARMUP_SIZES),
+                    *(options.painted_size(*size) for h, w in PHOTO_SIZES for size in ((h, w), (w, h)))]
+        return list(dict.fromkeys([(square, square), *more]))
 
     def warmup_batch_sizes(self) -> list[int]:
         """The batch sizes each warm-up shape runs at: every one a batch can have on a GPU (cuDNN's autotuner

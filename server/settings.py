@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     # More sizes every model runs before /readyz says ready, at batch size 1 and max_batch_size (on a GPU at
     # every batch size up to it): "WxH" or "N", comma-separated. cuDNN's autotuner (and torch.compile) pays
     # once per input shape, seconds a request would wait, so list the sizes clients send (after max_size).
-    # None: none more on the CPU (one shape pays its one-time costs), server.inference.GPU_WARMUP_SIZES on a GPU.
+    # None: none more on the CPU (one shape pays its one-time costs); on a GPU server.inference.GPU_WARMUP_SIZES
+    # and the shapes its PHOTO_SIZES are painted at.
     warmup_sizes: str | None = None
     max_compare_models: int = Field(8, ge=1)
 

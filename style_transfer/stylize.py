@@ -103,6 +103,11 @@ class StylizeOptions:
             return self
         return dataclasses.replace(self, max_size=cap)
 
+    def painted_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) the network paints an image of this size at: bounded to ``max_size``, then to
+        ``paint_size`` (what a server warms up for the photos it expects)."""
+        return fitted_size(*fitted_size(height, width, self.max_size), self.paint_size)
+
     def tiles(self, height: int, width: int) -> bool:
         """Whether an image of this size (after ``max_size`` and ``paint_size``) is stylized in tiles: only
         past the tile size."""

@@ -184,11 +184,22 @@ def test_warmup_shapes_and_batch_sizes_by_device(weights):
     worker.settings = Settings(weights=weights, device="cpu", warmup_size=16, warmup_sizes="32x24,16",
                                max_batch_size=4)
     assert worker.warmup_shapes() == [(16, 16), (24, 32)]
-    # A GPU's defaults, and every batch size (cuDNN autotunes, compile compiles, per input shape).
+    # A GPU's defaults, and every batch size (cuDNN autotunes, compile compiles, per input shape): the
+    # benchmark sizes, and the shapes phone, camera and screen photos are painted at (a GPU's max_size
+    # 2048, paint_size 1024: 4:3 at 1024x768, 3:2 at 1024x682, 16:9 at 1024x576), landscape first.
     worker.settings = Settings(weights=weights, device="cpu", warmup_size=16, max_batch_size=3)
-    worker.device = torch.device("cuda")
-    assert worker.warmup_shapes() == [(16, 16), *parse_sizes(GPU_WARMUP_SIZES)]
+    worker.device, worker.max_size = torch.device("cuda"), 2048
+    painted = [(768, 1024), (1024, 768), (682, 1024), (1024, 682), (576, 1024), (1024, 576)]
+    assert worker.warmup_shapes() == [(16, 16), *parse_sizes(GPU_WARMUP_SIZES), *painted]
     assert worker.warmup_batch_sizes() == [1, 2, 3]
+    # Each is what a request of such a photo paints at (painted_size: tests/test_stylize.py), also under
+    # the operator's paint size and max size: painted at full size, a 4:3 photo runs at 2048x1536.
+    for height, width in inference.PHOTO_SIZES:
+        assert worker.options().painted_size(height, width) in worker.warmup_shapes()
+    worker.settings = Settings(weights=weights, device="cpu", warmup_size=16, paint_size=0)
+    assert (1536, 2048) in worker.warmup_shapes() and (768, 1024) not in worker.warmup_shapes()
+    worker.max_size = 1000
+    assert (750, 1000) in worker.warmup_shapes()
 
 
 def test_codec_is_torchvision_on_a_gpu_and_pillow_on_the_cpu_unless_asked():

@@ -177,6 +177,13 @@ def test_the_network_paints_at_paint_size_and_the_output_keeps_the_size(monkeypa
     seen.clear()
     bounded = stylizer.stylize(photo, StylizeOptions(max_size=150, paint_size=75))
     assert bounded.shape[-2:] == (90, 150) and seen == [(1, 3, 45, 75)]
+    # painted_size says it beforehand, roundings included (a server warms those shapes up).
+    for (h, w), options in [((120, 200), StylizeOptions(max_size=150, paint_size=75)),
+                            ((121, 199), StylizeOptions(max_size=147, paint_size=67)),
+                            ((199, 121), StylizeOptions(paint_size=64)), ((120, 200), StylizeOptions())]:
+        seen.clear()
+        stylizer.stylize(fine_photo(h, w), options)
+        assert seen == [(1, 3, *options.painted_size(h, w))], (h, w, options)
 
 
 def test_painted_batches_equal_single_images_and_tile_at_the_painted_size(monkeypatch):
