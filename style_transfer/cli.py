@@ -7,6 +7,7 @@ from the run spec (spec.py), so `train` and `ablate` offer every setting a spec 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import logging
@@ -276,21 +277,67 @@ def _add_stylize(sub: argparse._SubParsersAction) -> None:
                    help="run the plain fp32 network instead of the fast path (rewritten, reduced precision)")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast path (helps on GPUs)")
     p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} (default: %(default)s)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="leave an input whose output file exists alone: an interrupted run over a folder goes on "
+                        "where it stopped")
     p.set_defaults(func=_cmd_stylize)
 
 
-def _collect_inputs(paths: list[Path]) -> list[Path]:
-    files = collect_images(paths)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
-    return files
+def _stylize_inputs(paths: list[Path], out: Path) -> list[tuple[Path, Path]]:
+    """(file, its path under the folder named that holds it; a file named itself: its name) for every input
+    image, each file once. The images a folder holds under ``out`` are not inputs: a run whose --out lies
+    inside its input folder would otherwise stylize its own outputs the next time."""
+    inputs, seen, outputs = [], set(), out.resolve()
+    for path in paths:
+        in_folder = path.is_dir()
+        for f in collect_images([path]):
+            real = f.resolve()
+            if real in seen or (in_folder and real.is_relative_to(outputs)):
+                continue
+            seen.add(real)
+            inputs.append((f, f.relative_to(path) if in_folder else Path(f.name)))
+    if not inputs:
+        where = f" outside {out}" if any(outputs.is_relative_to(p.resolve()) for p in paths) else ""
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}{where}")
+    return inputs
+
+
+def output_stems(rels: list[Path]) -> list[str]:
+    """The name each input's output goes under in one folder: its file's stem, unless inputs share it (a
+    phone's IMG_0001 in two folders, photo.jpg beside photo.png). Those are named by their path under their
+    folder (``100APPLE_IMG_0001``), else with their extension too (``photo_jpg``), whichever first tells
+    them apart, and numbered as a last resort (``photo``, ``photo-2``: one name in two folders named on the
+    command line): no output overwrites another."""
+    namings = (lambda rel: "_".join(rel.with_suffix("").parts),
+               lambda rel: "_".join(rel.with_suffix("").parts) + "_" + rel.suffix.lower().lstrip("."))
+    stems = [rel.stem for rel in rels]
+    groups = collections.defaultdict(list)
+    for i, stem in enumerate(stems):
+        groups[stem].append(i)
+    for group in (g for g in groups.values() if len(g) > 1):
+        for naming in namings:
+            names = [naming(rels[i]) for i in group]
+            if len(set(names)) == len(names):
+                for i, name in zip(group, names):
+                    stems[i] = name
+                break
+    taken: set[str] = set()
+    for i, stem in enumerate(stems):
+        n, unique = 1, stem
+        while unique in taken:
+            n += 1
+            unique = f"{stem}-{n}"
+        taken.add(unique)
+        stems[i] = unique
+    return stems
 
 
 def _cmd_stylize(args: argparse.Namespace) -> int:
     from .stylize import StylizeOptions, Stylizer, paint_size_option, parse_mix, style_mix
     from .zoo import resolve_model
 
-    files = _collect_inputs(args.inputs)
+    inputs = _stylize_inputs(args.inputs, args.out)
+    single_file_out = len(inputs) == 1 and args.out.suffix.lower() in OUTPUT_FORMATS
     model_path = resolve_model(args.model, args.weights)
     stylizer = Stylizer.from_checkpoint(model_path, args.device, args.precision, args.fast, args.compile)
     if stylizer.device.type == "cpu":
@@ -299,11 +346,24 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
     options = StylizeOptions(strength=args.strength, preserve_color=args.preserve_color, max_size=args.max_size,
                              paint_size=paint_size_option(args.paint_size), tile=args.tile,
                              tile_overlap=args.tile_overlap, style=style)
-    single_file_out = len(files) == 1 and args.out.suffix.lower() in OUTPUT_FORMATS
     suffix = "." + (args.format or (args.out.suffix.lower().lstrip(".") if single_file_out else "png"))
     suffix = ".jpg" if suffix == ".jpeg" else suffix
+    if single_file_out:
+        jobs = [(inputs[0][0], args.out.with_suffix(suffix))]
+    else:
+        stems = output_stems([rel for _, rel in inputs])
+        jobs = [(path, args.out / f"{stem}_{model_path.stem}{suffix}") for (path, _), stem in zip(inputs, stems)]
+        for (path, rel), stem, (_, target) in zip(inputs, stems, jobs):
+            if stem != rel.stem:
+                log.warning("%s shares its name with another input: written as %s", path, target.name)
+    if args.skip_existing:
+        todo = [(path, target) for path, target in jobs if not target.exists()]
+        if len(todo) < len(jobs):
+            log.info("skipping %d of %d image(s) whose output exists (--skip-existing)",
+                     len(jobs) - len(todo), len(jobs))
+        jobs = todo
     failures = 0
-    for path in tqdm(files, desc="stylize", unit="img", disable=len(files) < 2):
+    for path, target in tqdm(jobs, desc="stylize", unit="img", disable=len(jobs) < 2):
         try:
             image = decode_image(path)
         except Exception as exc:  # noqa: BLE001 -- PIL raises many types for unreadable files
@@ -311,11 +371,10 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
             failures += 1
             continue
         styled = stylizer.stylize_image(image, options)
-        target = args.out.with_suffix(suffix) if single_file_out else args.out / f"{path.stem}_{model_path.stem}{suffix}"
         save_image(styled.rgb, target, styled.alpha, args.quality)
         log.info("wrote %s", target)
     if failures:
-        log.error("%d of %d image(s) could not be read", failures, len(files))
+        log.error("%d of %d image(s) could not be read", failures, len(jobs))
     return 1 if failures else 0
 
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from style_transfer.checkpoint import ModelInfo, save_model
+import style_transfer.cli as cli
 from style_transfer.cli import main
 from style_transfer.network import TransformerConfig, TransformerNet
 
@@ -65,6 +66,66 @@ def test_stylize_folder_recursively_to_a_folder(weights, photos, tmp_path):
     with Image.open(out / "c_tiny-batch.png") as img:  # alpha carried over
         assert img.mode == "RGBA"
         assert np.asarray(img)[..., 3][0, 0] == 0 and np.asarray(img)[..., 3][0, -1] == 255
+
+
+def _photo(path: Path, seed: int, size=(20, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_inputs_that_share_a_name_get_outputs_of_their_own(weights, tmp_path, caplog):
+    """A phone numbers its photos again in each folder, and photo.jpg may sit beside photo.png: every input
+    gets its own output (before, the last one overwrote the others), and the log says which is which."""
+    src = tmp_path / "DCIM"
+    first, second = _photo(src / "100APPLE" / "IMG_0001.jpg", 1), _photo(src / "101APPLE" / "IMG_0001.jpg", 2)
+    jpg, png, alone = _photo(src / "photo.jpg", 3), _photo(src / "photo.png", 4), _photo(src / "other.png", 5)
+    out = tmp_path / "out"
+    assert run("stylize", src, "--model", "tiny-instance", "--weights", weights, "--out", out) == 0
+    names = {"100APPLE_IMG_0001": first, "101APPLE_IMG_0001": second, "photo_jpg": jpg, "photo_png": png,
+             "other": alone}
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}_tiny-instance.png" for n in names)
+    for name, source in names.items():  # each output is its own input's
+        alone_out = tmp_path / "one" / f"{name}.png"
+        assert run("stylize", source, "--model", "tiny-instance", "--weights", weights, "--out", alone_out) == 0
+        assert np.array_equal(np.asarray(Image.open(out / f"{name}_tiny-instance.png")), np.asarray(Image.open(alone_out)))
+    assert "written as 101APPLE_IMG_0001_tiny-instance.png" in caplog.text and "other.png" not in caplog.text
+    # The same name in two folders named on the command line, and one file named twice (stylized once).
+    other = _photo(tmp_path / "elsewhere" / "photo.jpg", 6)
+    out2 = tmp_path / "out2"
+    assert run("stylize", jpg, other, jpg, "--model", "tiny-instance", "--weights", weights, "--out", out2) == 0
+    assert sorted(p.name for p in out2.iterdir()) == ["photo-2_tiny-instance.png", "photo_tiny-instance.png"]
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_read_again(weights, tmp_path, monkeypatch):
+    src = tmp_path / "photos"
+    _photo(src / "a.jpg", 1)
+    monkeypatch.chdir(src)  # `style-transfer stylize .`: the default --out, ./stylized, is inside the input
+    for _ in range(2):
+        assert run("stylize", ".", "--model", "tiny-instance", "--weights", weights) == 0
+        assert sorted(p.name for p in (src / "stylized").iterdir()) == ["a_tiny-instance.png"]
+    # Named on the command line, an image inside it is an input like any other.
+    assert run("stylize", "stylized/a_tiny-instance.png", "--model", "tiny-batch", "--weights", weights) == 0
+    assert (src / "stylized" / "a_tiny-instance_tiny-batch.png").exists()
+
+
+def test_skip_existing_goes_on_where_an_interrupted_run_stopped(weights, photos, tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO")
+    out = tmp_path / "out"
+    assert run("stylize", photos, "--model", "tiny-instance", "--weights", weights, "--out", out) == 0
+    (out / "b_tiny-instance.png").unlink()  # the run was killed before b
+    done = (out / "a_tiny-instance.png").stat().st_mtime_ns
+    decoded = []
+    real = cli.decode_image
+    monkeypatch.setattr("style_transfer.cli.decode_image", lambda path: decoded.append(path.name) or real(path))
+    assert run("stylize", photos, "--model", "tiny-instance", "--weights", weights, "--out", out,
+               "--skip-existing") == 0
+    assert decoded == ["b.png"] and (out / "b_tiny-instance.png").exists()
+    assert (out / "a_tiny-instance.png").stat().st_mtime_ns == done
+    assert "skipping 2 of 3 image(s)" in caplog.text
+    decoded.clear()  # without the flag every output is written again
+    assert run("stylize", photos, "--model", "tiny-instance", "--weights", weights, "--out", out) == 0
+    assert sorted(decoded) == ["a.jpg", "b.png", "c.png"]
 
 
 def test_stylize_several_files_with_every_option(weights, photos, tmp_path):
