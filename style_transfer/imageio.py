@@ -35,9 +35,25 @@ HEIF = pillow_heif is not None
 INPUT_FORMATS = ("PNG", "JPEG", "WEBP") + (("AVIF",) if AVIF else ()) + (("HEIF",) if HEIF else ())  # Pillow's
 
 
+_PEOPLES_NAMES = {"WEBP": "WebP", "HEIF": "HEIC"}
+# What a browser calls such files (a file picker's accept): an iPhone's HEIC photo is image/heic, HEIF the
+# container's name (image/heif).
+_MEDIA_TYPES = {"HEIF": ("image/heic", "image/heif")}
+
+
+def format_name(fmt: str) -> str:
+    """A Pillow format name as people know it: "WEBP" -> "WebP", "HEIF" -> "HEIC"."""
+    return _PEOPLES_NAMES.get(fmt, fmt)
+
+
 def format_names(formats: tuple[str, ...]) -> str:
     """Pillow's format names as people know them, for messages: "PNG, JPEG, WebP, AVIF, HEIC"."""
-    return ", ".join({"WEBP": "WebP", "HEIF": "HEIC"}.get(f, f) for f in formats)
+    return ", ".join(map(format_name, formats))
+
+
+def media_types(formats: tuple[str, ...]) -> list[str]:
+    """The media types of files in these formats: "image/png", ..., "image/heic", "image/heif"."""
+    return [t for f in formats for t in _MEDIA_TYPES.get(f, (f"image/{f.lower()}",))]
 
 
 INPUT_FORMAT_NAMES = format_names(INPUT_FORMATS)

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from style_transfer.checkpoint import ModelInfo, save_model
+from style_transfer.imageio import format_name, media_types
 from style_transfer.network import TransformerConfig, TransformerNet
 
 from .test_conditional import STYLES, three_style_model
@@ -337,7 +338,11 @@ def test_single_model_and_before_after_slider(page, tmp_path):
 def test_the_page_names_the_formats_the_server_reads(browser, server, formats, names, accept):
     """A server whose Pillow lacks libavif reads PNG, JPEG and WebP; one with the optional HEIC support
     reads an iPhone's photos too: the drop zone and the file picker say so, not the page's own list."""
-    with _open_page(browser, server, lambda body: {**body, "input_formats": formats}) as page:
+    def reads(body):
+        return {**body, "input_formats": formats, "input_format_names": [format_name(f) for f in formats],
+                "input_media_types": media_types(formats)}
+
+    with _open_page(browser, server, reads) as page:
         assert page.inner_text("#format-names") == names
         assert page.get_attribute("#file-input", "accept") == accept
 

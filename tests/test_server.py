@@ -92,7 +92,10 @@ def test_health_ready_and_models(client):
     assert client.get("/readyz").status_code == 200
     body = client.get("/v1/models").json()
     assert body["device"] == "cpu" and body["ready"] is True
-    assert body["input_formats"] == list(INPUT_FORMATS)  # what the web page offers
+    assert body["input_formats"] == list(INPUT_FORMATS)  # what the web page offers, by people's names
+    names = dict(zip(body["input_formats"], body["input_format_names"]))
+    assert names["PNG"] == "PNG" and names["WEBP"] == "WebP" and names.get("HEIF", "HEIC") == "HEIC"
+    assert "image/webp" in body["input_media_types"] and ("image/heic" in body["input_media_types"]) == HEIF
     by_name = {m["name"]: m for m in body["models"]}
     assert set(by_name) == {"tiny-instance", "tiny-batch"}
     assert by_name["tiny-batch"]["norm"] == "batch"

@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from style_transfer.checkpoint import ModelInfo
 from style_transfer.imageio import (INPUT_FORMAT_NAMES, INPUT_FORMATS, EncodedJpeg, LoadedImage, UnsupportedImageFormat,
-                                    decode_image, encode_image, format_names)
+                                    decode_image, encode_image, format_name, format_names, media_types)
 from style_transfer.sidebyside import comparison_grid, photo_metrics, stylize_each_async
 from style_transfer.stylize import StylizeOptions, check_paint_size, fit_image, style_names
 
@@ -72,6 +72,8 @@ class ModelList(BaseModel):
                                         "`paint_size` (0: the output's size)")
     input_formats: list[str] = Field(description="the image formats uploads may be in (Pillow's names; AVIF only "
                                                  "where the server's Pillow reads it)")
+    input_format_names: list[str] = Field(description="the same formats as people know them (WebP, HEIC), in order")
+    input_media_types: list[str] = Field(description="the media types of such files (a file picker's `accept`)")
 
 
 class CompareResult(BaseModel):
@@ -115,7 +117,9 @@ Mix = Annotated[str | None, Form(description="a blend of a multi-style model's s
 async def models(worker: WorkerDep) -> ModelList:
     return ModelList(device=worker.device.type, ready=worker.ready.is_set(),
                      models=[ModelSummary(**s) for s in worker.summaries.values()], errors=worker.load_errors,
-                     paint_size=worker.settings.paint_size, input_formats=list(ACCEPTED_FORMATS))
+                     paint_size=worker.settings.paint_size, input_formats=list(ACCEPTED_FORMATS),
+                     input_format_names=[format_name(f) for f in ACCEPTED_FORMATS],
+                     input_media_types=media_types(ACCEPTED_FORMATS))
 
 
 async def _read_upload(upload: UploadFile) -> bytes:

@@ -288,7 +288,9 @@
       els.deviceName.textContent = device ? device.toUpperCase() : '—';
       els.device.dataset.device = device;
       els.device.title = `Inference device: ${device || 'unknown'}`;
-      if (Array.isArray(data.input_formats) && data.input_formats.length) showFormats(data.input_formats);
+      if (Array.isArray(data.input_format_names) && data.input_format_names.length) {
+        showFormats(data.input_format_names, data.input_media_types || []);
+      }
       // The server's paint size is what Standard means (0: it paints at full size, as Fine does).
       if (Number.isInteger(data.paint_size)) {
         els.paintDefault.textContent = data.paint_size > 0 ? `${data.paint_size}\u00a0px` : 'full size';
@@ -544,12 +546,11 @@
 
   // ------------------------------------------------------------------ photo
 
-  function showFormats(formats) {
-    const names = formats.map((f) => ({ WEBP: 'WebP', HEIF: 'HEIC' }[f] || f));
+  // The server names the formats it reads as people know them, and their media types (GET /v1/models).
+  function showFormats(names, mediaTypes) {
     formatNames = names.length > 1 ? `${names.slice(0, -1).join(', ')} or ${names[names.length - 1]}` : names[0];
     els.formatNames.textContent = formatNames;
-    // An iPhone's HEIC photo is image/heic; HEIF is the container's name (image/heif).
-    els.fileInput.accept = formats.flatMap((f) => (f === 'HEIF' ? ['image/heic', 'image/heif'] : [`image/${f.toLowerCase()}`])).join(',');
+    els.fileInput.accept = mediaTypes.join(',');
   }
 
   function setFile(file) {
