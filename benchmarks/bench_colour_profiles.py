@@ -15,7 +15,8 @@ Contenders, alternating round by round (benchmarks/common.py), each ``decode_ima
     python benchmarks/bench_colour_profiles.py --sizes 512,1024,2048 --repeats 30
 
 The profiles are built here (no profile files ship): ``icc_with_primaries`` rewrites sRGB's profile's
-primaries, ``cmyk_icc`` and ``grey_icc`` write whole small profiles; the tests use them too.
+primaries (``imageio.profile_with_colorants``, which HEIC files' nclx colours use too), ``cmyk_icc`` and
+``grey_icc`` write whole small profiles; the tests use them too.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import alternate, machine, summary  # noqa: E402
 from benchmarks.serving import sample_photo  # noqa: E402
-from style_transfer.imageio import decode_image  # noqa: E402
+from style_transfer.imageio import decode_image, profile_with_colorants  # noqa: E402
 
 # Display P3's primaries as an ICC profile stores them (XYZ, adapted to D50): the profile of phone photos.
 DISPLAY_P3 = ((0.51512, 0.24119, -0.00105), (0.29198, 0.69225, 0.04189), (0.15710, 0.06657, 0.78407))
@@ -43,17 +44,8 @@ def srgb_icc() -> bytes:
 
 
 def icc_with_primaries(primaries=DISPLAY_P3) -> bytes:
-    """An ICC profile with sRGB's tone curves and white point and these (D50) primaries: sRGB's profile
-    with its rXYZ, gXYZ and bXYZ tags rewritten."""
-    data = bytearray(srgb_icc())
-    tags = {}
-    for i in range(struct.unpack(">I", data[128:132])[0]):
-        sig, offset, _ = struct.unpack(">4sII", data[132 + 12 * i:144 + 12 * i])
-        tags[sig] = offset
-    for sig, xyz in zip((b"rXYZ", b"gXYZ", b"bXYZ"), primaries):
-        # XYZType: 'XYZ ', 4 reserved bytes, then X, Y, Z as s15Fixed16 numbers.
-        data[tags[sig] + 8:tags[sig] + 20] = struct.pack(">3i", *(round(v * 65536) for v in xyz))
-    return bytes(data)
+    """An ICC profile with sRGB's tone curves and white point and these (D50) primaries."""
+    return profile_with_colorants(primaries)
 
 
 # The PCS white (D50) as an ICC profile's header and white point store it.

@@ -7,6 +7,7 @@ import hashlib
 import io
 import logging
 import os
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -183,9 +184,66 @@ def _build_to_srgb(icc: bytes) -> ImageCms.ImageCmsTransform | None:
         return None
 
 
+# A HEIC (HEIF) file may describe its colours with an 'nclx' box (ITU-T H.273 codes: primaries, transfer,
+# matrix) instead of an ICC profile; pillow-heif gives it as info["nclx_profile"], with the primaries' and
+# white's xy. Primaries other than sRGB's (BT.709, code 1; 2 = unspecified), e.g. Display P3 (12), are
+# converted like a profile's: an ICC profile with sRGB's tone curves and these primaries is made for them.
+# Only with sRGB's tone curve (13; 2 = unspecified): another curve (BT.709's, or HDR's PQ and HLG) would
+# need a tone mapping of its own, and such files are left as they are.
+_NCLX_SRGB_PRIMARIES = (1, 2)
+_NCLX_SRGB_TRANSFER = (2, 13)
+_BRADFORD = np.array([[0.8951, 0.2664, -0.1614], [-0.7502, 1.7135, 0.0367], [0.0389, -0.0685, 1.0296]])
+_D50_XYZ = np.array([0.9642, 1.0, 0.8249])
+
+
+def _xyz(x: float, y: float) -> np.ndarray:
+    return np.array([x / y, 1.0, (1 - x - y) / y])
+
+
+def colorants(primaries_xy, white_xy) -> np.ndarray:
+    """The (3, 3) D50-adapted XYZ of an RGB space's red, green and blue (rows), as an ICC profile stores
+    them, from the primaries' and white's CIE xy: the RGB -> XYZ matrix scaled so that RGB 1 is the white,
+    then Bradford-adapted from that white to D50 (ICC.1:2010, annex E)."""
+    white = _xyz(*white_xy)
+    primaries = np.stack([_xyz(*xy) for xy in primaries_xy], axis=1)
+    to_xyz = primaries * np.linalg.solve(primaries, white)
+    adapt = np.linalg.inv(_BRADFORD) @ np.diag(_BRADFORD @ _D50_XYZ / (_BRADFORD @ white)) @ _BRADFORD
+    return (adapt @ to_xyz).T
+
+
+def profile_with_colorants(rgb_xyz) -> bytes:
+    """An ICC profile with sRGB's tone curves and white point and these (D50) colorants, one row each for
+    red, green and blue: sRGB's profile with its rXYZ, gXYZ and bXYZ tags rewritten."""
+    data = bytearray(_srgb().tobytes())
+    tags = {}
+    for i in range(struct.unpack(">I", data[128:132])[0]):
+        sig, offset, _ = struct.unpack(">4sII", data[132 + 12 * i:144 + 12 * i])
+        tags[sig] = offset
+    for sig, xyz in zip((b"rXYZ", b"gXYZ", b"bXYZ"), rgb_xyz):
+        # XYZType: 'XYZ ', 4 reserved bytes, then X, Y, Z as s15Fixed16 numbers.
+        data[tags[sig] + 8:tags[sig] + 20] = struct.pack(">3i", *(round(float(v) * 65536) for v in xyz))
+    return bytes(data)
+
+
+def _nclx_profile(nclx) -> bytes | None:
+    """The ICC profile that stands for an nclx colour description (see above); None: read as sRGB."""
+    if not isinstance(nclx, dict) or nclx.get("color_primaries") in _NCLX_SRGB_PRIMARIES:
+        return None
+    if nclx.get("transfer_characteristics") not in _NCLX_SRGB_TRANSFER:
+        log.debug("an nclx tone curve other than sRGB's (%s): pixels taken as they are",
+                  nclx.get("transfer_characteristics"))
+        return None
+    try:
+        xy = [(float(nclx[f"color_primary_{c}_x"]), float(nclx[f"color_primary_{c}_y"]))
+              for c in ("red", "green", "blue", "white")]
+        return profile_with_colorants(colorants(xy[:3], xy[3]))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, np.linalg.LinAlgError):
+        return None
+
+
 def colour_transform(img: Image.Image) -> ImageCms.ImageCmsTransform | None:
     """The conversion to sRGB that decode_image applies to ``img``'s pixels; None when there is none."""
-    icc = img.info.get("icc_profile")
+    icc = img.info.get("icc_profile") or _nclx_profile(img.info.get("nclx_profile"))
     if not icc or not any(img.mode in modes for modes in _APPLIES_TO.values()):
         return None
     transform = _to_srgb(bytes(icc))

@@ -611,6 +611,41 @@ def test_heic_photos_are_read_oriented_and_colour_managed():
     assert tagged[0, 0, 8, 8] > plain[0, 0, 8, 8] + 0.02 and tagged[0, 1, 8, 8] < plain[0, 1, 8, 8] - 0.02
 
 
+def test_colorants_from_xy_are_what_icc_profiles_store():
+    """sRGB's primaries and D65 white, Bradford-adapted to D50, give LittleCMS's own sRGB colorants (so a
+    profile made from them is recognised as sRGB and converts nothing), and Display P3's give Apple's."""
+    srgb = ImageCms.createProfile("sRGB")
+    made = imageio.colorants([(0.64, 0.33), (0.30, 0.60), (0.15, 0.06)], (0.3127, 0.3290))
+    assert np.abs(made - [srgb.red_colorant[0], srgb.green_colorant[0], srgb.blue_colorant[0]]).max() < 1e-4
+    assert imageio._to_srgb(imageio.profile_with_colorants(made)) is None
+    p3 = imageio.colorants([(0.68, 0.32), (0.265, 0.69), (0.15, 0.06)], (0.3127, 0.3290))
+    assert np.abs(p3 - np.array(DISPLAY_P3)).max() < 2e-5
+
+
+@pytest.mark.skipif(not HEIF, reason="the optional HEIC support (pillow-heif) is not installed")
+def test_a_heic_whose_nclx_box_says_display_p3_is_converted_like_a_p3_profile():
+    """A HEIC file may give its colours as an nclx box (H.273 codes) instead of an ICC profile: Display P3
+    primaries (12) with sRGB's curve (13) are converted as the Display P3 profile is; sRGB's primaries,
+    and an HDR curve (PQ, 16: it would need tone mapping), leave the pixels as they are."""
+    patches = Image.fromarray(np.repeat(np.repeat(COLOURS, 16, 0), 16, 1))
+
+    def nclx(primaries, transfer):
+        return _heic(patches, color_primaries=primaries, transfer_characteristics=transfer, matrix_coefficients=6,
+                     full_range_flag=1)
+
+    as_srgb = decode_image(nclx(1, 13)).rgb
+    assert Image.open(io.BytesIO(nclx(12, 13))).info["nclx_profile"]["color_primaries"] == 12
+    p3 = decode_image(nclx(12, 13)).rgb
+    # What the codec kept, converted from Display P3 independently of LittleCMS (see the PNG test).
+    kept = as_srgb[0, :, 8, 8::16].T.numpy() * 255
+    assert np.abs(p3[0, :, 8, 8::16].T.numpy() - _expected_srgb(kept.astype(np.float64), DISPLAY_P3)).max() <= 2 / 255
+    assert torch.equal(decode_image(nclx(2, 13)).rgb, as_srgb)  # unspecified primaries: sRGB
+    assert torch.equal(decode_image(nclx(9, 16)).rgb, decode_image(nclx(1, 16)).rgb)  # BT.2020 PQ: as it is
+    # An ICC profile, where both are given, is the one that counts.
+    assert torch.equal(decode_image(_heic(patches, icc_profile=srgb_icc(), color_primaries=12,
+                                          transfer_characteristics=13)).rgb, as_srgb)
+
+
 @pytest.mark.skipif(not HEIF, reason="the optional HEIC support (pillow-heif) is not installed")
 def test_a_cut_heic_is_corrupt_not_unsupported():
     heic = _heic(Image.new("RGB", (32, 24), RED))
