@@ -307,27 +307,28 @@ def output_stems(rels: list[Path]) -> list[str]:
     phone's IMG_0001 in two folders, photo.jpg beside photo.png). Those are named by their path under their
     folder (``100APPLE_IMG_0001``), else with their extension too (``photo_jpg``), whichever first tells
     them apart, and numbered as a last resort (``photo``, ``photo-2``: one name in two folders named on the
-    command line): no output overwrites another."""
+    command line): no output overwrites another. Names that differ only in case clash too: on macOS's and
+    Windows' file systems IMG_0001 and img_0001 are one file."""
     namings = (lambda rel: "_".join(rel.with_suffix("").parts),
                lambda rel: "_".join(rel.with_suffix("").parts) + "_" + rel.suffix.lower().lstrip("."))
     stems = [rel.stem for rel in rels]
     groups = collections.defaultdict(list)
     for i, stem in enumerate(stems):
-        groups[stem].append(i)
+        groups[stem.casefold()].append(i)
     for group in (g for g in groups.values() if len(g) > 1):
         for naming in namings:
             names = [naming(rels[i]) for i in group]
-            if len(set(names)) == len(names):
+            if len({name.casefold() for name in names}) == len(names):
                 for i, name in zip(group, names):
                     stems[i] = name
                 break
     taken: set[str] = set()
     for i, stem in enumerate(stems):
         n, unique = 1, stem
-        while unique in taken:
+        while unique.casefold() in taken:
             n += 1
             unique = f"{stem}-{n}"
-        taken.add(unique)
+        taken.add(unique.casefold())
         stems[i] = unique
     return stems
 

@@ -97,6 +97,14 @@ def test_inputs_that_share_a_name_get_outputs_of_their_own(weights, tmp_path, ca
     assert sorted(p.name for p in out2.iterdir()) == ["photo-2_tiny-instance.png", "photo_tiny-instance.png"]
 
 
+def test_output_names_that_differ_only_in_case_are_told_apart():
+    """On macOS's and Windows' file systems IMG_0001.png and img_0001.png are one file."""
+    rels = [Path("100APPLE/IMG_0001.JPG"), Path("img_0001.jpg"), Path("a.jpg"), Path("A.png"), Path("b.jpg")]
+    assert cli.output_stems(rels) == ["100APPLE_IMG_0001", "img_0001", "a_jpg", "A_png", "b"]
+    assert cli.output_stems([Path("x/Photo.jpg"), Path("y/photo.jpg")]) == ["x_Photo", "y_photo"]
+    assert cli.output_stems([Path("Photo.jpg"), Path("photo.jpg")]) == ["Photo", "photo-2"]
+
+
 def test_an_output_folder_inside_the_input_folder_is_not_read_again(weights, tmp_path, monkeypatch):
     src = tmp_path / "photos"
     _photo(src / "a.jpg", 1)
