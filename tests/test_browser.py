@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from style_transfer.checkpoint import ModelInfo, save_model
-from style_transfer.imageio import format_name, media_types
+from style_transfer.imageio import HEIF, format_name, media_types
 from style_transfer.network import TransformerConfig, TransformerNet
 
 from .test_conditional import STYLES, three_style_model
@@ -328,6 +328,29 @@ def test_single_model_and_before_after_slider(page, tmp_path):
     page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] / 2, steps=4)
     page.mouse.up()
     assert divider() == pytest.approx(75, abs=2)
+
+
+@pytest.mark.skipif(not HEIF, reason="the optional HEIC support (pillow-heif) is not installed")
+def test_a_photo_the_browser_cannot_show_is_shown_as_the_server_reads_it(page, tmp_path):
+    """Chrome and Firefox cannot show a HEIC photo, which the server reads: the page says so, runs even one
+    model through /v1/compare (which returns the server's reading of the photo), and shows that in the
+    preview and under the stylized image (before: a broken image on both)."""
+    photo = tmp_path / "IMG_0001.HEIC"
+    Image.open(_write_photo(tmp_path / "photo.png")).save(photo, format="HEIF", quality=95)
+    page.set_input_files("#file-input", str(photo))
+    page.wait_for_function("document.querySelector('#file-meta').textContent.includes('cannot show')")
+    assert page.locator("#original-preview").evaluate("img => img.naturalWidth") == 0  # Chromium: no HEIC
+    for name in MODELS:
+        page.locator(f'#models input[type=checkbox][name=model][value="{name}"]').set_checked(name == "tiny-instance")
+    page.click("#run")
+    _wait_for_results(page, 1)
+    assert _error_text(page) == "", _error_text(page)
+    card = page.locator('#results .result[data-model="tiny-instance"]')
+    original = card.locator("img.original")
+    assert original.get_attribute("src").startswith("data:image/")
+    assert original.evaluate("img => img.complete && img.naturalWidth") == 96
+    page.wait_for_function("document.querySelector('#original-preview').naturalWidth === 96")
+    assert "96×64" in page.inner_text("#file-meta")
 
 
 @pytest.mark.parametrize("formats, names, accept", [

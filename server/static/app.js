@@ -71,6 +71,10 @@
     ready: false,
     file: null,
     previewURL: null,
+    // Whether this browser can show the chosen file itself (null: not known yet). Chrome and Firefox cannot
+    // show a HEIC photo, which the server reads: its runs then go through v1/compare, which sends the
+    // server's decoding of the photo back, for the preview and the before/after views.
+    fileShown: null,
     models: [],            // from GET v1/models
     modelsLoaded: false,
     running: false,
@@ -561,6 +565,7 @@
     }
     clearError();
     state.file = file;
+    state.fileShown = null;
     if (state.previewURL) URL.revokeObjectURL(state.previewURL);
     state.previewURL = URL.createObjectURL(file);
     els.preview.src = state.previewURL;
@@ -576,6 +581,7 @@
 
   els.preview.addEventListener('load', () => {
     if (!state.file) return;
+    if (state.fileShown === null) state.fileShown = true;
     const { naturalWidth: w, naturalHeight: h } = els.preview;
     els.fileMeta.replaceChildren();
     const name = document.createElement('span');
@@ -589,11 +595,14 @@
 
   els.preview.addEventListener('error', () => {
     if (!state.file) return;
-    els.fileMeta.textContent = `${state.file.name} · ${formatBytes(state.file.size)} · no preview (the server may still read it)`;
+    state.fileShown = false;
+    els.fileMeta.textContent = `${state.file.name} · ${formatBytes(state.file.size)} · this browser cannot show it; `
+      + 'the server may still read it (shown here after the first run)';
   });
 
   function clearFile() {
     state.file = null;
+    state.fileShown = null;
     if (state.previewURL) URL.revokeObjectURL(state.previewURL);
     state.previewURL = null;
     els.preview.removeAttribute('src');
@@ -800,7 +809,7 @@
     const newURLs = [];
     try {
       let items;
-      if (names.length === 1) {
+      if (names.length === 1 && state.fileShown !== false) {
         form.append('model', names[0]);
         const res = await request('v1/stylize', { method: 'POST', body: form, signal: controller.signal });
         const blob = await res.blob();
@@ -826,6 +835,8 @@
         form.append('output', 'json');
         const res = await request('v1/compare', { method: 'POST', body: form, signal: controller.signal });
         const data = await res.json();
+        // A photo this browser cannot show: the preview shows the server's reading of it instead.
+        if (state.fileShown === false && file === state.file && data.original) els.preview.src = data.original;
         items = (data.results || []).map((r) => ({
           model: r.model,
           norm: r.norm,
