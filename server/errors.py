@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from style_transfer.imageio import CorruptImage, ImageTooLarge, UnsupportedImageFormat
 
 from .inference import (Busy, DeadlineExceeded, InferenceFailed, InvalidModelName, InvalidStyle, NotReady,
-                        UnknownModel)
+                        TooLargeForDevice, UnknownModel)
 
 
 class RequestError(Exception):
@@ -46,6 +46,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     UnknownModel: (404, "unknown_model"),
     UploadTooLarge: (413, "payload_too_large"),
     ImageTooLarge: (413, "image_too_large"),
+    TooLargeForDevice: (413, "too_large_for_device"),
     UnsupportedImageFormat: (415, "unsupported_media_type"),
     InvalidField: (422, "invalid_request"),
     InvalidStyle: (422, "invalid_style"),  # a bad form value, like InvalidField; its own code for clients

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import gc
 import logging
 import queue
 import threading
@@ -45,7 +46,7 @@ from typing import Any
 import torch
 
 from style_transfer.checkpoint import CheckpointError, ModelInfo
-from style_transfer.device import keep_freed_memory, resolve_device
+from style_transfer.device import is_out_of_memory, keep_freed_memory, resolve_device
 from style_transfer.imageio import (EncodedJpeg, LoadedImage, decode_jpegs, encode_image, encode_jpegs, fitted_size,
                                     jpeg_refusal, probe_image)
 from style_transfer.network import count_parameters
@@ -114,6 +115,11 @@ class DeadlineExceeded(InferenceError):
 
 class InferenceFailed(InferenceError):
     """The model raised while running the job."""
+
+
+class TooLargeForDevice(InferenceError):
+    """The image alone needs more memory than the device has: retrying the same request will not help, a
+    smaller ``max_size`` (or ``paint_size``) will."""
 
 
 class UndecodableOnDevice(Exception):
@@ -392,19 +398,56 @@ class InferenceWorker:
         try:
             outcomes = self._execute(stylizer, live)
         except Exception as exc:  # noqa: BLE001 -- one bad job must not kill the worker
-            log.exception("inference failed for %s", first.model)
-            for job in live:
-                self._resolve(job, exc=InferenceFailed(f"inference failed: {exc}"))
-            return
+            if not is_out_of_memory(exc):
+                log.exception("inference failed for %s", first.model)
+                for job in live:
+                    self._resolve(job, exc=InferenceFailed(f"inference failed: {exc}"))
+                return
+            outcomes = self._one_at_a_time(stylizer, live)
         ran = [o for o in outcomes if isinstance(o, Result)]
-        if ran:
+        if ran and ran[0].batch_size == len(ran):
             self.metrics.batch_size.observe(len(ran))
             self.metrics.inference.labels(first.model).observe(ran[0].elapsed_s * len(ran))
+        else:  # run one at a time
+            for result in ran:
+                self.metrics.batch_size.observe(1)
+                self.metrics.inference.labels(first.model).observe(result.elapsed_s)
         for job, outcome in zip(live, outcomes):
             if isinstance(outcome, Result):
                 self._resolve(job, result=outcome)
             else:
                 self._resolve(job, exc=outcome)
+
+    def _free_memory(self) -> None:
+        gc.collect()  # the failed batch's tensors, held by its traceback's frames
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _one_at_a_time(self, stylizer: Stylizer, jobs: list[Job]) -> list[Result | UndecodableOnDevice | Exception]:
+        """After a batch ran out of memory: each job alone (a batch of N needs N times the activations; the
+        issue-18 goal is no 5xx at any load). One that runs out alone is TooLargeForDevice (413: a smaller
+        max_size helps, retrying does not)."""
+        self._free_memory()
+        if len(jobs) > 1:
+            log.warning("out of memory on %s for a batch of %d: running its images one at a time",
+                        self.device, len(jobs))
+        outcomes: list[Result | UndecodableOnDevice | Exception] = []
+        for job in jobs:
+            try:
+                outcomes += self._execute(stylizer, [job])
+            except Exception as exc:  # noqa: BLE001 -- answered to its client, the worker goes on
+                if not is_out_of_memory(exc):
+                    log.exception("inference failed for %s", job.model)
+                    outcomes.append(InferenceFailed(f"inference failed: {exc}"))
+                    continue
+                self._free_memory()
+                self.metrics.rejected.labels("out_of_memory").inc()
+                h, w = job.size()
+                log.warning("out of memory on %s for one %dx%d image of %s", self.device, w, h, job.model)
+                outcomes.append(TooLargeForDevice(
+                    f"a {w}x{h} image needs more memory than this server's {self.device.type.upper()} has free; "
+                    f"send a smaller max_size (or paint_size)"))
+        return outcomes
 
     def _execute(self, stylizer: Stylizer, jobs: list[Job]) -> list[Result | UndecodableOnDevice]:
         """Run ``jobs`` as one batch: their images onto the device, the network, then each output as the

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import CheckpointError
 from .balance import AUTO, parse_weight
-from .device import DEVICES, PRECISIONS, keep_freed_memory
+from .device import DEVICES, PRECISIONS, is_out_of_memory, keep_freed_memory
 from .imageio import IMAGE_SUFFIXES, OUTPUT_FORMATS, collect_images, decode_image, save_image
 from .norms import NORM_NAMES, STUDY_NORMS
 from .spec import REQUIRED, RunSpec, settings
@@ -371,11 +371,21 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
             log.error("cannot read %s: %s", path, exc)
             failures += 1
             continue
-        styled = stylizer.stylize_image(image, options)
+        image_size = image.rgb.shape[-2:]
+        try:
+            styled = stylizer.stylize_image(image, options)
+        except Exception as exc:  # noqa: BLE001 -- only running out of memory is this image's own failure
+            if not is_out_of_memory(exc):
+                raise
+            h, w = options.painted_size(*image_size)
+            log.error("out of memory stylizing %s (painted at %dx%d): give a smaller --paint-size or --max-size, "
+                      "or --tile", path, w, h)
+            failures += 1
+            continue
         save_image(styled.rgb, target, styled.alpha, args.quality)
         log.info("wrote %s", target)
     if failures:
-        log.error("%d of %d image(s) could not be read", failures, len(jobs))
+        log.error("%d of %d image(s) could not be stylized", failures, len(jobs))
     return 1 if failures else 0
 
 

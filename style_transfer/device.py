@@ -109,3 +109,9 @@ def keep_freed_memory() -> bool:
     # mallopt returns 1 on success; -1 disables trimming (mallopt(3)); 0 mmap'ed blocks leaves the heap
     # (and mmap only where the heap cannot grow, which glibc still falls back to).
     return libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failed: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))

@@ -202,6 +202,28 @@ def test_missing_input_and_unreadable_input(weights, photos, tmp_path, caplog):
     assert "bad.jpg" in caplog.text
 
 
+def test_an_image_too_large_for_memory_is_skipped_with_what_to_do(weights, photos, tmp_path, monkeypatch, caplog):
+    """Out of memory on one image of a folder: the others are still written, the log says how to make it fit,
+    and the exit status says something failed. Any other error still stops the run."""
+    from style_transfer.stylize import Stylizer
+
+    real = Stylizer.stylize_image
+
+    def short_of_memory(self, image, options):
+        if image.rgb.shape[-1] == 60:  # a.jpg, 60x40
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(self, image, options)
+
+    monkeypatch.setattr(Stylizer, "stylize_image", short_of_memory)
+    out = tmp_path / "out"
+    assert run("stylize", photos, "--model", "tiny-instance", "--weights", weights, "--out", out) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["b_tiny-instance.png", "c_tiny-instance.png"]
+    assert "out of memory stylizing" in caplog.text and "a.jpg (painted at 60x40)" in caplog.text
+    assert "--paint-size" in caplog.text and "1 of 3 image(s) could not be stylized" in caplog.text
+    monkeypatch.setattr(Stylizer, "stylize_image", lambda *a: (_ for _ in ()).throw(RuntimeError("a bug")))
+    assert run("stylize", photos, "--model", "tiny-instance", "--weights", weights, "--out", out) == 2
+
+
 def test_models_lists_metadata(weights, capsys):
     assert run("models", "--weights", weights, "--json") == 0
     rows = json.loads(capsys.readouterr().out)

@@ -18,7 +18,9 @@ from PIL import Image
 
 from server.app import create_app
 from server.errors import ERRORS
-from server.inference import Busy, DeadlineExceeded, InferenceError, InferenceWorker, NotReady, UnknownModel
+from server.inference import (Busy, DeadlineExceeded, InferenceError, InferenceWorker, NotReady, TooLargeForDevice,
+                              UnknownModel)
+from style_transfer.device import is_out_of_memory
 from server.metrics import Metrics
 from server.settings import Settings
 from server.routes import stylize as stylize_routes
@@ -510,6 +512,66 @@ def test_batched_outputs_do_not_depend_on_the_batch(weights, model):
             torch.testing.assert_close(r.image.rgb, alone.stylize(_image(i).rgb), atol=1e-5, rtol=0)
     finally:
         worker.stop()
+
+
+def _short_of_memory(stylizer, monkeypatch, fits: int):
+    """The stylizer's device holds at most ``fits`` pixels of images at once: more fails as CUDA does."""
+    real_batch, real_image = stylizer.stylize_batch, stylizer.stylize_image
+
+    def check(pixels: int) -> None:
+        if pixels > fits:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(stylizer, "stylize_batch", lambda images, options: check(images[:, 0].numel()) or
+                        real_batch(images, options))
+    monkeypatch.setattr(stylizer, "stylize_image", lambda image, options: check(image.rgb[:, 0].numel()) or
+                        real_image(image, options))
+
+
+def test_a_batch_out_of_memory_runs_one_at_a_time_and_an_image_too_big_alone_is_413(weights, monkeypatch):
+    """Issue 18: no 5xx at any load. A batch of N needs N times the activations; when the device runs out,
+    its images run one by one and each gets its own picture. One that does not fit alone is refused with
+    413 (a smaller max_size helps; retrying does not), and the worker goes on serving."""
+    worker = _worker(weights, max_batch_size=4, batch_wait_ms=300)
+    _short_of_memory(worker.stylizers["tiny-instance"], monkeypatch, fits=2 * 24 * 24)
+
+    async def four(size=24):
+        return await asyncio.gather(*(worker.submit("tiny-instance", _image(i, size), StylizeOptions())
+                                      for i in range(4)), return_exceptions=True)
+
+    try:
+        results = asyncio.run(four())
+        assert [r.batch_size for r in results] == [1, 1, 1, 1]
+        alone = worker.stylizers["tiny-instance"]
+        for i, r in enumerate(results):
+            torch.testing.assert_close(r.image.rgb, alone.stylize(_image(i).rgb), atol=1e-5, rtol=0)
+        too_big = asyncio.run(four(size=40))
+        assert all(isinstance(r, TooLargeForDevice) for r in too_big), too_big
+        assert "40x40 image needs more memory" in str(too_big[0]) and "smaller max_size" in str(too_big[0])
+        assert worker.metrics.rejected.labels("out_of_memory")._value.get() == 4
+        assert asyncio.run(worker.submit("tiny-instance", _image(), StylizeOptions())).image is not None
+    finally:
+        worker.stop()
+
+
+def test_out_of_memory_over_http_is_413_not_500(weights, monkeypatch):
+    with TestClient(create_app(Settings(weights=weights, device="cpu", warmup_size=16))) as c:
+        wait_ready(c)
+        _short_of_memory(c.app.state.worker.stylizers["tiny-instance"], monkeypatch, fits=16 * 16)
+        r = c.post("/v1/stylize", files={"file": ("a.png", png_bytes())}, data={"model": "tiny-instance"})
+        assert r.status_code == 413 and error_code(r) == "too_large_for_device", r.text
+        assert "retry-after" not in r.headers
+        r = c.post("/v1/stylize", files={"file": ("a.png", png_bytes())}, data={"model": "tiny-instance",
+                                                                               "max_size": "16"})
+        assert r.status_code == 200
+
+
+def test_what_counts_as_out_of_memory():
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory")) and is_out_of_memory(MemoryError())
+    with pytest.raises(RuntimeError) as cpu:
+        torch.empty(1 << 62, dtype=torch.uint8)  # what the CPU allocator raises
+    assert is_out_of_memory(cpu.value)
+    assert not is_out_of_memory(RuntimeError("Given groups=1, weight of size [32, 3, 9, 9]"))
 
 
 def test_broken_checkpoint_is_reported_not_fatal(weights, client):
