@@ -675,6 +675,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What to change when a command runs out of memory (the run's resume state, if any, is where it was).
+OUT_OF_MEMORY_HINTS = {
+    "train": "give a smaller --batch-size or --image-size (continue the run with --resume)",
+    "ablate": "give a smaller --batch-size or --image-size (the arms continue where they stopped)",
+    "zoo": "give the plan's models a smaller batch_size or image_size (the runs continue where they stopped)",
+    "compare": "give a smaller --size or --batch-images",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `style-transfer` console script."""
     args = build_parser().parse_args(argv)
@@ -687,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, CheckpointError, RuntimeError) as exc:
         # A user's mistake (or a diverged run): one clear line; the traceback only with --verbose.
         log.error("%s", exc, exc_info=args.verbose)
+        if is_out_of_memory(exc):
+            log.error("out of memory: %s", OUT_OF_MEMORY_HINTS.get(args.command, "use smaller images"))
         return 2
     except KeyboardInterrupt:
         log.error("interrupted")

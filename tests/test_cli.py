@@ -224,6 +224,15 @@ def test_an_image_too_large_for_memory_is_skipped_with_what_to_do(weights, photo
     assert run("stylize", photos, "--model", "tiny-instance", "--weights", weights, "--out", out) == 2
 
 
+def test_a_command_out_of_memory_says_what_to_change(monkeypatch, caplog, tmp_path):
+    def short_of_memory(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    monkeypatch.setattr(cli, "_cmd_train", short_of_memory)
+    assert run("train", "--content", tmp_path, "--style", tmp_path / "s.jpg", "--out", tmp_path / "m.safetensors") == 2
+    assert "Tried to allocate" in caplog.text and "smaller --batch-size or --image-size" in caplog.text
+
+
 def test_models_lists_metadata(weights, capsys):
     assert run("models", "--weights", weights, "--json") == 0
     rows = json.loads(capsys.readouterr().out)
