@@ -9,7 +9,8 @@
 # 2. tests/test_gpu_path.py: on a GPU its CUDA tests run too -- nvJPEG's decode against Pillow's at each EXIF
 #    orientation, its encode, every upload of the parity corpus answered alike by the Pillow and the nvJPEG
 #    server (statuses and JSON errors byte for byte), pinned staging, concurrent batched requests each
-#    answered with its own image, a tiled blend; -s prints the PSNRs and file sizes they measure;
+#    answered with its own image, a tiled blend, a batch that runs out of memory (the process capped at 3
+#    images' worth) run one image at a time; -s prints the PSNRs, file sizes and memory they measure;
 # 3. benchmarks/bench_codecs.py: Pillow against torchvision's codec on the device, per image and in batches.
 # Writes $OUT/gpu_path.log.
 set -uo pipefail

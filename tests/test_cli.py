@@ -88,7 +88,8 @@ def test_inputs_that_share_a_name_get_outputs_of_their_own(weights, tmp_path, ca
     for name, source in names.items():  # each output is its own input's
         alone_out = tmp_path / "one" / f"{name}.png"
         assert run("stylize", source, "--model", "tiny-instance", "--weights", weights, "--out", alone_out) == 0
-        assert np.array_equal(np.asarray(Image.open(out / f"{name}_tiny-instance.png")), np.asarray(Image.open(alone_out)))
+        together = np.asarray(Image.open(out / f"{name}_tiny-instance.png"))
+        assert np.array_equal(together, np.asarray(Image.open(alone_out)))
     assert "written as 101APPLE_IMG_0001_tiny-instance.png" in caplog.text and "other.png" not in caplog.text
     # The same name in two folders named on the command line, and one file named twice (stylized once).
     other = _photo(tmp_path / "elsewhere" / "photo.jpg", 6)

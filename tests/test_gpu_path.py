@@ -338,8 +338,8 @@ def clients(request, weights):
     """The same server twice on one device: Pillow's codec, and torchvision's (nvJPEG on a GPU)."""
     made = []
     for codec in ("pillow", "torchvision"):
-        app = create_app(Settings(weights=weights, device=request.param, warmup_size=16, max_pixels=5000,
-                                  image_codec=codec))
+        app = create_app(Settings(weights=weights, device=request.param, warmup_size=16, warmup_sizes="",
+                                  max_pixels=5000, image_codec=codec))
         client = TestClient(app)
         client.__enter__()
         made.append(client)
@@ -476,7 +476,8 @@ def test_concurrent_requests_get_their_own_images(weights):
 @cuda
 def test_a_tiled_blend_on_the_gpu(weights):
     """Tiles are assembled on the CPU; the blend with the photo must still find both on one device."""
-    with TestClient(create_app(Settings(weights=weights, device="cuda", warmup_size=16, tile_size=64))) as client:
+    with TestClient(create_app(Settings(weights=weights, device="cuda", warmup_size=16, warmup_sizes="",
+                                        tile_size=64))) as client:
         wait_ready(client)
         for fmt in ("jpeg", "png"):
             r = client.post("/v1/stylize", files={"file": ("f", jpeg(photo(150, 100)))},
@@ -492,7 +493,8 @@ def test_a_painted_batch_on_the_gpu_matches_the_cpu(weights):
     form = {"model": "tiny-instance", "paint_size": "64"}
     answers = {}
     for device in ("cpu", "cuda"):
-        settings = Settings(weights=weights, device=device, warmup_size=16, max_batch_size=2, batch_wait_ms=50)
+        settings = Settings(weights=weights, device=device, warmup_size=16, warmup_sizes="", max_batch_size=2,
+                            batch_wait_ms=50)
         with TestClient(create_app(settings)) as client:
             wait_ready(client)
             threads = [threading.Thread(target=lambda i=i: answers.__setitem__(
@@ -506,3 +508,39 @@ def test_a_painted_batch_on_the_gpu_matches_the_cpu(weights):
         cpu, gpu = answers["cpu", i], answers["cuda", i]
         assert cpu.status_code == gpu.status_code == 200 and gpu.headers["x-image-size"] == "150x100"
         assert psnr(decode_image(gpu.content).rgb, decode_image(cpu.content).rgb) >= 30
+
+
+@cuda
+def test_a_batch_that_runs_the_gpu_out_of_memory_is_run_one_image_at_a_time(weights):
+    """The out-of-memory path with CUDA's own error: the process may use about 3 images' worth of memory,
+    a batch of 8 cannot fit, each image alone can (server/inference.py, _one_at_a_time)."""
+    settings = Settings(weights=weights, device="cuda", warmup_size=16, warmup_sizes="", paint_size=0,
+                        max_batch_size=8, batch_wait_ms=500)
+    worker = InferenceWorker(settings, Metrics())
+    worker.start()
+    assert worker.ready.wait(120)
+    images = [LoadedImage(torch.rand(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(i))) for i in range(8)]
+
+    async def submit(batch):
+        return await asyncio.gather(*(worker.submit("tiny-instance", image, worker.options()) for image in batch),
+                                    return_exceptions=True)
+
+    try:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        (alone,) = asyncio.run(submit(images[:1]))
+        one = torch.cuda.max_memory_allocated()
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(min(1.0, 3 * one / total))
+        try:
+            results = asyncio.run(submit(images))
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+        ran = [getattr(r, "batch_size", r) for r in results]
+        print(f"one 1024 px image: {one / 2**20:.0f} MiB at its peak; a batch of 8 under 3x that ran as {ran}")
+        assert all(getattr(r, "batch_size", None) == 1 for r in results), results
+        assert psnr(results[0].image.rgb, alone.image.rgb) >= 40
+        assert worker.metrics.rejected.labels("out_of_memory")._value.get() == 0
+    finally:
+        worker.stop()
