@@ -137,6 +137,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.steps and os.environ.get("RANK", "0") == "0":
         log.info("wrote %s after %d steps; final losses: %s", result.checkpoint, result.steps,
                  ", ".join(f"{k}={v:.4g}" for k, v in result.losses.items()))
+        log.info("try it: style-transfer stylize PHOTO --model %s; serve it: put it in the server's weights "
+                 "folder (served by its file name, %s)", result.checkpoint, Path(result.checkpoint).stem)
     return 0
 
 

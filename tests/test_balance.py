@@ -191,11 +191,15 @@ def test_each_painting_of_a_multi_style_run_has_its_own_weight(tmp_path, content
     assert last[f"auto_kept/{names[0]}"] != last[f"auto_kept/{names[1]}"]  # measured in each style
 
 
-def test_the_train_command_defaults_to_auto_and_takes_a_number(tmp_path, content_dir, small_style_path):
+def test_the_train_command_defaults_to_auto_and_takes_a_number(tmp_path, content_dir, small_style_path, caplog):
     common = ["train", "--content", str(content_dir), "--style", str(small_style_path), "--steps", "1",
               "--image-size", "32", "--batch-size", "2", "--width", "8", "--residual-blocks", "1",
               "--style-size", "64", "--precision", "fp32", "--device", "cpu"]
+    caplog.set_level("INFO")
     assert main([*common, "--out", str(tmp_path / "a.safetensors")]) == 0
+    # It ends with how to use the model: the stylize command, and the name the server serves it under.
+    assert f"style-transfer stylize PHOTO --model {tmp_path / 'a.safetensors'}" in caplog.text
+    assert "served by its file name, a)" in caplog.text
     assert read_model_info(tmp_path / "a.safetensors").training["loss"]["style_weight"] == "auto"
     assert main([*common, "--style-weight", "3e-5", "--out", str(tmp_path / "b.safetensors")]) == 0
     training = read_model_info(tmp_path / "b.safetensors").training
