@@ -127,6 +127,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .rundir import RunDir
     from .train import TrainOptions, train
+    from .zoo import NAME_RULE, is_valid_name
 
     run = RunDir.of(args.out, args.workdir)
     options = TrainOptions(device=args.device or "auto", checkpoint_every=args.checkpoint_every,
@@ -139,6 +140,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                  ", ".join(f"{k}={v:.4g}" for k, v in result.losses.items()))
         log.info("try it: style-transfer stylize PHOTO --model %s; serve it: put it in the server's weights "
                  "folder (served by its file name, %s)", result.checkpoint, Path(result.checkpoint).stem)
+        if not is_valid_name(Path(result.checkpoint).stem):
+            log.warning("the server will not serve %s under this file name (a model name has %s): rename it",
+                        result.checkpoint, NAME_RULE)
     return 0
 
 

@@ -20,6 +20,7 @@ WEIGHTS_ENV = "STYLE_TRANSFER_WEIGHTS"
 # A model name is a file stem: letters, digits, '-', '_' and '.', not starting with '.'; this rules
 # out path separators, '..', absolute paths and NUL bytes by construction.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+NAME_RULE = "letters, digits, '_', '.' and '-', starting with a letter or digit, at most 128"
 
 
 def default_weights_dir() -> Path:

@@ -199,7 +199,9 @@ def test_the_train_command_defaults_to_auto_and_takes_a_number(tmp_path, content
     assert main([*common, "--out", str(tmp_path / "a.safetensors")]) == 0
     # It ends with how to use the model: the stylize command, and the name the server serves it under.
     assert f"style-transfer stylize PHOTO --model {tmp_path / 'a.safetensors'}" in caplog.text
-    assert "served by its file name, a)" in caplog.text
+    assert "served by its file name, a)" in caplog.text and "will not serve" not in caplog.text
+    assert main([*common, "--out", str(tmp_path / "my painting.safetensors")]) == 0
+    assert "will not serve" in caplog.text and "rename it" in caplog.text
     assert read_model_info(tmp_path / "a.safetensors").training["loss"]["style_weight"] == "auto"
     assert main([*common, "--style-weight", "3e-5", "--out", str(tmp_path / "b.safetensors")]) == 0
     training = read_model_info(tmp_path / "b.safetensors").training

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import shutil
 import struct
 import threading
 import time
@@ -576,10 +577,13 @@ def test_what_counts_as_out_of_memory():
 
 def test_broken_checkpoint_is_reported_not_fatal(weights, client):
     (weights / "broken.safetensors").write_bytes(b"\x00" * 100)
+    # A file name that is no model name (a space): not served, and said so rather than silently missing.
+    shutil.copy(weights / "tiny-instance.safetensors", weights / "my painting.safetensors")
     with TestClient(create_app(Settings(weights=weights, device="cpu", warmup_size=16))) as c:
         wait_ready(c)
         body = c.get("/v1/models").json()
         assert "broken" in body["errors"] and {m["name"] for m in body["models"]} == {"tiny-instance", "tiny-batch"}
+        assert "rename the file" in body["errors"]["my painting.safetensors"]
 
 
 def test_busy_server_refuses_before_decoding(weights, monkeypatch):
