@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from style_transfer.checkpoint import MODEL_SUFFIX, CheckpointError, ModelInfo
+from style_transfer.checkpoint import CheckpointError, ModelInfo
 from style_transfer.device import is_out_of_memory, keep_freed_memory, resolve_device
 from style_transfer.imageio import (EncodedJpeg, LoadedImage, decode_jpegs, encode_image, encode_jpegs, fitted_size,
                                     jpeg_refusal, probe_image)
@@ -53,7 +53,7 @@ from style_transfer.network import count_parameters
 from style_transfer.spec import ab_group
 from style_transfer.stylize import (Stylizer, StylizeOptions, default_max_size, fit_image,
                                     paint_size_option, parse_mix, style_mix, style_names)
-from style_transfer.zoo import NAME_RULE, is_valid_name, list_models
+from style_transfer.zoo import NOT_A_NAME, is_valid_name, list_models, unnamed_checkpoints
 
 from .metrics import Metrics
 from .settings import Settings, parse_sizes
@@ -69,9 +69,6 @@ GPU_WARMUP_SIZES = "512,1024"
 # of each such shape would pay cuDNN's autotuning (and a compile, with STYLE_TRANSFER_COMPILE).
 PHOTO_SIZES = ((3024, 4032), (4000, 6000), (2160, 3840))
 JPEG_QUALITY = 92  # encode_image's default, so that both encoders write the same quality
-
-
-UNSERVABLE_NAME = (f"the file name is no model name ({NAME_RULE}): rename the file to serve it")
 
 
 def resolve_codec(name: str, device: torch.device) -> str:
@@ -222,10 +219,9 @@ class InferenceWorker:
         (GET /v1/models "errors"), not only by its absence."""
         folder = Path(self.settings.weights)
         found = list_models(folder)
-        for path in sorted(folder.glob("*" + MODEL_SUFFIX)) if folder.is_dir() else []:
-            if path.name[: -len(MODEL_SUFFIX)] not in found:
-                self.load_errors[path.name] = UNSERVABLE_NAME
-                log.error("not serving %s: %s", path.name, UNSERVABLE_NAME)
+        for path in unnamed_checkpoints(folder):
+            self.load_errors[path.name] = NOT_A_NAME
+            log.error("not serving %s: %s", path.name, NOT_A_NAME)
         if not found:
             log.warning("no models (*.safetensors) in %s", folder.resolve())
         return found

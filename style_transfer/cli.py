@@ -418,7 +418,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     print("-" * len(header))
     for row in rows:
         if "error" in row:
-            print(f"{row['name']:<28} unreadable: {row['error']}")
+            print(f"{row['name']:<28} not usable: {row['error']}")
         else:
             print(f"{row['name']:<28} {row['style'][:32]:<32} {row['norm']:<20} {row['steps']:>7} "
                   f"{row['bytes'] / 1e6:>6.1f}")

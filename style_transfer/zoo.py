@@ -21,6 +21,7 @@ WEIGHTS_ENV = "STYLE_TRANSFER_WEIGHTS"
 # out path separators, '..', absolute paths and NUL bytes by construction.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 NAME_RULE = "letters, digits, '_', '.' and '-', starting with a letter or digit, at most 128"
+NOT_A_NAME = f"the file name is no model name ({NAME_RULE}): rename the file to use it by name"
 
 
 def default_weights_dir() -> Path:
@@ -130,8 +131,18 @@ def base_model(network: TransformerConfig, weights_dir: Path | str | None = None
         return None
 
 
+def unnamed_checkpoints(weights_dir: Path | str) -> list[Path]:
+    """The folder's checkpoints whose file name is no model name (a space in it, say): list_models leaves
+    them out, and what lists models says so (NOT_A_NAME) rather than leaving them silently missing."""
+    folder = Path(weights_dir)
+    if not folder.is_dir():
+        return []
+    return [p for p in sorted(folder.glob("*" + MODEL_SUFFIX)) if not is_valid_name(p.name[: -len(MODEL_SUFFIX)])]
+
+
 def describe_models(weights_dir: Path | str) -> list[dict]:
-    """Metadata of every checkpoint in the folder; unreadable files are listed with their error."""
+    """Metadata of every checkpoint in the folder; unreadable files and unusable file names are listed
+    with their error."""
     rows = []
     for name, path in list_models(weights_dir).items():
         try:
@@ -139,7 +150,7 @@ def describe_models(weights_dir: Path | str) -> list[dict]:
             rows.append({"name": name, "path": str(path), "bytes": path.stat().st_size, **info.summary()})
         except (CheckpointError, OSError) as exc:
             rows.append({"name": name, "path": str(path), "error": str(exc)})
-    return rows
+    return rows + [{"name": p.name, "path": str(p), "error": NOT_A_NAME} for p in unnamed_checkpoints(weights_dir)]
 
 
 # ----------------------------------------------------------------------------- shipped weights

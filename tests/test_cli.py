@@ -242,6 +242,14 @@ def test_models_lists_metadata(weights, capsys):
     assert run("models", "--weights", weights) == 0
     table = capsys.readouterr().out
     assert "tiny-instance" in table and "instance" in table
+    # A checkpoint whose file name is no model name is listed with what to do, not left out silently.
+    (weights / "my painting.safetensors").write_bytes((weights / "tiny-instance.safetensors").read_bytes())
+    assert run("models", "--weights", weights) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("my painting.safetensors")]
+    assert len(line) == 1 and "not usable" in line[0] and "rename the file" in line[0]
+    assert run("models", "--weights", weights, "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[-1]["name"] == "my painting.safetensors" and "rename the file" in rows[-1]["error"]
 
 
 def test_train_rejects_unknown_norm(caplog):
