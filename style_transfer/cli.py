@@ -345,6 +345,9 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
 
     inputs = _stylize_inputs(args.inputs, args.out)
     single_file_out = len(inputs) == 1 and args.out.suffix.lower() in OUTPUT_FORMATS
+    if len(inputs) > 1 and args.out.suffix.lower() in OUTPUT_FORMATS and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} names one image file, but there are {len(inputs)} inputs: "
+                         "give a folder")
     model_path = resolve_model(args.model, args.weights)
     stylizer = Stylizer.from_checkpoint(model_path, args.device, args.precision, args.fast, args.compile)
     if stylizer.device.type == "cpu":

@@ -106,6 +106,12 @@ def test_output_names_that_differ_only_in_case_are_told_apart():
     assert cli.output_stems([Path("Photo.jpg"), Path("photo.jpg")]) == ["Photo", "photo-2"]
 
 
+def test_a_file_name_for_several_outputs_is_refused(weights, photos, tmp_path, caplog):
+    out = tmp_path / "result.png"
+    assert run("stylize", photos, "--model", "tiny-instance", "--weights", weights, "--out", out) == 2
+    assert "names one image file, but there are 3 inputs" in caplog.text and not out.exists()
+
+
 def test_an_output_folder_inside_the_input_folder_is_not_read_again(weights, tmp_path, monkeypatch):
     src = tmp_path / "photos"
     _photo(src / "a.jpg", 1)
