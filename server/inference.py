@@ -52,7 +52,7 @@ from style_transfer.imageio import (EncodedJpeg, LoadedImage, decode_jpegs, enco
 from style_transfer.network import count_parameters
 from style_transfer.spec import ab_group
 from style_transfer.stylize import (Stylizer, StylizeOptions, default_max_size, fit_image,
-                                    paint_size_option, parse_mix, style_mix, style_names)
+                                    paint_size_option, parse_mix, style_mixes, style_names)
 from style_transfer.zoo import NOT_A_NAME, is_valid_name, list_models, unnamed_checkpoints
 
 from .metrics import Metrics
@@ -583,13 +583,7 @@ class InferenceWorker:
         as the CLI's ``--style``/``--mix``); InvalidStyle when they do not fit.
 
         One model: the style or mix must name its styles (an ordinary model's only style is accepted,
-        and changes nothing). Several models (a comparison): the style or mix applies to the multi-style
-        models among them, each of which must have every named style; the single-style models beside
-        them run their one style. A comparison puts a style or a blend next to ordinary models (the
-        same style trained alone, other norms); refusing them would forbid exactly that, and their
-        style names are the style images' (``vangogh_starry_night_1889``), not the multi-style model's
-        (``starry``). A comparison with no multi-style model is checked like a single model, so a
-        style or mix is never silently dropped.
+        and changes nothing). Several models (a comparison): :func:`~style_transfer.stylize.style_mixes`.
         """
         if style is None and mix is None:
             return {name: None for name in names}
@@ -601,15 +595,10 @@ class InferenceWorker:
             raise InvalidStyle(str(exc)) from None
         if mix is not None and not parsed:
             raise InvalidStyle("mix: give at least one NAME=WEIGHT")
-        infos = {name: self.info(name) for name in names}
-        targets = [name for name, info in infos.items() if len(style_names(info)) > 1] or list(names)
-        weights: dict[str, tuple[float, ...] | None] = {name: None for name in names}
-        for name in targets:
-            try:
-                weights[name] = style_mix(infos[name], style, parsed)
-            except ValueError as exc:
-                raise InvalidStyle(f"{name}: {exc}" if len(names) > 1 else str(exc)) from None
-        return weights
+        try:
+            return style_mixes({name: self.info(name) for name in names}, style, parsed)
+        except ValueError as exc:
+            raise InvalidStyle(str(exc)) from None
 
     def _unknown(self, name: str) -> UnknownModel:
         return UnknownModel(f"no model named {name!r}; available: {', '.join(self.stylizers) or 'none'}")

@@ -258,7 +258,9 @@ def _add_stylize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stylize", help="stylize images with a trained model",
                        description="Stylize one image, several, or folders of images.")
     p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders")
-    p.add_argument("--model", required=True, help="checkpoint path, or a model name from the weights folder")
+    p.add_argument("--model", required=True, action="append",
+                   help="checkpoint path, or a model name from the weights folder; repeat it, or give all (every "
+                        "model of the weights folder), to stylize with several")
     p.add_argument("--weights", type=Path, help="weights folder for model names (default: $STYLE_TRANSFER_WEIGHTS or ./weights)")
     p.add_argument("--out", type=Path, default=Path("stylized"),
                    help="output folder, or a file name when there is one input (default: %(default)s)")
@@ -339,63 +341,94 @@ def output_stems(rels: list[Path]) -> list[str]:
     return stems
 
 
+def _stylize_models(names: list[str], weights: Path | None) -> list[Path]:
+    """The checkpoints --model names, each once, in order; ``all``: every model of the weights folder."""
+    from .zoo import default_weights_dir, list_models, resolve_model
+
+    paths: list[Path] = []
+    for name in names:
+        if name == "all":
+            found = list(list_models(weights or default_weights_dir()).values())
+            if not found:
+                raise FileNotFoundError(f"--model all: no models in {weights or default_weights_dir()}")
+            paths += found
+        else:
+            paths.append(resolve_model(name, weights))
+    return list(dict.fromkeys(paths))
+
+
 def _cmd_stylize(args: argparse.Namespace) -> int:
-    from .stylize import StylizeOptions, Stylizer, paint_size_option, parse_mix, style_mix
-    from .zoo import resolve_model
+    from .checkpoint import read_model_info
+    from .stylize import StylizeOptions, Stylizer, paint_size_option, parse_mix, style_mixes
 
     inputs = _stylize_inputs(args.inputs, args.out)
-    single_file_out = len(inputs) == 1 and args.out.suffix.lower() in OUTPUT_FORMATS
-    if len(inputs) > 1 and args.out.suffix.lower() in OUTPUT_FORMATS and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} names one image file, but there are {len(inputs)} inputs: "
-                         "give a folder")
-    model_path = resolve_model(args.model, args.weights)
-    stylizer = Stylizer.from_checkpoint(model_path, args.device, args.precision, args.fast, args.compile)
-    if stylizer.device.type == "cpu":
-        keep_freed_memory()  # 1.48x at 1024 px on 2 cores; a one-shot process gives its memory back on exit
-    style = style_mix(stylizer.info, args.style_name, parse_mix(args.mix) if args.mix else None)
-    options = StylizeOptions(strength=args.strength, preserve_color=args.preserve_color, max_size=args.max_size,
-                             paint_size=paint_size_option(args.paint_size), tile=args.tile,
-                             tile_overlap=args.tile_overlap, style=style)
+    models = _stylize_models(args.model, args.weights)
+    outputs = len(inputs) * len(models)
+    single_file_out = outputs == 1 and args.out.suffix.lower() in OUTPUT_FORMATS
+    if outputs > 1 and args.out.suffix.lower() in OUTPUT_FORMATS and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} names one image file, but there are {len(inputs)} input(s) and "
+                         f"{len(models)} model(s): give a folder")
+    named = collections.Counter(m.stem for m in models)
+    if max(named.values()) > 1:  # their outputs would be named alike
+        raise ValueError(f"two models named {named.most_common(1)[0][0]}: stylize with them in separate runs")
+    # A style or mix applies to the multi-style models among several (as in the server's comparisons).
+    styles = style_mixes({m.stem: read_model_info(m) for m in models}, args.style_name,
+                         parse_mix(args.mix) if args.mix else None)
     suffix = "." + (args.format or (args.out.suffix.lower().lstrip(".") if single_file_out else "png"))
     suffix = ".jpg" if suffix == ".jpeg" else suffix
-    if single_file_out:
-        jobs = [(inputs[0][0], args.out.with_suffix(suffix))]
-    else:
-        stems = output_stems([rel for _, rel in inputs])
-        jobs = [(path, args.out / f"{stem}_{model_path.stem}{suffix}") for (path, _), stem in zip(inputs, stems)]
-        for (path, rel), stem, (_, target) in zip(inputs, stems, jobs):
-            if stem != rel.stem:
-                log.warning("%s shares its name with another input: written as %s", path, target.name)
-    if args.skip_existing:
-        todo = [(path, target) for path, target in jobs if not target.exists()]
-        if len(todo) < len(jobs):
-            log.info("skipping %d of %d image(s) whose output exists (--skip-existing)",
-                     len(jobs) - len(todo), len(jobs))
-        jobs = todo
+    stems = output_stems([rel for _, rel in inputs])
+    model_label = models[0].stem if len(models) == 1 else "<model>"
+    for (path, rel), stem in zip(inputs, stems):
+        if stem != rel.stem:
+            log.warning("%s shares its name with another input: written as %s_%s%s", path, stem, model_label, suffix)
     failures = 0
-    for path, target in tqdm(jobs, desc="stylize", unit="img", disable=len(jobs) < 2):
-        try:
-            image = decode_image(path)
-        except Exception as exc:  # noqa: BLE001 -- PIL raises many types for unreadable files
-            log.error("cannot read %s: %s", path, exc)
-            failures += 1
+    for model_path in models:
+        if single_file_out:
+            jobs = [(inputs[0][0], args.out.with_suffix(suffix))]
+        else:
+            jobs = [(path, args.out / f"{stem}_{model_path.stem}{suffix}") for (path, _), stem in zip(inputs, stems)]
+        if args.skip_existing:
+            todo = [(path, target) for path, target in jobs if not target.exists()]
+            if len(todo) < len(jobs):
+                log.info("%s: skipping %d of %d image(s) whose output exists (--skip-existing)", model_path.stem,
+                         len(jobs) - len(todo), len(jobs))
+            jobs = todo
+        if not jobs:
             continue
-        image_size = image.rgb.shape[-2:]
-        try:
-            styled = stylizer.stylize_image(image, options)
-        except Exception as exc:  # noqa: BLE001 -- only running out of memory is this image's own failure
-            if not is_out_of_memory(exc):
-                raise
-            h, w = options.painted_size(*image_size)
-            log.error("out of memory stylizing %s (painted at %dx%d): give a smaller --paint-size or --max-size, "
-                      "or --tile", path, w, h)
-            failures += 1
-            continue
-        save_image(styled.rgb, target, styled.alpha, args.quality)
-        log.info("wrote %s", target)
+        stylizer = Stylizer.from_checkpoint(model_path, args.device, args.precision, args.fast, args.compile)
+        if stylizer.device.type == "cpu":
+            keep_freed_memory()  # 1.48x at 1024 px on 2 cores; a one-shot process gives its memory back on exit
+        options = StylizeOptions(strength=args.strength, preserve_color=args.preserve_color, max_size=args.max_size,
+                                 paint_size=paint_size_option(args.paint_size), tile=args.tile,
+                                 tile_overlap=args.tile_overlap, style=styles[model_path.stem])
+        desc = "stylize" if len(models) == 1 else f"stylize {model_path.stem}"
+        for path, target in tqdm(jobs, desc=desc, unit="img", disable=len(jobs) < 2):
+            failures += not _stylize_one(stylizer, options, path, target, args.quality)
     if failures:
-        log.error("%d of %d image(s) could not be stylized", failures, len(jobs))
+        log.error("%d of %d image(s) could not be stylized", failures, outputs)
     return 1 if failures else 0
+
+
+def _stylize_one(stylizer: "Stylizer", options: "StylizeOptions", path: Path, target: Path, quality: int) -> bool:
+    """One input to one output file; False (logged) when it cannot be read or runs out of memory."""
+    try:
+        image = decode_image(path)
+    except Exception as exc:  # noqa: BLE001 -- PIL raises many types for unreadable files
+        log.error("cannot read %s: %s", path, exc)
+        return False
+    image_size = image.rgb.shape[-2:]
+    try:
+        styled = stylizer.stylize_image(image, options)
+    except Exception as exc:  # noqa: BLE001 -- only running out of memory is this image's own failure
+        if not is_out_of_memory(exc):
+            raise
+        h, w = options.painted_size(*image_size)
+        log.error("out of memory stylizing %s (painted at %dx%d): give a smaller --paint-size or --max-size, "
+                  "or --tile", path, w, h)
+        return False
+    save_image(styled.rgb, target, styled.alpha, quality)
+    log.info("wrote %s", target)
+    return True
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:

@@ -181,6 +181,27 @@ def style_mix(info: ModelInfo, style: str | None = None, mix: dict[str, float] |
     return tuple(float(mix.get(name, 0.0)) for name in names)
 
 
+def style_mixes(infos: dict[str, ModelInfo], style: str | None = None, mix: dict[str, float] | None = None
+                ) -> dict[str, tuple[float, ...] | None]:
+    """Each model's ``StylizeOptions.style`` for one style name or mix given to several models at once (a
+    comparison, or the CLI's several ``--model``): it applies to the multi-style models among them, each of
+    which must have every named style, and the single-style models beside them run their one style (their
+    style names are the style images', ``vangogh_starry_night_1889``, not the multi-style model's,
+    ``starry``, and a comparison puts a blend next to ordinary models). When none is multi-style, each is
+    checked as :func:`style_mix` checks one model, so a style or mix is never silently dropped. A
+    ValueError names the model when there are several."""
+    weights: dict[str, tuple[float, ...] | None] = {name: None for name in infos}
+    if style is None and not mix:
+        return weights
+    targets = [name for name, info in infos.items() if len(style_names(info)) > 1] or list(infos)
+    for name in targets:
+        try:
+            weights[name] = style_mix(infos[name], style, mix)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}" if len(infos) > 1 else str(exc)) from None
+    return weights
+
+
 def fit_image(image: LoadedImage, max_size: int | None) -> LoadedImage:
     """``image`` downscaled so its long side is at most ``max_size``, its alpha with it; itself when it fits."""
     if max_size is None or max(image.rgb.shape[-2:]) <= max_size:

@@ -109,7 +109,37 @@ def test_output_names_that_differ_only_in_case_are_told_apart():
 def test_a_file_name_for_several_outputs_is_refused(weights, photos, tmp_path, caplog):
     out = tmp_path / "result.png"
     assert run("stylize", photos, "--model", "tiny-instance", "--weights", weights, "--out", out) == 2
-    assert "names one image file, but there are 3 inputs" in caplog.text and not out.exists()
+    assert "names one image file, but there are 3 input(s)" in caplog.text and not out.exists()
+
+
+def test_several_models_or_all_of_them(weights, photos, tmp_path, caplog):
+    """--model repeated, or all (the weights folder's every model): one output per input and model, each
+    the one that model alone writes."""
+    out = tmp_path / "out"
+    assert run("stylize", photos / "a.jpg", photos / "sub" / "b.png", "--model", "tiny-instance", "--model",
+               "tiny-batch", "--model", "tiny-instance", "--weights", weights, "--out", out) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_tiny-batch.png", "a_tiny-instance.png", "b_tiny-batch.png",
+                                                      "b_tiny-instance.png"]
+    alone = tmp_path / "alone.png"
+    assert run("stylize", photos / "a.jpg", "--model", "tiny-batch", "--weights", weights, "--out", alone) == 0
+    assert np.array_equal(np.asarray(Image.open(alone)), np.asarray(Image.open(out / "a_tiny-batch.png")))
+    every = tmp_path / "every"
+    assert run("stylize", photos / "a.jpg", "--model", "all", "--weights", weights, "--out", every) == 0
+    assert sorted(p.name for p in every.iterdir()) == ["a_tiny-batch.png", "a_tiny-instance.png"]
+    # One image file cannot hold two models' outputs.
+    assert run("stylize", photos / "a.jpg", "--model", "all", "--weights", weights, "--out", tmp_path / "x.png") == 2
+    assert "1 input(s) and 2 model(s): give a folder" in caplog.text
+    # A style for ordinary models only: checked against each (not silently dropped).
+    assert run("stylize", photos / "a.jpg", "--model", "all", "--weights", weights, "--out", every,
+               "--style", "nope") == 2
+    assert "tiny-batch: unknown style(s) nope" in caplog.text
+    # Two checkpoints of one name (from two folders) would write the same files.
+    other = tmp_path / "other" / "tiny-batch.safetensors"
+    other.parent.mkdir()
+    other.write_bytes((weights / "tiny-batch.safetensors").read_bytes())
+    assert run("stylize", photos / "a.jpg", "--model", "tiny-batch", "--model", other, "--weights", weights,
+               "--out", every) == 2
+    assert "two models named tiny-batch" in caplog.text
 
 
 def test_an_output_folder_inside_the_input_folder_is_not_read_again(weights, tmp_path, monkeypatch):
