@@ -56,3 +56,21 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor]], column_labels: Sequence[s
             x += col_w[c] + _GAP
         y += row_h[r] + _GAP
     return grid
+
+
+def progress_sheet(samples: Sequence[tuple[int, torch.Tensor]], cell: int = 160) -> Image.Image:
+    """How a training run went, at a glance: its sampled crop, then the network's output of it at each of
+    these sample steps, one row per style it paints. ``samples`` are (step, sample image) in step order,
+    each sample the crop beside its output in each style, square panels side by side (train.py)."""
+    if not samples:
+        raise ValueError("progress_sheet needs at least one sample")
+    panels = [_panels(image) for _, image in samples]
+    styles = min(len(p) for p in panels) - 1
+    rows = [[panels[-1][0], *(p[1 + k] for p in panels)] for k in range(styles)]
+    return image_grid(rows, ["photo", *(f"step {step}" for step, _ in samples)], cell=cell)
+
+
+def _panels(sample: torch.Tensor) -> list[torch.Tensor]:
+    """A sample's square panels, left to right."""
+    size = sample.shape[-2]
+    return [sample[..., i:i + size] for i in range(0, sample.shape[-1] - size + 1, size)]

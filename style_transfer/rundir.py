@@ -6,7 +6,8 @@ One owner for the layout (issue 15); train, ablate, compare and zoo all go throu
     <name>.run/train_state.pt   model, optimizer and RNG state: what --resume continues from
     <name>.run/log.jsonl        one JSON line per step: every loss term, the gradient norm, seconds
     <name>.run/samples/         step_NNNNNN.png: a training crop beside its stylization, and
-                                step_NNNNNN_val.jpg: the validation photos beside theirs (validation.py)
+                                step_NNNNNN_val.jpg: the validation photos beside theirs (validation.py);
+                                progress.jpg: the crop's stylization at up to 10 of those steps
     <name>.run/content/         only when training on several folders: numbered symlinks to each
 
 The log is the record a report reads (training curves) and a resume trims (to the resumed step).
@@ -68,6 +69,24 @@ class RunDir:
 
     def sample_path(self, step: int) -> Path:
         return self.samples / f"step_{step:06d}.png"
+
+    @property
+    def progress(self) -> Path:
+        """samples/progress.jpg: the sampled crop's output at the run's sample steps (grid.progress_sheet)."""
+        return self.samples / "progress.jpg"
+
+    def sample_steps(self, upto: float = math.inf, most: int | None = None) -> list[tuple[int, Path]]:
+        """(step, file) of the crop samples up to ``upto`` (a resumed run's later ones are another run's),
+        in step order; at most ``most`` of them, spread evenly from the first to the latest."""
+        found = []
+        for path in self.samples.glob("step_*.png"):
+            step = path.stem.removeprefix("step_")
+            if step.isdigit() and int(step) <= upto:
+                found.append((int(step), path))
+        found.sort()
+        if most is not None and len(found) > most:
+            found = [found[(i * (len(found) - 1)) // (most - 1)] for i in range(most)]
+        return found
 
     def val_sample_path(self, step: int) -> Path:
         """The validation photos beside their outputs (validation.py); JPEG: they are full size."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import copy
 import functools
+import io
 import json
 import logging
 import math
@@ -34,7 +35,8 @@ from .balance import StyleBalance, control_photos, is_auto
 from .checkpoint import ModelInfo, file_sha256, load_model, load_train_state, save_model, save_train_state
 from .data import ContentImages, ResumableSampler, link_folders, steps_per_epoch
 from .device import autocast, keep_freed_memory, resolve_device, resolve_precision
-from .imageio import load_rgb, save_image
+from .grid import progress_sheet
+from .imageio import atomic_write_bytes, load_rgb, save_image
 from .losses import PerceptualLoss
 from .metrics import psnr
 from .network import TransformerNet
@@ -810,6 +812,13 @@ class _Trainer:
                        torch.float16 if self.options.save_dtype == "fp16" else torch.float32)
         self.env.barrier()
 
+    def _write_progress(self) -> None:
+        """samples/progress.jpg, rewritten at every sample step: how the run went, as one picture."""
+        samples = [(step, load_rgb(path)) for step, path in self.run_dir.sample_steps(upto=self.step, most=10)]
+        buf = io.BytesIO()
+        progress_sheet(samples).save(buf, format="JPEG", quality=88)
+        atomic_write_bytes(self.run_dir.progress, buf.getvalue())
+
     def _sample(self) -> dict[str, float]:
         """Write the step's samples; return the validation measures for its log entry ({} without any)."""
         if not self.env.main:
@@ -823,6 +832,7 @@ class _Trainer:
         net.train(was_training)
         outs = [o.float().clamp(0, 1) for o in outs]
         save_image(torch.cat([self.sample_input, *outs], dim=-1), self.run_dir.sample_path(self.step))
+        self._write_progress()
         if self.validator is None:
             return {}
         measures, outputs = self.validator.measure(net, self.spec.precision)

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from style_transfer.checkpoint import file_sha256, load_model, load_train_state
+from style_transfer.grid import progress_sheet
+from style_transfer.imageio import load_rgb, save_image
 from style_transfer.losses import LossConfig, PerceptualLoss
 from style_transfer.network import TransformerConfig
 from style_transfer.rundir import RunDir
@@ -63,8 +66,26 @@ def test_short_real_training_lowers_the_loss(tmp_path, photos):
     entries = [json.loads(l) for l in (tmp_path / "model.run" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in entries] == list(range(1, 31))
     assert all({"content", "style", "tv", "total"} <= set(e) for e in entries)
-    assert sorted(p.name for p in (tmp_path / "model.run" / "samples").iterdir()) == [
-        "step_000015.png", "step_000030.png"]
+    samples = tmp_path / "model.run" / "samples"
+    assert sorted(p.name for p in samples.iterdir()) == ["progress.jpg", "step_000015.png", "step_000030.png"]
+    # progress.jpg: the 48 px crop, then its stylization at each of the 2 sample steps, under labels.
+    with Image.open(samples / "progress.jpg") as sheet:
+        assert sheet.size == (4 + 3 * (48 + 4), 22 + 4 + 48 + 4)
+
+
+def test_the_progress_sheet_spreads_the_steps_and_keeps_the_latest(tmp_path):
+    run = RunDir.of(tmp_path / "m.safetensors")
+    run.samples.mkdir(parents=True)
+    for step in range(50, 1050, 50):  # 20 sample steps, each a crop beside two styles' outputs
+        panels = [torch.full((1, 3, 8, 8), v) for v in (0.1, step / 2000, 1 - step / 2000)]
+        save_image(torch.cat(panels, dim=-1), run.sample_path(step))
+    (run.samples / "step_000050_val.jpg").write_bytes(b"not a crop sample")
+    chosen = run.sample_steps(upto=900, most=10)
+    assert [s for s, _ in chosen][0] == 50 and [s for s, _ in chosen][-1] == 900 and len(chosen) == 10
+    assert [s for s, _ in run.sample_steps(upto=120)] == [50, 100]  # a resumed run's later samples are not its own
+    sheet = progress_sheet([(s, load_rgb(p)) for s, p in chosen], cell=8)
+    assert sheet.height == 22 + 4 + 2 * (8 + 4)  # two rows: one per style
+    assert sheet.width == 4 + 11 * (8 + 4)  # the photo, then 10 steps
 
 
 # A training step's shape in small: a 33.5 MB activation (above glibc's largest mmap threshold, 32 MiB, as a
