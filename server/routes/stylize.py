@@ -36,7 +36,8 @@ MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 ERROR_RESPONSES = {
     400: {"description": "bad request (empty upload, invalid model name)"},
     404: {"description": "unknown model"},
-    413: {"description": "upload or pixel count over the limit"},
+    413: {"description": "upload or pixel count over the limit, or an image too large for the device's memory "
+                         "(code too_large_for_device: send a smaller max_size)"},
     415: {"description": f"not an image of these formats: {INPUT_FORMAT_NAMES}"},
     422: {"description": "invalid field (code invalid_request), style or mix (invalid_style), or a corrupt image"},
     503: {"description": "not ready, or at capacity (see Retry-After)"},
