@@ -549,7 +549,10 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                                    "write a report: grid, training curves, metrics (losses, SSIM, colour distance, "
                                    "time, batch behaviour) with paired tests, as HTML, Markdown, JSON and CSV.")
     p.add_argument("models", nargs="+", type=Path,
-                   help="a study folder (from `ablate`), or checkpoint files / folders of checkpoints")
+                   help="a study folder (from `ablate`), or checkpoint files / folders of checkpoints / model "
+                        "names of the weights folder")
+    p.add_argument("--weights", type=Path,
+                   help="weights folder for model names (default: $STYLE_TRANSFER_WEIGHTS or ./weights)")
     p.add_argument("--content", required=True, type=Path, help="folder of held-out photos (recursive)")
     p.add_argument("--out", required=True, type=Path, help="report folder")
     p.add_argument("--style", type=Path, help="the style image (default: the study's)")
@@ -573,7 +576,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .ablate import STUDY_FILE, content_images_of, load_study
     from .evaluation import EvalSettings, arms_from_checkpoints, arms_from_study, evaluate, pick_images
     from .report import require_plotting, write_report
-    from .zoo import list_models
+    from .zoo import default_weights_dir, is_valid_name, list_models
 
     require_plotting()
 
@@ -583,13 +586,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         arms = arms_from_study(study)
     else:
         paths: list[Path] = []
+        shipped = list_models(args.weights or default_weights_dir())
         for path in args.models:
             if path.is_dir():
                 paths += list(list_models(path).values())
             elif path.is_file():
                 paths.append(path)
+            elif is_valid_name(str(path)) and str(path) in shipped:  # a model name of the weights folder
+                paths.append(shipped[str(path)])
             else:
-                raise FileNotFoundError(f"not a checkpoint, a folder of checkpoints or a study: {path}")
+                raise FileNotFoundError(f"not a checkpoint, a folder of checkpoints, a study or a model name of "
+                                        f"{args.weights or default_weights_dir()}: {path}")
         if not paths:
             raise FileNotFoundError(f"no checkpoints (*.safetensors) in {', '.join(map(str, args.models))}")
         arms = arms_from_checkpoints(paths)

@@ -181,6 +181,21 @@ def test_compare_refuses_what_it_cannot_do(tiny_study, heldout_dir, tmp_path, ma
     assert main(["compare", str(tmp_path / "missing"), "--content", str(heldout_dir), "--out", str(tmp_path / "r")]) == 2
 
 
+def test_compare_takes_model_names_of_the_weights_folder(heldout_dir, small_style_path, tmp_path, make_checkpoint,
+                                                         caplog):
+    weights = make_checkpoint("instance").parent
+    make_checkpoint("batch")
+    out = tmp_path / "r"
+    assert main(["compare", "test_style_instance", "test_style_batch", "--weights", str(weights), "--content",
+                 str(heldout_dir), "--out", str(out), "--style", str(small_style_path), "--size", "32",
+                 "--max-images", "1", "--grid-rows", "1", "--no-fast-timing", "--timing-repeats", "1"]) == 0
+    record = json.loads((out / "metrics.json").read_text())
+    assert {a["name"] for a in record["arms"]} == {"test_style_instance", "test_style_batch"}
+    assert main(["compare", "nope", "--weights", str(weights), "--content", str(heldout_dir), "--out", str(out),
+                 "--style", str(small_style_path)]) == 2
+    assert f"a model name of {weights}: nope" in caplog.text
+
+
 def test_evaluation_warns_about_training_images_and_other_styles(tiny_study, small_style_path, tmp_path,
                                                                  make_checkpoint):
     from pathlib import Path
