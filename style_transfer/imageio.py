@@ -164,7 +164,8 @@ def _to_srgb(icc: bytes) -> ImageCms.ImageCmsTransform | None:
 
 # A profile's colour space -> the Pillow mode its transform reads ...
 _TRANSFORM_MODE = {"RGB": "RGB", "CMYK": "CMYK", "GRAY": "L"}
-# ... and the images' modes such a transform applies to (alpha set aside, a palette expanded: _apply_profile).
+# ... and the images' modes such a transform applies to (alpha set aside by _apply_profile; a palette
+# expanded first by _to_float_array).
 _APPLIES_TO = {"RGB": ("RGB", "RGBA", "RGBX", "P", "PA"), "CMYK": ("CMYK",), "L": ("L", "LA")}
 
 
@@ -253,9 +254,8 @@ def colour_transform(img: Image.Image) -> ImageCms.ImageCmsTransform | None:
 
 
 def _apply_profile(img: Image.Image, to_srgb: ImageCms.ImageCmsTransform) -> Image.Image:
-    """``img`` (a mode colour_transform accepted for ``to_srgb``) in sRGB: RGB, or RGBA keeping its alpha."""
-    if img.mode in ("P", "PA"):
-        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    """``img`` (a mode colour_transform accepted for ``to_srgb``, a palette expanded) in sRGB: RGB, or RGBA
+    keeping its alpha."""
     alpha = img.getchannel("A") if img.mode in ("RGBA", "LA") else None
     converted = to_srgb.apply(img if img.mode == to_srgb.input_mode else img.convert(to_srgb.input_mode))
     if alpha is not None:
@@ -277,13 +277,13 @@ def _to_float_array(img: Image.Image,
     if mode == "F":
         grey = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
         return np.repeat(grey[..., None], 3, axis=2), None
+    if mode in ("P", "PA"):  # a palette, expanded: its colours are RGB (a profile's too)
+        img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
     if to_srgb is not None:
         img = _apply_profile(img, to_srgb)
-    elif mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode in ("LA", "La", "PA", "RGBa"):
+    elif img.mode in ("LA", "La", "RGBa"):
         img = img.convert("RGBA")
-    elif mode not in ("RGB", "RGBA"):
+    elif img.mode not in ("RGB", "RGBA"):
         img = img.convert("RGB")  # CMYK without a profile: Pillow's plain inversion (an unmanaged viewer's)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     if img.mode == "RGBA":
