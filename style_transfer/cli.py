@@ -576,7 +576,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .ablate import STUDY_FILE, content_images_of, load_study
     from .evaluation import EvalSettings, arms_from_checkpoints, arms_from_study, evaluate, pick_images
     from .report import require_plotting, write_report
-    from .zoo import default_weights_dir, is_valid_name, list_models
+    from .zoo import default_weights_dir, list_models, resolve_model
 
     require_plotting()
 
@@ -586,17 +586,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         arms = arms_from_study(study)
     else:
         paths: list[Path] = []
-        shipped = list_models(args.weights or default_weights_dir())
         for path in args.models:
             if path.is_dir():
                 paths += list(list_models(path).values())
-            elif path.is_file():
-                paths.append(path)
-            elif is_valid_name(str(path)) and str(path) in shipped:  # a model name of the weights folder
-                paths.append(shipped[str(path)])
-            else:
+                continue
+            try:  # a checkpoint file, or a model name of the weights folder
+                paths.append(resolve_model(str(path), args.weights))
+            except FileNotFoundError:
                 raise FileNotFoundError(f"not a checkpoint, a folder of checkpoints, a study or a model name of "
-                                        f"{args.weights or default_weights_dir()}: {path}")
+                                        f"{args.weights or default_weights_dir()}: {path}") from None
         if not paths:
             raise FileNotFoundError(f"no checkpoints (*.safetensors) in {', '.join(map(str, args.models))}")
         arms = arms_from_checkpoints(paths)
