@@ -25,6 +25,7 @@ from .imageio import IMAGE_SUFFIXES, OUTPUT_FORMATS, collect_images, decode_imag
 from .norms import NORM_NAMES, STUDY_NORMS
 from .spec import REQUIRED, RunSpec, settings
 from .stylize import DEFAULT_PAINT_SIZE, check_paint_size
+from .video import DEFAULT_VIDEO_SUFFIX, VIDEO_OUTPUTS, VIDEO_SUFFIXES, is_video, require_av, stylize_video
 
 
 log = logging.getLogger("style_transfer")
@@ -255,16 +256,20 @@ def _distill_spec(args: argparse.Namespace, spec: RunSpec, average: bool = True)
 
 
 def _add_stylize(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("stylize", help="stylize images with a trained model",
-                       description="Stylize one image, several, or folders of images.")
-    p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders")
+    p = sub.add_parser("stylize", help="stylize images (or videos) with a trained model",
+                       description="Stylize one image, several, or folders of images; a video file named here is "
+                                   "stylized frame by frame, its sound kept (the optional video support).")
+    p.add_argument("inputs", nargs="+", type=Path,
+                   help=f"image files and/or folders (their images), and video files ({', '.join(VIDEO_SUFFIXES)})")
     p.add_argument("--model", required=True, action="append",
                    help="checkpoint path, or a model name from the weights folder; repeat it, or give all (every "
                         "model of the weights folder), to stylize with several")
     p.add_argument("--weights", type=Path, help="weights folder for model names (default: $STYLE_TRANSFER_WEIGHTS or ./weights)")
     p.add_argument("--out", type=Path, default=Path("stylized"),
-                   help="output folder, or a file name when there is one input (default: %(default)s)")
-    p.add_argument("--format", choices=("png", "jpeg"), help="output format (default: from --out's suffix, else png)")
+                   help="output folder, or a file name when there is one input (default: %(default)s); a video is "
+                        f"written as {DEFAULT_VIDEO_SUFFIX} in a folder, or as --out's {', '.join(VIDEO_OUTPUTS)}")
+    p.add_argument("--format", choices=("png", "jpeg"),
+                   help="images' output format (default: from --out's suffix, else png)")
     p.add_argument("--quality", type=int, default=92, help="JPEG quality (default: %(default)s)")
     p.add_argument("--max-size", type=_positive_int, help="downscale so the long side is at most this many px")
     p.add_argument("--paint-size", type=_paint_size, metavar="PX",
@@ -364,9 +369,17 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
     inputs = _stylize_inputs(args.inputs, args.out)
     models = _stylize_models(args.model, args.weights)
     outputs = len(inputs) * len(models)
-    single_file_out = outputs == 1 and args.out.suffix.lower() in OUTPUT_FORMATS
-    if outputs > 1 and args.out.suffix.lower() in OUTPUT_FORMATS and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} names one image file, but there are {len(inputs)} input(s) and "
+    videos = [path for path, _ in inputs if is_video(path)]
+    if videos:
+        require_av()  # before any model loads: without it, say how to add it
+    out_suffix = args.out.suffix.lower()
+    file_out = out_suffix in OUTPUT_FORMATS or out_suffix in VIDEO_SUFFIXES
+    single_file_out = outputs == 1 and file_out
+    if single_file_out and (out_suffix in VIDEO_OUTPUTS) != bool(videos):  # .webm and .avi are read only
+        raise ValueError(f"--out {args.out}: " + (f"a video is written as {', '.join(VIDEO_OUTPUTS)}" if videos else
+                                                  f"an image is written as {', '.join(OUTPUT_FORMATS)}"))
+    if outputs > 1 and file_out and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} names one file, but there are {len(inputs)} input(s) and "
                          f"{len(models)} model(s): give a folder")
     named = collections.Counter(m.stem for m in models)
     if max(named.values()) > 1:  # their outputs would be named alike
@@ -374,19 +387,25 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
     # A style or mix applies to the multi-style models among several (as in the server's comparisons).
     styles = style_mixes({m.stem: read_model_info(m) for m in models}, args.style_name,
                          parse_mix(args.mix) if args.mix else None)
-    suffix = "." + (args.format or (args.out.suffix.lower().lstrip(".") if single_file_out else "png"))
+    suffix = "." + (args.format or (out_suffix.lstrip(".") if single_file_out and not videos else "png"))
     suffix = ".jpg" if suffix == ".jpeg" else suffix
+
+    def suffix_of(path: Path) -> str:
+        return DEFAULT_VIDEO_SUFFIX if is_video(path) else suffix
+
     stems = output_stems([rel for _, rel in inputs])
     model_label = models[0].stem if len(models) == 1 else "<model>"
     for (path, rel), stem in zip(inputs, stems):
         if stem != rel.stem:
-            log.warning("%s shares its name with another input: written as %s_%s%s", path, stem, model_label, suffix)
+            log.warning("%s shares its name with another input: written as %s_%s%s", path, stem, model_label,
+                        suffix_of(path))
     failures = 0
     for model_path in models:
         if single_file_out:
-            jobs = [(inputs[0][0], args.out.with_suffix(suffix))]
+            jobs = [(inputs[0][0], args.out if videos else args.out.with_suffix(suffix))]
         else:
-            jobs = [(path, args.out / f"{stem}_{model_path.stem}{suffix}") for (path, _), stem in zip(inputs, stems)]
+            jobs = [(path, args.out / f"{stem}_{model_path.stem}{suffix_of(path)}")
+                    for (path, _), stem in zip(inputs, stems)]
         if args.skip_existing:
             todo = [(path, target) for path, target in jobs if not target.exists()]
             if len(todo) < len(jobs):
@@ -402,11 +421,33 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
                                  paint_size=paint_size_option(args.paint_size), tile=args.tile,
                                  tile_overlap=args.tile_overlap, style=styles[model_path.stem])
         desc = "stylize" if len(models) == 1 else f"stylize {model_path.stem}"
-        for path, target in tqdm(jobs, desc=desc, unit="img", disable=len(jobs) < 2):
-            failures += not _stylize_one(stylizer, options, path, target, args.quality)
+        for path, target in tqdm(jobs, desc=desc, unit="file", disable=len(jobs) < 2):
+            stylize_file = _stylize_video if is_video(path) else _stylize_one
+            failures += not stylize_file(stylizer, options, path, target, args.quality)
     if failures:
-        log.error("%d of %d image(s) could not be stylized", failures, outputs)
+        log.error("%d of %d file(s) could not be stylized", failures, outputs)
     return 1 if failures else 0
+
+
+def _stylize_video(stylizer: "Stylizer", options: "StylizeOptions", path: Path, target: Path, quality: int) -> bool:
+    """One video to one video file; False (logged) when it cannot be read or runs out of memory. ``quality``
+    is the images' JPEG quality: a video is encoded at video.CRF."""
+    import av
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        result = stylize_video(stylizer, options, path, target)
+    except (av.error.FFmpegError, ValueError) as exc:
+        log.error("cannot stylize %s: %s", path, exc)
+        return False
+    except Exception as exc:  # noqa: BLE001 -- only running out of memory is this video's own failure
+        if not is_out_of_memory(exc):
+            raise
+        log.error("out of memory stylizing %s: give a smaller --paint-size or --max-size", path)
+        return False
+    log.info("wrote %s (%d frames, %dx%d, sound %s)", target, result.frames, result.width, result.height,
+             result.audio)
+    return True
 
 
 def _stylize_one(stylizer: "Stylizer", options: "StylizeOptions", path: Path, target: Path, quality: int) -> bool:

@@ -60,6 +60,8 @@ def media_types(formats: tuple[str, ...]) -> list[str]:
 INPUT_FORMAT_NAMES = format_names(INPUT_FORMATS)
 HEIF_SUFFIXES = (".heic", ".heif")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp") + ((".avif",) if AVIF else ()) + (HEIF_SUFFIXES if HEIF else ())
+# Video files (style_transfer/video.py): stylized when named, left out of a folder's images.
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
@@ -660,13 +662,15 @@ def spread(items: list, count: int) -> list:
 def find_images(folder: Path | str) -> list[Path]:
     """Every image (IMAGE_SUFFIXES) under ``folder`` (recursive, following symlinked folders once; hidden
     files and folders skipped), in sorted order. Without the optional HEIC support, HEIC/HEIF files are
-    skipped with a warning that says how to make them usable (a phone's photo folder is full of them)."""
+    skipped with a warning that says how to make them usable (a phone's photo folder is full of them).
+    Videos are left out, said in the log: a phone's folder holds clips too, each minutes of work, so a
+    video is stylized only when named."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"not a folder: {folder}")
     found: list[Path] = []
     seen: set[str] = set()
-    heif = 0
+    heif = videos = 0
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
         if real in seen:  # a symlink cycle, or the same folder linked twice
@@ -677,8 +681,12 @@ def find_images(folder: Path | str) -> list[Path]:
         visible = [f for f in files if not f.startswith(".")]
         found += [Path(root) / f for f in visible if Path(f).suffix.lower() in IMAGE_SUFFIXES]
         heif += sum(Path(f).suffix.lower() in HEIF_SUFFIXES for f in visible) if not HEIF else 0
+        videos += sum(Path(f).suffix.lower() in VIDEO_SUFFIXES for f in visible)
     if heif:
         log.warning("%d HEIC/HEIF file(s) under %s skipped. %s", heif, folder, HEIF_HINT)
+    if videos:
+        log.info("%d video file(s) under %s left out: a folder gives its images; name a video to stylize it",
+                 videos, folder)
     return sorted(p for p in found if p.is_file())
 
 

@@ -109,7 +109,7 @@ def test_output_names_that_differ_only_in_case_are_told_apart():
 def test_a_file_name_for_several_outputs_is_refused(weights, photos, tmp_path, caplog):
     out = tmp_path / "result.png"
     assert run("stylize", photos, "--model", "tiny-instance", "--weights", weights, "--out", out) == 2
-    assert "names one image file, but there are 3 input(s)" in caplog.text and not out.exists()
+    assert "names one file, but there are 3 input(s)" in caplog.text and not out.exists()
 
 
 def test_several_models_or_all_of_them(weights, photos, tmp_path, caplog):
@@ -256,7 +256,7 @@ def test_an_image_too_large_for_memory_is_skipped_with_what_to_do(weights, photo
     assert run("stylize", photos, "--model", "tiny-instance", "--weights", weights, "--out", out) == 1
     assert sorted(p.name for p in out.iterdir()) == ["b_tiny-instance.png", "c_tiny-instance.png"]
     assert "out of memory stylizing" in caplog.text and "a.jpg (painted at 60x40)" in caplog.text
-    assert "--paint-size" in caplog.text and "1 of 3 image(s) could not be stylized" in caplog.text
+    assert "--paint-size" in caplog.text and "1 of 3 file(s) could not be stylized" in caplog.text
     monkeypatch.setattr(Stylizer, "stylize_image", lambda *a: (_ for _ in ()).throw(RuntimeError("a bug")))
     assert run("stylize", photos, "--model", "tiny-instance", "--weights", weights, "--out", out) == 2
 

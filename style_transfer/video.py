@@ -1,0 +1,252 @@
+"""Stylizing a video file: every frame through the network, the sound kept, written as H.264.
+
+A feed-forward network paints a frame in one pass (Johnson et al. 2016 built it for this), so a clip is its
+frames stylized one after another under the image rules of stylize.py (max_size, paint_size, strength,
+preserve_color, style mixes). The frames are decoded and encoded with PyAV (FFmpeg), the optional ``video``
+extra: its wheels bundle FFmpeg with the x264 encoder (GPL), so like HEIC support it is not installed by
+default, and a video named without it is refused with how to add it.
+
+What a user would otherwise meet, and the choice made:
+
+* colours: frames are converted to RGB by the matrix and range the file is tagged with; untagged ones as
+  players do (BT.709 from 720 lines up, BT.601 below). The output is tagged BT.709, limited range, so any
+  player shows the colours the network painted.
+* a phone's portrait clip is stored sideways with a rotation tag: the frames are turned upright before the
+  network sees them (as EXIF orientation is for photos), and the output needs no tag.
+* sound: copied as it is when the output container takes its codec, else re-encoded to AAC. Subtitles,
+  chapters and metadata (a phone's location among them) are not copied: outputs carry no metadata, like
+  images.
+* timing: every frame keeps its timestamp, so variable frame rate clips stay in sync with their sound.
+* a run that stops (an error, Ctrl-C) leaves no half-written file under the output's name: the video is
+  written beside it as ``NAME.part.mp4`` and renamed when complete.
+
+Each frame is painted on its own, so textures can shimmer from frame to frame (no temporal consistency term
+is trained; Ruder et al. 2016 and Huang et al. 2017 add one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .imageio import VIDEO_SUFFIXES, fitted_size
+
+log = logging.getLogger(__name__)
+
+# Containers an output can be written in (the file's suffix chooses), all taking H.264 video and AAC sound.
+VIDEO_OUTPUTS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+DEFAULT_VIDEO_SUFFIX = ".mp4"
+VIDEO_HINT = ("videos are read and written only with the optional video support (pip install 'style-transfer[video]': "
+              "PyAV, with FFmpeg)")
+# x264's constant rate factor: 18 is about visually lossless, so the painting's strokes survive the encode
+# (its default, 23, smears fine brush texture); "medium" is x264's default trade of speed for size. On a
+# CPU the network takes ~100x longer per frame than the encoder, on a GPU the encoder is what bounds.
+CRF = 18
+PRESET = "medium"
+# FFmpeg's AVColorSpace, AVColorRange, AVColorPrimaries and AVColorTransferCharacteristic codes.
+_BT709, _BT601, _UNSPECIFIED = 1, 5, 2
+_MPEG_RANGE = 1
+_HDR_TRANSFERS = {16: "PQ (HDR10)", 18: "HLG"}
+# Frames per pass through the network: a GPU gains from a batch, a CPU does not (and holds less memory).
+BATCH = {"cuda": 4, "cpu": 1}
+
+
+# Sound codecs an MP4 is played back with in browsers and players (the muxer takes more, e.g. PCM, that
+# many players do not); a .mov or .mkv takes whatever its muxer does.
+_MP4_SOUND = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
+
+
+def _copies(codec: str, suffix: str, supported: set[str]) -> bool:
+    """Whether sound in ``codec`` is copied into a ``suffix`` file as it is (else re-encoded to AAC)."""
+    return codec in supported and (VIDEO_OUTPUTS[suffix] != "mp4" or codec in _MP4_SOUND)
+
+
+def _aac_layout(layout) -> str:
+    """The channel layout sound is re-encoded in: its own, or for channels without a named order (a
+    camera's raw PCM), the usual one of their count; other counts are mixed down to stereo."""
+    if not layout.name.endswith("channels"):
+        return layout.name
+    return {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}.get(layout.nb_channels, "stereo")
+
+
+def is_video(path: Path | str) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+class VideoSupportMissing(RuntimeError):
+    pass
+
+
+def require_av():
+    """PyAV, or VideoSupportMissing saying how to install it."""
+    try:
+        import av
+    except ImportError:
+        raise VideoSupportMissing(VIDEO_HINT) from None
+    return av
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    frames: int
+    width: int
+    height: int
+    audio: str  # "none", "copied" or "re-encoded to AAC"
+
+
+def _even(n: int) -> int:
+    return max(2, n - n % 2)
+
+
+def _rgb(frame) -> np.ndarray:
+    """A decoded frame as an upright (H, W, 3) uint8 RGB array, by its file's matrix (_source_colorspace)
+    and range (the frame's own: swscale reads it, full-range 10-bit included)."""
+    rgb = frame.to_ndarray(format="rgb24", src_colorspace=_source_colorspace(frame))
+    quarter_turns = round((frame.rotation or 0) / 90) % 4  # counterclockwise, as np.rot90 turns
+    return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
+
+
+def _source_colorspace(frame) -> int:
+    """The frame's YUV matrix; untagged, the one players assume (swscale's own default is BT.601 always)."""
+    space = int(frame.colorspace)
+    if space in (_UNSPECIFIED, 0):
+        return _BT709 if frame.height >= 720 else _BT601
+    return space
+
+
+class _Batches:
+    """Frames gathered into same-size batches for the network, their timestamps carried along."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.frames, self.stamps = size, [], []
+
+    def add(self, rgb: np.ndarray, stamp) -> bool:
+        self.frames.append(torch.from_numpy(rgb).permute(2, 0, 1))
+        self.stamps.append(stamp)
+        return len(self.frames) >= self.size
+
+    def take(self) -> tuple[torch.Tensor, list]:
+        batch = torch.stack(self.frames).float().div_(255)
+        stamps = self.stamps
+        self.frames, self.stamps = [], []
+        return batch, stamps
+
+
+@contextlib.contextmanager
+def _written_whole(target: Path) -> Iterator[Path]:
+    """A path to write the video to, renamed to ``target`` only when the block completes."""
+    part = target.with_name(f"{target.stem}.part{target.suffix}")
+    try:
+        yield part
+        os.replace(part, target)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def stylize_video(stylizer, options, src: Path | str, target: Path | str, progress: bool = True) -> VideoResult:
+    """Every frame of ``src`` stylized (stylizer and options as for an image) into ``target`` (H.264; the
+    container from its suffix, VIDEO_OUTPUTS), its sound kept."""
+    from .stylize import resize_max
+
+    av = require_av()
+    src, target = Path(src), Path(target)
+    if target.suffix.lower() not in VIDEO_OUTPUTS:
+        raise ValueError(f"{target}: a video is written as {', '.join(VIDEO_OUTPUTS)}")
+    batch_size = 1 if options.tile else BATCH.get(stylizer.device.type, 1)
+    with av.open(str(src)) as inp, _written_whole(target) as part:
+        if not inp.streams.video:
+            raise ValueError(f"{src} has no video stream")
+        vin = inp.streams.video[0]
+        vin.thread_type = "AUTO"
+        ain = inp.streams.audio[0] if inp.streams.audio else None
+        with av.open(str(part), "w", format=VIDEO_OUTPUTS[target.suffix.lower()]) as out:
+            vout, size = None, None
+            aout, audio, encoder = None, "none", None
+            if ain is not None:
+                if _copies(ain.codec_context.name, target.suffix.lower(), out.supported_codecs):
+                    aout, audio = out.add_stream_from_template(ain), "copied"
+                else:
+                    aout, audio = out.add_stream("aac", rate=ain.codec_context.sample_rate), "re-encoded to AAC"
+                    aout.layout, aout.format = _aac_layout(ain.codec_context.layout), "fltp"  # AAC's sample format
+                    encoder = aout
+            batches, frames, warned, shape = _Batches(batch_size), 0, False, None
+            bar = tqdm(total=vin.frames or None, desc=src.name, unit="frame", disable=not progress, leave=False)
+
+            def paint() -> None:
+                nonlocal frames
+                batch, stamps = batches.take()
+                content = resize_max(batch, options.max_size) if options.max_size else batch
+                styled = content if options.strength == 0.0 else stylizer.stylize_batch(content, options)
+                pixels = styled.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                for rgb, (pts, time_base) in zip(pixels, stamps):
+                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:size[0], :size[1]]), format="rgb24")
+                    frame = frame.reformat(format="yuv420p", dst_colorspace=_BT709, dst_color_range=_MPEG_RANGE)
+                    frame.pts, frame.time_base = pts, time_base
+                    out.mux(vout.encode(frame))
+                frames += len(stamps)
+                bar.update(len(stamps))
+
+            def sound(packet) -> None:
+                if encoder is not None:
+                    for samples in packet.decode():
+                        samples.pts = None  # the encoder counts samples itself
+                        out.mux(encoder.encode(samples))
+                elif packet.dts is not None:
+                    packet.stream = aout
+                    out.mux(packet)
+
+            # The file's header is written with the first packet, and the video stream is added only once the
+            # first frame gives its upright size: sound that comes before it waits.
+            waiting: list | None = []
+            for packet in inp.demux(*([vin] + ([ain] if ain is not None else []))):
+                if packet.stream is ain:
+                    if waiting is None:
+                        sound(packet)
+                    else:
+                        waiting.append(packet)
+                    continue
+                for frame in packet.decode():
+                    if not warned and int(frame.color_trc) in _HDR_TRANSFERS:
+                        log.warning("%s is HDR video (%s): its frames are read as they are, so colours look "
+                                    "washed out; export it as SDR first", src, _HDR_TRANSFERS[int(frame.color_trc)])
+                        warned = True
+                    rgb = _rgb(frame)
+                    if shape is None:  # the first frame fixes the output's size: after max_size, even for 4:2:0
+                        shape = rgb.shape
+                        h, w = fitted_size(*shape[:2], options.max_size)
+                        size = (_even(h), _even(w))
+                        vout = out.add_stream("libx264", rate=vin.average_rate or vin.guessed_rate or 30)
+                        vout.height, vout.width = size
+                        vout.pix_fmt = "yuv420p"
+                        vout.codec_context.time_base = vin.time_base
+                        vout.time_base = vin.time_base
+                        vout.options = {"crf": str(CRF), "preset": PRESET}
+                        ctx = vout.codec_context
+                        ctx.colorspace, ctx.color_primaries, ctx.color_trc = _BT709, _BT709, _BT709
+                        ctx.color_range = _MPEG_RANGE
+                        for packet in waiting:
+                            sound(packet)
+                        waiting = None
+                    elif rgb.shape != shape:
+                        raise ValueError(f"{src}: the frame size changes from {shape[1]}x{shape[0]} to "
+                                         f"{rgb.shape[1]}x{rgb.shape[0]} mid-stream")
+                    stamp = (frame.pts if frame.pts is not None else frames + len(batches.stamps), frame.time_base)
+                    if batches.add(rgb, stamp):
+                        paint()
+            if batches.frames:
+                paint()
+            bar.close()
+            if vout is None:
+                raise ValueError(f"{src}: no frame could be decoded")
+            out.mux(vout.encode(None))
+            if encoder is not None:
+                out.mux(encoder.encode(None))
+    return VideoResult(frames, size[1], size[0], audio)
