@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .imageio import VIDEO_SUFFIXES, fitted_size
+from .imageio import VIDEO_SUFFIXES, fitted_size, resize_max
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class VideoResult:
     frames: int
     width: int
     height: int
-    audio: str  # "none", "copied" or "re-encoded to AAC"
+    audio: str  # "none", "copied" or REENCODED
 
 
 def _even(n: int) -> int:
@@ -151,11 +151,37 @@ def _written_whole(target: Path) -> Iterator[Path]:
         part.unlink(missing_ok=True)
 
 
+REENCODED = "re-encoded to AAC"
+
+
+def _sound_stream(out, ain, suffix: str):
+    """The output's sound stream for the input's ``ain`` (None: no sound) and what is done to the sound:
+    "none", "copied", or REENCODED (the stream is then an AAC encoder)."""
+    if ain is None:
+        return None, "none"
+    if _copies(ain.codec_context.name, suffix, out.supported_codecs):
+        return out.add_stream_from_template(ain), "copied"
+    aout = out.add_stream("aac", rate=ain.codec_context.sample_rate)
+    aout.layout, aout.format = _aac_layout(ain.codec_context.layout), "fltp"  # AAC's sample format
+    return aout, REENCODED
+
+
+def _video_stream(out, vin, size: tuple[int, int]):
+    """The output's H.264 stream: (height, width) ``size``, the input's rate and time base (so every
+    frame keeps its timestamp), tagged BT.709 limited range, as the frames are converted."""
+    vout = out.add_stream("libx264", rate=vin.average_rate or vin.guessed_rate or 30)
+    vout.height, vout.width = size
+    vout.pix_fmt = "yuv420p"
+    vout.codec_context.time_base = vout.time_base = vin.time_base
+    vout.options = {"crf": str(CRF), "preset": PRESET}
+    ctx = vout.codec_context
+    ctx.colorspace, ctx.color_primaries, ctx.color_trc, ctx.color_range = _BT709, _BT709, _BT709, _MPEG_RANGE
+    return vout
+
+
 def stylize_video(stylizer, options, src: Path | str, target: Path | str, progress: bool = True) -> VideoResult:
     """Every frame of ``src`` stylized (stylizer and options as for an image) into ``target`` (H.264; the
     container from its suffix, VIDEO_OUTPUTS), its sound kept."""
-    from .stylize import resize_max
-
     av = require_av()
     src, target = Path(src), Path(target)
     if target.suffix.lower() not in VIDEO_OUTPUTS:
@@ -169,14 +195,8 @@ def stylize_video(stylizer, options, src: Path | str, target: Path | str, progre
         ain = inp.streams.audio[0] if inp.streams.audio else None
         with av.open(str(part), "w", format=VIDEO_OUTPUTS[target.suffix.lower()]) as out:
             vout, size = None, None
-            aout, audio, encoder = None, "none", None
-            if ain is not None:
-                if _copies(ain.codec_context.name, target.suffix.lower(), out.supported_codecs):
-                    aout, audio = out.add_stream_from_template(ain), "copied"
-                else:
-                    aout, audio = out.add_stream("aac", rate=ain.codec_context.sample_rate), "re-encoded to AAC"
-                    aout.layout, aout.format = _aac_layout(ain.codec_context.layout), "fltp"  # AAC's sample format
-                    encoder = aout
+            aout, audio = _sound_stream(out, ain, target.suffix.lower())
+            encoder = aout if audio == REENCODED else None
             batches, frames, warned, shape = _Batches(batch_size), 0, False, None
             bar = tqdm(total=vin.frames or None, desc=src.name, unit="frame", disable=not progress, leave=False)
 
@@ -223,22 +243,17 @@ def stylize_video(stylizer, options, src: Path | str, target: Path | str, progre
                         shape = rgb.shape
                         h, w = fitted_size(*shape[:2], options.max_size)
                         size = (_even(h), _even(w))
-                        vout = out.add_stream("libx264", rate=vin.average_rate or vin.guessed_rate or 30)
-                        vout.height, vout.width = size
-                        vout.pix_fmt = "yuv420p"
-                        vout.codec_context.time_base = vin.time_base
-                        vout.time_base = vin.time_base
-                        vout.options = {"crf": str(CRF), "preset": PRESET}
-                        ctx = vout.codec_context
-                        ctx.colorspace, ctx.color_primaries, ctx.color_trc = _BT709, _BT709, _BT709
-                        ctx.color_range = _MPEG_RANGE
-                        for packet in waiting:
-                            sound(packet)
+                        vout = _video_stream(out, vin, size)
+                        for held in waiting:
+                            sound(held)
                         waiting = None
                     elif rgb.shape != shape:
                         raise ValueError(f"{src}: the frame size changes from {shape[1]}x{shape[0]} to "
                                          f"{rgb.shape[1]}x{rgb.shape[0]} mid-stream")
-                    stamp = (frame.pts if frame.pts is not None else frames + len(batches.stamps), frame.time_base)
+                    if frame.pts is None:  # a file without timestamps: the frame's place at the stream's rate
+                        index = frames + len(batches.stamps)
+                        frame.pts = round(index / (vin.average_rate or vin.guessed_rate or 30) / vin.time_base)
+                    stamp = (frame.pts, vin.time_base)
                     if batches.add(rgb, stamp):
                         paint()
             if batches.frames:
