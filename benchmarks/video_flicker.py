@@ -18,6 +18,9 @@ sun80 scenes that no tuning decision used), at the CLI's fast path:
 
 Instance, group and layer norm take statistics of each frame, batch norm (at inference) fixed ones, so the
 norms can differ here where a single image shows nothing.
+
+``--gallery FILE PHOTO`` also draws, for each model, PHOTO's painting and under it how much the painting
+changes after a 1 px move (the move error per pixel, 4x brighter): where the strokes are drawn anew.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine  # noqa: E402
+from style_transfer.grid import image_grid  # noqa: E402
 from style_transfer.imageio import load_rgb  # noqa: E402
 from style_transfer.stylize import Stylizer  # noqa: E402
 
@@ -68,19 +72,32 @@ def stuck(first: torch.Tensor, shift: int = 1) -> float:
     return levels(first[..., :-shift, :-shift][..., M:-M, M:-M], first[..., shift + M:-M, shift + M:-M])
 
 
+def change_map(stylizer: Stylizer, photo: torch.Tensor, first: torch.Tensor, shift: int = 1) -> torch.Tensor:
+    """Per pixel, the grey mean absolute change of move_error (4x brighter), the shape of ``first``."""
+    moved = stylizer.run(photo[..., shift:, shift:])
+    change = (moved - first[..., shift:, shift:]).abs().mean(1, keepdim=True).mul(4).clamp(0, 1)
+    return torch.nn.functional.pad(change, (0, shift, 0, shift)).expand(-1, 3, -1, -1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", action="append", required=True, help="a model of weights/ (repeat)")
+    parser.add_argument("--only", action="append", required=True,
+                        help="a model of weights/, or a checkpoint file (repeat)")
     parser.add_argument("--photos", type=Path, nargs="*", default=[SUN80 / p for p in PHOTOS])
     parser.add_argument("--size", type=int, default=512, help="long side of the frames (px)")
+    parser.add_argument("--gallery", nargs=2, type=Path, metavar=("FILE", "PHOTO"),
+                        help="draw each model's painting of PHOTO and its change after a 1 px move into FILE")
     args = parser.parse_args()
+    columns: list[list[torch.Tensor]] = []
+    shown = load_rgb(args.gallery[1], args.size) if args.gallery else None
 
     photos = [load_rgb(p, args.size) for p in args.photos]
     print(f"# {machine()}; {len(photos)} photos at {args.size} px: {', '.join(p.name for p in args.photos)}")
     print("| model | noise: output change (levels) | noise: input change | 1 px move | 2 px move | 4 px move | stuck |")
     print("|---|---|---|---|---|---|---|")
     for name in args.only:
-        stylizer = Stylizer.from_checkpoint(ROOT / "weights" / f"{name}.safetensors", "cpu")
+        path = Path(name) if name.endswith(".safetensors") else ROOT / "weights" / f"{name}.safetensors"
+        stylizer = Stylizer.from_checkpoint(path, "cpu")
         rows = []
         for photo in photos:
             out, inp = noise_flicker(stylizer, photo)
@@ -88,6 +105,13 @@ def main() -> None:
             rows.append((out, inp, *(move_error(stylizer, photo, s, first) for s in (1, 2, 4)), stuck(first)))
         mean = [sum(col) / len(col) for col in zip(*rows)]
         print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in mean) + " |", flush=True)
+        if shown is not None:
+            first = stylizer.run(shown)
+            columns.append([first, change_map(stylizer, shown, first)])
+    if shown is not None:
+        labels = [Path(name).stem for name in args.only]
+        image_grid([list(row) for row in zip(*columns)], labels, cell=args.size).save(args.gallery[0], quality=88)
+        print(f"wrote {args.gallery[0]}")
 
 
 if __name__ == "__main__":

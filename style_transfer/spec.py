@@ -98,6 +98,9 @@ HELP = {
                  "steps, e.g. 0.995) and save it as the model: it steadies a run's last steps, where the weights "
                  "wander at a constant lr (default: none, the last step's weights; train --teacher: 0.995, "
                  "and 0 turns it off)",
+    "stability_weight": "for video: also paint each crop as a camera moved 1-3 px sees it and add this weight times "
+                        "the mean absolute difference to the crop's painting moved along, so strokes follow a "
+                        "moving scene instead of being drawn anew in every frame (default: off)",
     "seed": "seed for init, data order and crops",
     "precision": "autocast precision; auto = bf16 where the hardware has it, else fp32; resolved once at the "
                  "start and recorded",
@@ -177,6 +180,13 @@ class RunSpec:
     # TensorFlow's ExponentialMovingAverage, min(decay, (1 + t) / (10 + t)) at update t, so the first
     # steps' weights (random, or the --init model's) do not linger in a short run. None: no average.
     ema_decay: float | None = None
+    # For video (docs/quality.md, "Video"): a video is painted frame by frame, and after a camera
+    # move of 1-2 px the network draws its strokes anew (the stride-2 convolutions tie them to a 4 px grid
+    # of the frame), so a moving shot boils. With a weight, every step also paints the crops as a camera
+    # moved 1-3 px sees them and adds this weight times the mean absolute difference to the crops'
+    # painting moved along: a synthetic-motion version of the temporal terms of Ruder et al. 2016 and
+    # Huang et al. 2017, which take the motion from optical flow between real frames. None: off.
+    stability_weight: float | None = None
     seed: int = 0
     precision: str = "auto"  # autocast; auto = bf16 where the hardware has it (resolved at the start)
     base_styles: tuple[str, ...] | None = None  # derived from ``extend``: the styles it already holds
@@ -222,6 +232,12 @@ class RunSpec:
             raise ValueError(f"lr_warmup must be a positive integer, got {self.lr_warmup!r}")
         if self.bn_frozen_steps is not None and (not isinstance(self.bn_frozen_steps, int) or self.bn_frozen_steps < 1):
             raise ValueError(f"bn_frozen_steps must be a positive integer, got {self.bn_frozen_steps!r}")
+        if self.stability_weight is not None:
+            if not self.stability_weight > 0:
+                raise ValueError(f"stability_weight must be > 0, got {self.stability_weight}")
+            if self.teacher is not None:
+                raise ValueError("stability_weight trains with the perceptual loss; a distilled run (--teacher) "
+                                 "learns its teachers' strokes, stable or not")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be between 0 and 1 (e.g. 0.995: about the last 200 steps), "
                              f"got {self.ema_decay}")

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -193,17 +194,55 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+# Moves of the camera the stability term (RunSpec.stability_weight) trains on: 1-3 px each way, the moves
+# the stride-2 convolutions' 4 px grid does not already follow (benchmarks/video_flicker.py: 10-14 levels
+# of change after 1-2 px, 0.1-1.3 after 4); a longer move is one of these plus whole grid steps.
+MAX_MOVE = 3
+# px of the compared area's border left out: the moved crop's replicated edge is not the scene.
+STABILITY_MARGIN = 16
+
+
+def moved_crops(batch: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """The crops as a camera moved (dy, dx) px down and right sees them (random, 1..MAX_MOVE each; the
+    scene goes up and left), the same size, the uncovered edge replicated; and (dy, dx)."""
+    dy, dx = (int(v) for v in torch.randint(1, MAX_MOVE + 1, (2,)))
+    return F.pad(batch[..., dy:, dx:], (0, dx, 0, dy), mode="replicate"), dy, dx
+
+
+def stability_distance(output: torch.Tensor, moved_output: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Mean absolute difference between the painting of the moved crops and the crops' painting moved
+    along, over the area both show (STABILITY_MARGIN in from its edges, less on small crops so that half
+    the area is left): 0 when the strokes follow the scene, as a clip's frames need."""
+    h, w = output.shape[-2:]
+    m = min(STABILITY_MARGIN, (min(h, w) - MAX_MOVE) // 4)
+    mine = moved_output[..., m:h - dy - m, m:w - dx - m].float()
+    along = output[..., dy + m:h - m, dx + m:w - m].float()
+    return (mine - along).abs().mean()
+
+
 def loss_terms(net: torch.nn.Module, criterion: PerceptualLoss, batch: torch.Tensor, device: torch.device,
-               precision: str, style: tuple[torch.Tensor, int] | None = None) -> dict[str, torch.Tensor]:
+               precision: str, style: tuple[torch.Tensor, int] | None = None,
+               stability_weight: float | None = None) -> dict[str, torch.Tensor]:
     """Forward pass of one training step: the network under autocast, the loss terms (Grams in fp32).
     ``style``: for a multi-style network, the network's style weights for this step and the number of
-    its painting in ``criterion`` (None: the only style)."""
+    its painting in ``criterion`` (None: the only style).
+
+    With ``stability_weight`` (RunSpec.stability_weight) the network also paints the crops as a moved
+    camera sees them, in the same forward pass (one call, as DistributedDataParallel needs), and the
+    objective adds that weight times their ``stability_distance`` (logged unweighted as ``stability``)."""
+    weights, painting = (None, None) if style is None else style
+    inputs = batch
+    if stability_weight is not None:
+        moved, dy, dx = moved_crops(batch)
+        inputs = torch.cat([batch, moved])
     with autocast(device, precision):
-        if style is None:
-            output = net(batch)
-            return criterion(output, batch)
-        weights, painting = style
-        return criterion(net(batch, weights), batch, painting)
+        painted = net(inputs) if weights is None else net(inputs, weights)
+        output = painted[:batch.shape[0]]
+        terms = criterion(output, batch) if painting is None else criterion(output, batch, painting)
+    if stability_weight is not None:
+        stability = stability_distance(output, painted[batch.shape[0]:], dy, dx)
+        terms.update(stability=stability.detach(), total=terms["total"] + stability_weight * stability)
+    return terms
 
 
 def distill_terms(net: torch.nn.Module, teacher: torch.nn.Module, criterion: PerceptualLoss, batch: torch.Tensor,
@@ -666,7 +705,8 @@ class _Trainer:
                                   self.spec.teacher_style_weight, perceptual=self._perceptual_due())
         else:
             terms = loss_terms(self.net, self.criterion, batch, self.device, self.spec.precision,
-                               None if style is None else (self._style_weights(style), painting))
+                               None if style is None else (self._style_weights(style), painting),
+                               self.spec.stability_weight)
         logged = [t for t in TERMS if t in terms]  # every term, but a distilled step may skip the perceptual ones
         values = self.env.mean(torch.stack([terms[t].detach().float() for t in logged]))
         if not torch.isfinite(values).all():
@@ -684,7 +724,8 @@ class _Trainer:
         return {"step": self.step, **{t: float(v) for t, v in zip(logged, values.tolist())},
                 "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
                 # A distilled run's L1 to its teacher (its whole objective without teacher_style_weight).
-                **{t: float(self.env.mean(terms[t].detach().float())) for t in ("distill", "texture") if t in terms},
+                **{t: float(self.env.mean(terms[t].detach().float())) for t in ("distill", "texture", "stability")
+                   if t in terms},
                 **({"style_index": style} if style is not None else {})}
 
     @property

@@ -42,7 +42,8 @@ def test_every_setting_is_an_option_of_train_and_ablate_and_a_plan_key(tmp_path)
                "clip_grad_norm": 5.0,
                "bn_frozen_steps": 2, "seed": 7, "precision": '"bf16"', "teacher_style_weight": 1e-6, "ema_decay": 0.99}
     data = {"content", "style", "init", "extend", "teacher", "steps"}  # paths (and the required steps), not values
-    assert set(changed) | data == {s.name for s in settings()}
+    alone = {"stability_weight": 10.0}  # trains with the perceptual loss: refused beside the plan's teacher
+    assert set(changed) | data | set(alone) == {s.name for s in settings()}
     del changed["epochs"]  # a plan gives steps (required), and a spec refuses both
     body = "\n".join(f"{k} = {v}" for k, v in changed.items())
     plan = tmp_path / "zoo.toml"
@@ -51,6 +52,10 @@ def test_every_setting_is_an_option_of_train_and_ablate_and_a_plan_key(tmp_path)
     flat = json.loads(json.dumps(load_plan(plan)[0].spec.flat(), default=str))
     assert {k: flat[k] for k in changed} == tomllib.loads(body)
     assert flat["teacher"] == [str((tmp_path / "t.safetensors").resolve())]
+    plan.write_text('[[models]]\nname = "m"\nstyle = "s.jpg"\ncontent = "c"\nsteps = 3\nstability_weight = 10.0\n')
+    assert load_plan(plan)[0].spec.stability_weight == alone["stability_weight"]
+    with pytest.raises(ValueError, match="stability_weight"):
+        RunSpec(content="c", style="s.jpg", teacher="t.safetensors", stability_weight=10.0)
 
 
 def test_flat_names_round_trip_and_replace_checks():

@@ -510,3 +510,64 @@ def test_ema_validation_measures_the_average_and_the_style_controller_the_traine
     assert all(torch.equal(seen["measure"][-1][1][k], shipped[k]) for k in shipped)
     trained = load_train_state(tmp_path / "model.run" / "train_state.pt")["model"]
     assert all(torch.equal(controlled.state_dict()[k], trained[k]) for k in trained)
+
+
+class _FrameTied(torch.nn.Module):
+    """A "network" that paints a pattern tied to the frame's pixel grid over its input (as the stride-2
+    convolutions tie a real one's strokes to a 4 px grid), scaled by ``amount``."""
+
+    def __init__(self, amount: float) -> None:
+        super().__init__()
+        self.amount = torch.nn.Parameter(torch.tensor(amount))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        grid = (torch.arange(h)[:, None] + torch.arange(w)[None, :]) % 2
+        return x + self.amount * grid
+
+
+def test_the_stability_term_is_zero_when_the_painting_follows_the_scene_and_weighs_in_the_objective():
+    from style_transfer.train import loss_terms, moved_crops, stability_distance
+
+    batch = torch.rand(2, 3, 48, 40)
+    torch.manual_seed(3)
+    moved, dy, dx = moved_crops(batch)
+    assert moved.shape == batch.shape and 1 <= dy <= 3 and 1 <= dx <= 3
+    assert torch.equal(moved[..., :48 - dy, :40 - dx], batch[..., dy:, dx:])  # the scene went up and left
+    # A painting that follows the scene (here: the photo itself) scores 0, a frame-tied pattern its size.
+    assert float(stability_distance(batch, moved, dy, dx)) == 0.0
+    tied = _FrameTied(0.25)
+    with torch.no_grad():
+        score = float(stability_distance(tied(batch), tied(moved), dy, dx))
+    assert score == pytest.approx(0.25 if (dy + dx) % 2 else 0.0)
+
+    # In a step: the same terms as without it, plus the weighted distance; the gradient reaches the network.
+    criterion = PerceptualLoss(torch.rand(1, 3, 32, 32), LossConfig(style_size=32))
+    batch = torch.rand(2, 3, 40, 40)
+    torch.manual_seed(0)
+    plain = loss_terms(tied, criterion, batch, torch.device("cpu"), "fp32")
+    for seed in range(8):  # a move with dy + dx odd, where the pattern does not follow the scene
+        torch.manual_seed(seed)
+        dy, dx = (int(v) for v in torch.randint(1, 4, (2,)))
+        if (dy + dx) % 2:
+            break
+    torch.manual_seed(seed)
+    terms = loss_terms(tied, criterion, batch, torch.device("cpu"), "fp32", stability_weight=10.0)
+    assert float(terms["stability"]) == pytest.approx(0.25, rel=1e-5)
+    assert torch.allclose(terms["content"], plain["content"]) and torch.allclose(terms["style"], plain["style"])
+    assert float(terms["total"].detach()) == pytest.approx(float(plain["total"].detach()) + 10 * 0.25, rel=1e-5)
+    # The gradient: the term's, d(10 * |amount|)/d(amount) = 10, on top of the perceptual terms'.
+    (with_term,) = torch.autograd.grad(terms["total"], tied.amount)
+    (without,) = torch.autograd.grad(plain["total"], tied.amount)
+    assert float(with_term - without) == pytest.approx(10.0, rel=1e-4)
+
+
+def test_stability_weight_trains_logs_and_must_match_on_resume(tmp_path, photos):
+    result = train(*settings(tmp_path, photos, steps=2, stability_weight=5.0))
+    assert all(e["stability"] > 0 for e in result.history)
+    assert "stability_weight" in result_fingerprint(tmp_path)
+    assert "stability_weight" not in settings(tmp_path, photos)[0].fingerprint()  # off: runs from before resume
+    with pytest.raises(TrainingError, match="stability_weight"):
+        train(*settings(tmp_path, photos, steps=4), resume=True)
+    with pytest.raises(ValueError, match="stability_weight"):
+        settings(tmp_path, photos, stability_weight=0)
