@@ -20,8 +20,10 @@ What a user would otherwise meet, and the choice made:
 * a run that stops (an error, Ctrl-C) leaves no half-written file under the output's name: the video is
   written beside it as ``NAME.part.mp4`` and renamed when complete.
 
-Each frame is painted on its own, so textures can shimmer from frame to frame (no temporal consistency term
-is trained; Ruder et al. 2016 and Huang et al. 2017 add one).
+Each frame is painted on its own, so textures can shimmer from frame to frame, and a moving camera makes a
+network draw its strokes anew in every frame (its stride-2 convolutions tie them to a 4 px grid of the
+frame). A model trained with ``train --stability-weight`` (the shipped ``starry-night-video``) re-draws
+them far less: docs/quality.md, "Video".
 """
 
 from __future__ import annotations
