@@ -36,7 +36,7 @@ def picture(i: int = 0, h: int = H, w: int = W) -> np.ndarray:
 
 def make_clip(path: Path, *, space: int | None = BT709, rotation: int | None = None, sound: str | None = "aac",
               frames: int = FRAMES, color_range: int = LIMITED, encoded_as: int | None = None,
-              size: tuple[int, int] = (W, H)) -> Path:
+              size: tuple[int, int] = (W, H), transfer: int | None = None) -> Path:
     """A clip of ``frames`` frames at FPS, tagged with ``space`` (None: untagged) and ``color_range``, with a
     ``sound`` track; its YUV made with the ``encoded_as`` matrix (default: its tag, else BT.601)."""
     with av.open(str(path), "w") as out:
@@ -46,6 +46,8 @@ def make_clip(path: Path, *, space: int | None = BT709, rotation: int | None = N
         if space is not None:
             v.codec_context.colorspace = space
         v.codec_context.color_range = color_range
+        if transfer is not None:
+            v.codec_context.color_trc = transfer
         if rotation is not None:
             v.set_display_rotation(rotation)
         a = out.add_stream(sound, rate=16000) if sound else None
@@ -130,6 +132,16 @@ def test_an_untagged_hd_clip_is_read_as_bt709_as_players_do(weights, tmp_path):
                "--out", tmp_path / "out.mp4") == 0
     frame = read_clip(tmp_path / "out.mp4")["frames"][0]
     assert np.abs(blocks(frame, 16) - blocks(picture(0, 720, 1280), 16)).mean() < 5  # read as BT.601: 9-10
+
+
+def test_hdr_video_is_read_as_it_is_with_a_warning(weights, tmp_path, caplog):
+    src = make_clip(tmp_path / "hdr.mov", transfer=16, sound=None, frames=3)  # PQ, as an HDR10 clip is tagged
+    assert run("stylize", src, "--model", "tiny", "--weights", weights, "--out", tmp_path / "out") == 0
+    assert caplog.text.count("is HDR video (PQ (HDR10))") == 1  # once, not per frame
+    sdr = make_clip(tmp_path / "sdr.mov", sound=None, frames=3)
+    caplog.clear()
+    assert run("stylize", sdr, "--model", "tiny", "--weights", weights, "--out", tmp_path / "out") == 0
+    assert "HDR" not in caplog.text
 
 
 def test_every_frame_is_painted_as_the_image_would_be(weights, tmp_path):
