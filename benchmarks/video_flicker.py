@@ -37,13 +37,13 @@ from benchmarks.common import machine  # noqa: E402
 from style_transfer.grid import image_grid  # noqa: E402
 from style_transfer.imageio import load_rgb  # noqa: E402
 from style_transfer.stylize import Stylizer  # noqa: E402
+from style_transfer.train import stability_distance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SUN80 = ROOT.parent / "shared" / "data" / "content" / "sun80"
 PHOTOS = ("aqueduct_sun_ancegghzusmmvzjn.jpg", "boardwalk_sun_bskwjtamytupzwah.jpg", "chalet_sun_alyagmlzovxxkriw.jpg")
 NOISE = 2 / 255
 FRAMES = 8
-M = 16  # px of border left out of the move errors: the network's padding sees new content there
 
 
 def levels(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -62,14 +62,15 @@ def noise_flicker(stylizer: Stylizer, photo: torch.Tensor, seed: int = 0) -> tup
 
 def move_error(stylizer: Stylizer, photo: torch.Tensor, shift: int, first: torch.Tensor) -> float:
     """The painting of the frame the camera sees after moving ``shift`` px (the scene goes up and left),
-    against ``first``, the first frame's painting, over the area both show."""
+    against ``first``, the first frame's painting, over the area both show: the distance `train
+    --stability-weight` trains down (train.stability_distance), in levels."""
     moved = stylizer.run(photo[..., shift:, shift:])
-    return levels(moved[..., M:-M, M:-M], first[..., shift + M:-M, shift + M:-M])
+    return 255 * float(stability_distance(first, moved, shift, shift))
 
 
 def stuck(first: torch.Tensor, shift: int = 1) -> float:
     """move_error's value for a painting that stays where it is while the scene moves ``shift`` px."""
-    return levels(first[..., :-shift, :-shift][..., M:-M, M:-M], first[..., shift + M:-M, shift + M:-M])
+    return 255 * float(stability_distance(first, first[..., :-shift, :-shift], shift, shift))
 
 
 def change_map(stylizer: Stylizer, photo: torch.Tensor, first: torch.Tensor, shift: int = 1) -> torch.Tensor:

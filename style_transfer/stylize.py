@@ -403,9 +403,10 @@ class Stylizer:
         return out.to(device=image.device, dtype=image.dtype)
 
     def stylize(self, image: torch.Tensor, options: StylizeOptions = StylizeOptions()) -> torch.Tensor:
-        """One image (1, 3, H, W) in [0, 1] -> stylized (1, 3, H', W'), H', W' bounded by max_size."""
-        if image.dim() != 4 or image.shape[:2] != (1, 3):
-            raise ValueError(f"expected one RGB image of shape (1, 3, H, W), got {tuple(image.shape)}")
+        """One image (1, 3, H, W) in [0, 1], or same-size ones (B, 3, H, W) such as a video's frames, ->
+        stylized (B, 3, H', W'), H', W' bounded by max_size (tiled only when there is one image)."""
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"expected RGB images of shape (B, 3, H, W), got {tuple(image.shape)}")
         content = resize_max(image, options.max_size) if options.max_size else image
         if options.strength == 0.0:
             return content.clone()

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .imageio import VIDEO_SUFFIXES, fitted_size, resize_max
+from .imageio import VIDEO_SUFFIXES, fitted_size
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +168,15 @@ def _sound_stream(out, ain, suffix: str):
     return aout, REENCODED
 
 
+def _rate(vin):
+    """Frames per second of the input's video stream (30 when it says none)."""
+    return vin.average_rate or vin.guessed_rate or 30
+
+
 def _video_stream(out, vin, size: tuple[int, int]):
     """The output's H.264 stream: (height, width) ``size``, the input's rate and time base (so every
     frame keeps its timestamp), tagged BT.709 limited range, as the frames are converted."""
-    vout = out.add_stream("libx264", rate=vin.average_rate or vin.guessed_rate or 30)
+    vout = out.add_stream("libx264", rate=_rate(vin))
     vout.height, vout.width = size
     vout.pix_fmt = "yuv420p"
     vout.codec_context.time_base = vout.time_base = vin.time_base
@@ -205,8 +210,7 @@ def stylize_video(stylizer, options, src: Path | str, target: Path | str, progre
             def paint() -> None:
                 nonlocal frames
                 batch, stamps = batches.take()
-                content = resize_max(batch, options.max_size) if options.max_size else batch
-                styled = content if options.strength == 0.0 else stylizer.stylize_batch(content, options)
+                styled = stylizer.stylize(batch, options)  # max_size and strength as for an image
                 pixels = styled.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
                 for rgb, (pts, time_base) in zip(pixels, stamps):
                     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:size[0], :size[1]]), format="rgb24")
@@ -254,7 +258,7 @@ def stylize_video(stylizer, options, src: Path | str, target: Path | str, progre
                                          f"{rgb.shape[1]}x{rgb.shape[0]} mid-stream")
                     if frame.pts is None:  # a file without timestamps: the frame's place at the stream's rate
                         index = frames + len(batches.stamps)
-                        frame.pts = round(index / (vin.average_rate or vin.guessed_rate or 30) / vin.time_base)
+                        frame.pts = round(index / _rate(vin) / vin.time_base)
                     stamp = (frame.pts, vin.time_base)
                     if batches.add(rgb, stamp):
                         paint()
