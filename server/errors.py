@@ -16,6 +16,7 @@ from style_transfer.imageio import CorruptImage, ImageTooLarge, UnsupportedImage
 
 from .inference import (Busy, DeadlineExceeded, InferenceFailed, InvalidModelName, InvalidStyle, NotReady,
                         TooLargeForDevice, UnknownModel)
+from .videos import CorruptVideo, UnknownVideoJob, UnsupportedVideo, VideoNotFinished, VideoTooLong, VideoUnavailable
 
 
 class RequestError(Exception):
@@ -44,14 +45,20 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     MalformedRequest: (400, "bad_request"),
     InvalidModelName: (400, "invalid_model_name"),
     UnknownModel: (404, "unknown_model"),
+    UnknownVideoJob: (404, "unknown_video"),
+    VideoNotFinished: (409, "not_finished"),
     UploadTooLarge: (413, "payload_too_large"),
     ImageTooLarge: (413, "image_too_large"),
     TooLargeForDevice: (413, "too_large_for_device"),
+    VideoTooLong: (413, "video_too_long"),
     UnsupportedImageFormat: (415, "unsupported_media_type"),
+    UnsupportedVideo: (415, "unsupported_media_type"),
     InvalidField: (422, "invalid_request"),
     InvalidStyle: (422, "invalid_style"),  # a bad form value, like InvalidField; its own code for clients
     CorruptImage: (422, "corrupt_image"),
+    CorruptVideo: (422, "corrupt_video"),
     InferenceFailed: (500, "inference_failed"),
+    VideoUnavailable: (501, "video_unsupported"),
     NotReady: (503, "not_ready"),
     Busy: (503, "busy"),
     DeadlineExceeded: (504, "deadline_exceeded"),
@@ -66,10 +73,15 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
+def status_and_code(exc: Exception) -> tuple[int, str]:
+    """The HTTP status and stable code of an exception of a type in :data:`ERRORS`."""
+    return next(ERRORS[cls] for cls in type(exc).__mro__ if cls in ERRORS)
+
+
 def response_for(exc: Exception) -> JSONResponse:
     """The response for an exception of a type in :data:`ERRORS` (also used by the middleware, which
     answers before the app's exception handlers run)."""
-    status, code = next(ERRORS[cls] for cls in type(exc).__mro__ if cls in ERRORS)
+    status, code = status_and_code(exc)
     retry = getattr(exc, "retry_after_s", None)  # InferenceError: when a retry may succeed
     return error_response(status, code, str(exc), {"Retry-After": str(retry)} if retry is not None else None)
 

@@ -229,7 +229,9 @@ class InferenceWorker:
     def _summarize(self, name: str, path: Path, info: ModelInfo, parameters: int) -> None:
         """What /v1/models says about a model."""
         self.summaries[name] = {"name": name, "bytes": path.stat().st_size, **info.summary(parameters),
-                                "styles": style_names(info), "ab_group": ab_group(info.training, info.style_sha256)}
+                                "styles": style_names(info), "ab_group": ab_group(info.training, info.style_sha256),
+                                # a stability term in training (train --stability-weight) makes a video model
+                                "for_video": bool(info.training.get("stability_weight"))}
 
     def _load(self) -> None:
         for name, path in self._checkpoints().items():

@@ -21,5 +21,11 @@ class Metrics:
         self.inference = Histogram("style_transfer_inference_seconds", "Device time per batch", ["model"],
                                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
                                    registry=self.registry)
+        self.video_jobs = Counter("style_transfer_video_jobs_total", "Video jobs by how they ended", ["status"],
+                                  registry=self.registry)
+        self.video_active = Gauge("style_transfer_video_jobs_active", "Video jobs queued or running", ["state"],
+                                  registry=self.registry)
+        self.video_frames = Counter("style_transfer_video_frames_total", "Video frames painted",
+                                    registry=self.registry)
         self.rejected = Counter("style_transfer_rejected_total", "Jobs refused or expired", ["reason"],
                                 registry=self.registry)

@@ -15,22 +15,24 @@ class BodySizeLimit:
     """Refuse bodies over ``limit`` bytes with 413 — by Content-Length when given, else while reading.
 
     The body is read (at most ``limit`` bytes) before the app runs, so a client that sends no
-    Content-Length (chunked) cannot make the server spool an unbounded upload.
+    Content-Length (chunked) cannot make the server spool an unbounded upload. ``limits`` gives paths a
+    limit of their own (a video's upload is larger than a photo's).
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, limits: dict[str, int] | None = None) -> None:
+        self.app, self.limit, self.limits = app, limit, limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        message_too_large = f"upload larger than the limit of {self.limit} bytes"
+        limit = self.limits.get(scope["path"].rstrip("/"), self.limit)
+        message_too_large = f"upload larger than the limit of {limit} bytes"
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
-                if int(declared) > self.limit:
+                if int(declared) > limit:
                     await response_for(UploadTooLarge(message_too_large))(scope, receive, send)
                     return
             except ValueError:
@@ -44,20 +46,19 @@ class BodySizeLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.limit:
+            if size > limit:
                 await response_for(UploadTooLarge(message_too_large))(scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        replayed = False
+        chunks.reverse()
 
         async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
+            # The chunks as they came, each handed over once (never joined: a video's upload would be
+            # held twice).
+            if chunks:
+                return {"type": "http.request", "body": chunks.pop(), "more_body": bool(chunks)}
             return await receive()
 
         await self.app(scope, replay, send)

@@ -127,6 +127,12 @@ class ReplicaHeader:
         await self.app(scope, receive, send_with_replica)
 
 
+# A video job lives in the replica that took it (its queue, thread and files), and Serve routes each poll
+# to any replica, so a job's status and result would 404 elsewhere. Video stays with `python -m server`.
+VIDEO_ON_RAY = ("video jobs are not served on Ray Serve (a job lives in the replica that took it, and a poll may "
+                "reach another); stylize videos with `python -m server` or the CLI")
+
+
 @serve.deployment(name="StyleTransfer")
 @serve.ingress()
 class StyleTransfer:
@@ -151,7 +157,7 @@ class StyleTransfer:
             self.worker = OnDemandWorker(settings, metrics, self.load_model)
             return self.worker
 
-        app = create_app(self.settings, worker_factory=make_worker)
+        app = create_app(self.settings, worker_factory=make_worker, video_unavailable=VIDEO_ON_RAY)
         # Outermost, so error responses from the app's own middleware say it too.
         app.add_middleware(ReplicaHeader, replica=serve.get_replica_context().replica_id.unique_id)
         return app

@@ -68,6 +68,18 @@ class Settings(BaseSettings):
     warmup_sizes: str | None = None
     max_compare_models: int = Field(8, ge=1)
 
+    # Video jobs (POST /v1/videos; server/videos.py), when PyAV (the `video` extra) is installed. 200 MB
+    # holds a phone's minute of 1080p (~100-130 MB at 30 fps); 1800 frames is that minute, which the
+    # 2-core CPU paints in ~15 minutes at 720p. One clip runs at a time; max_video_jobs counts the queued
+    # ones too. A result is kept video_ttl_s after it is done, in video_dir (None: a temporary folder,
+    # removed at shutdown). An upload is held in memory while it arrives, as an image's is (BodySizeLimit).
+    video: bool = True
+    max_video_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    max_video_frames: int = Field(1800, ge=1)
+    max_video_jobs: int = Field(4, ge=1)
+    video_ttl_s: float = Field(3600.0, ge=0)
+    video_dir: Path | None = None
+
     # JPEG decode and encode. auto: torchvision's (nvJPEG) on a GPU for the JPEGs it decodes as Pillow does
     # (style_transfer.imageio.jpeg_refusal), Pillow for everything else and on the CPU, where torchvision's
     # codec gives the same pixels and bytes but measured 2-4x slower (docs/benchmarks.md, "JPEG codecs on

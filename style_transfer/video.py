@@ -33,7 +33,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -186,14 +186,20 @@ def _video_stream(out, vin, size: tuple[int, int]):
     return vout
 
 
-def stylize_video(stylizer, options, src: Path | str, target: Path | str, progress: bool = True) -> VideoResult:
+def stylize_video(stylizer, options, src: Path | str, target: Path | str, progress: bool = True,
+                  on_frames: Callable[[int], None] | None = None, batch_size: int | None = None) -> VideoResult:
     """Every frame of ``src`` stylized (stylizer and options as for an image) into ``target`` (H.264; the
-    container from its suffix, VIDEO_OUTPUTS), its sound kept."""
+    container from its suffix, VIDEO_OUTPUTS), its sound kept.
+
+    ``on_frames(n)`` is called with the number of frames written so far after each batch (the server's
+    progress); an exception it raises stops the run, and leaves no file under ``target``'s name.
+    ``batch_size``: frames per ``stylizer.stylize`` call (default: BATCH for the device, 1 with tiles)."""
     av = require_av()
     src, target = Path(src), Path(target)
     if target.suffix.lower() not in VIDEO_OUTPUTS:
         raise ValueError(f"{target}: a video is written as {', '.join(VIDEO_OUTPUTS)}")
-    batch_size = 1 if options.tile else BATCH.get(stylizer.device.type, 1)
+    if batch_size is None:
+        batch_size = 1 if options.tile else BATCH.get(stylizer.device.type, 1)
     with av.open(str(src)) as inp, _written_whole(target) as part:
         if not inp.streams.video:
             raise ValueError(f"{src} has no video stream")
@@ -219,6 +225,8 @@ def stylize_video(stylizer, options, src: Path | str, target: Path | str, progre
                     out.mux(vout.encode(frame))
                 frames += len(stamps)
                 bar.update(len(stamps))
+                if on_frames is not None:
+                    on_frames(frames)
 
             def sound(packet) -> None:
                 if encoder is not None:
@@ -271,3 +279,43 @@ def stylize_video(stylizer, options, src: Path | str, target: Path | str, progre
             if encoder is not None:
                 out.mux(encoder.encode(None))
     return VideoResult(frames, size[1], size[0], audio)
+
+
+@dataclass(frozen=True)
+class VideoProbe:
+    """What a video file's header says, before any frame is decoded."""
+
+    width: int  # stored size (a portrait clip's frames are turned upright later)
+    height: int
+    frames: int | None  # the container's count, else estimated from duration and rate; None: unknown
+    seconds: float | None
+    audio: bool
+
+
+# The containers of VIDEO_SUFFIXES, as FFmpeg's demuxers name them ("mov,mp4,m4a,3gp,3g2,mj2" reads them
+# all). Recognised by content: FFmpeg also reads a PNG or JPEG as a one-frame "video", which is refused.
+VIDEO_CONTAINERS = {"mov", "mp4", "matroska", "webm", "avi"}
+
+
+def probe_video(path: Path | str) -> VideoProbe:
+    """The header of ``path``; ValueError when it is not a video of VIDEO_CONTAINERS (a still image, a
+    sound file, anything else). A frame count the header states wrongly is caught later, while stylizing."""
+    av = require_av()
+    try:
+        with av.open(str(path)) as inp:
+            if not VIDEO_CONTAINERS & set(inp.format.name.split(",")):
+                raise ValueError(f"not a video container of {', '.join(sorted(VIDEO_CONTAINERS))} "
+                                 f"(FFmpeg reads it as {inp.format.long_name or inp.format.name})")
+            if not inp.streams.video:
+                raise ValueError("the file has no video stream")
+            vin = inp.streams.video[0]
+            seconds = None
+            if vin.duration is not None and vin.time_base is not None:
+                seconds = float(vin.duration * vin.time_base)
+            elif inp.duration is not None:
+                seconds = inp.duration / av.time_base
+            frames = vin.frames or (round(seconds * float(_rate(vin))) if seconds else None)
+            return VideoProbe(vin.codec_context.width, vin.codec_context.height, frames, seconds,
+                              bool(inp.streams.audio))
+    except av.FFmpegError as exc:
+        raise ValueError(f"not a video FFmpeg can read ({exc.strerror or exc})") from None

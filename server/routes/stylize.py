@@ -13,13 +13,14 @@ import io
 from collections.abc import Callable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import AfterValidator, BaseModel, Field
 
 from style_transfer.checkpoint import ModelInfo
-from style_transfer.imageio import (INPUT_FORMAT_NAMES, INPUT_FORMATS, EncodedJpeg, LoadedImage, UnsupportedImageFormat,
-                                    decode_image, encode_image, format_name, format_names, media_types)
+from style_transfer.imageio import (INPUT_FORMAT_NAMES, INPUT_FORMATS, VIDEO_SUFFIXES, EncodedJpeg, LoadedImage,
+                                    UnsupportedImageFormat, decode_image, encode_image, format_name, format_names,
+                                    media_types)
 from style_transfer.sidebyside import comparison_grid, photo_metrics, stylize_each_async
 from style_transfer.stylize import StylizeOptions, check_paint_size, fit_image, style_names
 
@@ -27,6 +28,7 @@ from ..deps import SettingsDep, WorkerDep
 from ..errors import EmptyUpload, InvalidField
 from ..inference import InferenceWorker, UndecodableOnDevice
 from ..settings import Settings
+from ..videos import VIDEO_MEDIA_TYPES
 
 router = APIRouter(prefix="/v1", tags=["stylize"])
 
@@ -62,6 +64,17 @@ class ModelSummary(BaseModel):
     ab_group: str = Field(description="the norm A/B set the model belongs to: equal for models trained on the "
                                       "same style image with every recorded setting equal but the norm "
                                       "(style_transfer.spec.ab_group)")
+    for_video: bool = Field(False, description="trained for video (train --stability-weight): its strokes follow a "
+                                               "moving camera instead of being painted anew in every frame")
+
+
+class VideoSupport(BaseModel):
+    enabled: bool = Field(description="whether POST /v1/videos takes clips")
+    reason: str | None = Field(description="why not, when it does not")
+    max_bytes: int = Field(description="the largest upload (bytes)")
+    max_frames: int = Field(description="the most frames a clip may have")
+    media_types: list[str] = Field(description="media types of the videos taken (a file picker's `accept`)")
+    suffixes: list[str] = Field(description="file suffixes of the videos taken")
 
 
 class ModelList(BaseModel):
@@ -75,6 +88,7 @@ class ModelList(BaseModel):
                                                  "where the server's Pillow reads it)")
     input_format_names: list[str] = Field(description="the same formats as people know them (WebP, HEIC), in order")
     input_media_types: list[str] = Field(description="the media types of such files (a file picker's `accept`)")
+    video: VideoSupport
 
 
 class CompareResult(BaseModel):
@@ -115,12 +129,16 @@ Mix = Annotated[str | None, Form(description="a blend of a multi-style model's s
 
 
 @router.get("/models", response_model=ModelList, summary="The loaded models and their metadata")
-async def models(worker: WorkerDep) -> ModelList:
+async def models(request: Request, worker: WorkerDep) -> ModelList:
+    settings, videos = worker.settings, request.app.state.videos
     return ModelList(device=worker.device.type, ready=worker.ready.is_set(),
                      models=[ModelSummary(**s) for s in worker.summaries.values()], errors=worker.load_errors,
-                     paint_size=worker.settings.paint_size, input_formats=list(ACCEPTED_FORMATS),
+                     paint_size=settings.paint_size, input_formats=list(ACCEPTED_FORMATS),
                      input_format_names=[format_name(f) for f in ACCEPTED_FORMATS],
-                     input_media_types=media_types(ACCEPTED_FORMATS))
+                     input_media_types=media_types(ACCEPTED_FORMATS),
+                     video=VideoSupport(enabled=videos.enabled, reason=videos.reason,
+                                        max_bytes=settings.max_video_bytes, max_frames=settings.max_video_frames,
+                                        media_types=VIDEO_MEDIA_TYPES, suffixes=sorted(VIDEO_SUFFIXES)))
 
 
 async def _read_upload(upload: UploadFile) -> bytes:
