@@ -4,16 +4,18 @@ Skipped unless /usr/bin/chromium exists and the ``playwright`` Python package is
 drives the system Chromium through ``executable_path``; it never downloads a browser). The server runs
 as a subprocess (``python -m server``) on a free port with two tiny untrained models; the A/B button is
 tested on a second one serving the shipped Starry Night models and a few tiny ones, the style blend of a
-multi-style model on a third. The browser may only talk to the server: any other request is aborted and
+multi-style model on a third, video jobs on a fourth (with a tiny model trained "for video"). The browser may only talk to the server: any other request is aborted and
 fails the test (no CDN, no internet).
 
-A full-page screenshot is written to tests/artifacts/browser.png and to the test's tmp folder.
+A full-page screenshot is written to tests/artifacts/browser.png and to the test's tmp folder (the
+finished video job: browser-video.png).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -363,11 +365,13 @@ def test_the_page_names_the_formats_the_server_reads(browser, server, formats, n
     reads an iPhone's photos too: the drop zone and the file picker say so, not the page's own list."""
     def reads(body):
         return {**body, "input_formats": formats, "input_format_names": [format_name(f) for f in formats],
-                "input_media_types": media_types(formats)}
+                "input_media_types": media_types(formats), "video": _no_video(body)}
 
     with _open_page(browser, server, reads) as page:
         assert page.inner_text("#format-names") == names
         assert page.get_attribute("#file-input", "accept") == accept
+        assert page.locator("#video-formats").is_hidden()  # a server without videos: photos only
+        assert page.inner_text("#photo-title") == "1\nPhoto"
 
 
 def test_stroke_size_is_sent_only_when_chosen(page, tmp_path):
@@ -553,3 +557,241 @@ def test_the_style_blend_of_a_multi_style_model(browser, styles_server, tmp_path
         assert page.get_attribute('#results .result[data-model="multi"]', "data-style") == "starry=0.5,scream=0.5"
         assert page.get_attribute('#results .result[data-model="tiny-instance"]', "data-style") == "test-style"
         assert _error_text(page) == "", _error_text(page)
+
+
+# ----------------------------------------------------------------------------- video jobs
+
+VIDEO_MAX_BYTES = 200_000
+
+
+def _no_video(body: dict, reason: str = "PyAV is not installed (pip install 'style-transfer[video]')") -> dict:
+    """``video`` of GET /v1/models as a server without PyAV sends it."""
+    return {**(body.get("video") or {}), "enabled": False, "reason": reason}
+
+
+def _write_video(path: Path, frames: int = 8, size: tuple[int, int] = (64, 48)) -> Path:
+    """A small H.264 MP4: a colour ramp with a bar moving right, ``frames`` frames at 8 fps."""
+    av = pytest.importorskip("av")
+    w, h = size
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            img = np.zeros((h, w, 3), np.uint8)
+            img[..., 0] = 30 * i
+            img[..., 2] = np.linspace(40, 220, w, dtype=np.uint8)
+            img[:, i * w // frames:(i + 1) * w // frames, 1] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def video_server(playwright_factory, tmp_path_factory, free_port):
+    """A tiny ordinary model beside a tiny one trained with a temporal stability term (``for_video``); videos
+    up to VIDEO_MAX_BYTES."""
+    pytest.importorskip("av")
+    root = tmp_path_factory.mktemp("browser_video_server")
+    weights = root / "weights"
+    weights.mkdir()
+    _write_model(weights / "tiny-instance.safetensors", "instance")
+    _write_model(weights / "tiny-video.safetensors", "instance", seed=1, training={"stability_weight": 10.0})
+    with _serve(weights, free_port(), root / "server.log", STYLE_TRANSFER_MAX_VIDEO_BYTES=str(VIDEO_MAX_BYTES)) as base:
+        yield base
+
+
+def _record_progress(page) -> None:
+    """Keeps every text and value the progress bar shows in ``window.__progress`` (a job may pass a state
+    between two looks)."""
+    page.evaluate("""() => {
+        window.__progress = [];
+        const note = () => window.__progress.push({
+            label: document.querySelector('#progress-label').textContent,
+            time: document.querySelector('#progress-time').textContent,
+            now: document.querySelector('#progress-bar').getAttribute('aria-valuenow'),
+            live: document.querySelector('#progress-live').textContent,
+        });
+        new MutationObserver(note).observe(document.querySelector('#progress'),
+            { subtree: true, childList: true, characterData: true, attributes: true });
+    }""")
+
+
+QUEUED = {"status": "queued", "queue_position": 1, "frames_done": 0, "progress": 0.0, "elapsed_s": 0.0,
+          "eta_s": None, "result": None}
+RUNNING = {"status": "running", "queue_position": None, "frames_done": 3, "frames_total": 8, "progress": 0.375,
+           "elapsed_s": 1.5, "eta_s": 2.5, "result": None}
+
+
+def _pretend(page, *states: dict, forever: bool = False) -> None:
+    """The first polls of GET /v1/videos/ID answer ``states`` (over the real job's status, whatever the tiny,
+    fast job has got to); later ones pass through, or all answer the last state with ``forever``. (The
+    upload itself passes untouched: Playwright's route.fetch() would drop the file of a multipart body.)"""
+    polls = iter(states)
+
+    def poll(route):
+        if route.request.method != "GET":
+            route.continue_()
+            return
+        state = next(polls, states[-1] if forever else None)
+        if state is None:
+            route.continue_()
+            return
+        response = route.fetch()
+        route.fulfill(response=response, json={**response.json(), **state})
+
+    page.route("**/v1/videos/*", poll)
+
+
+def _choose_video(page, clip: Path) -> None:
+    page.set_input_files("#file-input", str(clip))
+    page.wait_for_function("document.querySelector('#video-preview').readyState >= 1")
+
+
+def test_models_for_video_are_tagged(browser, video_server):
+    """A model trained with ``stability_weight`` is marked "for video" in the list; the others are not."""
+    with _open_page(browser, video_server) as page:
+        tag = page.locator('#models .model-card:has(input[value="tiny-video"]) .video-chip')
+        assert tag.is_visible() and tag.inner_text() == "for video"
+        assert "moving camera" in tag.get_attribute("title")
+        assert page.locator('#models .model-card:has(input[value="tiny-instance"]) .video-chip').is_hidden()
+
+
+def test_a_video_is_stylized_with_progress_and_can_be_downloaded(browser, video_server, tmp_path):
+    clip = _write_video(tmp_path / "clip.mp4")
+    with _open_page(browser, video_server) as page:
+        # The picker and the drop zone offer videos.
+        accept = page.get_attribute("#file-input", "accept").split(",")
+        assert "image/png" in accept and "video/mp4" in accept and ".mov" in accept
+        assert "video" in page.inner_text("#photo-title").lower()
+        assert "MP4" in page.inner_text("#video-formats") and "195 KB" in page.inner_text("#video-formats")
+        assert _checked(page) == ["tiny-instance"]  # the page's first pick, for photos
+
+        _choose_video(page, clip)
+        assert page.locator("#original-preview").is_hidden()
+        assert page.evaluate("document.querySelector('#video-preview').muted") is True
+        page.wait_for_function("document.querySelector('#file-meta').textContent.includes('64×48')")
+        assert "clip.mp4" in page.inner_text("#file-meta")
+        assert _checked(page) == ["tiny-video"]  # a video: the model made for video instead
+        assert page.inner_text("#run-label") == "Stylize video"
+        assert page.locator('input[name="format"][value="jpeg"]').is_disabled()  # MP4 whatever the format
+
+        # Several models: one video, with the first selected, and the page says so.
+        page.locator('#models input[value="tiny-instance"]').check()
+        assert "first selected" in page.inner_text("#run-hint")
+        assert "tiny-instance" in page.inner_text("#run-hint")
+        page.locator('#models input[value="tiny-instance"]').uncheck()
+
+        _pretend(page, QUEUED, RUNNING)
+        _record_progress(page)
+        with page.expect_request(_posted("/v1/videos")) as posted:
+            page.click("#run")
+        fields = _form_fields(posted.value)
+        assert fields["model"] == "tiny-video" and "format" not in fields and fields["strength"] == "1"
+        video = page.locator("#results .video-result video.result-video")
+        video.wait_for(timeout=60_000)
+        assert _error_text(page) == "", _error_text(page)
+
+        seen = page.evaluate("window.__progress")
+        labels = [s["label"] for s in seen]
+        assert "Queued: 1 video ahead" in labels, labels
+        running = [s for s in seen if s["label"] == "3 / 8 frames · 37%"]
+        assert running and running[0]["now"] == "38", seen
+        assert any(re.fullmatch(r"0:0\d elapsed · about 0:0\d left", s["time"]) for s in running), running
+        assert any(s["live"] == "Stylizing the video." for s in seen), seen
+        assert page.locator("#progress").is_hidden()
+
+        # The player plays the server's MP4 (decoded here: Chromium plays H.264), seekable by Range.
+        page.wait_for_function("document.querySelector('#results video.result-video').readyState >= 1",
+                               timeout=30_000)
+        assert video.evaluate("v => [v.videoWidth, v.videoHeight]") == [64, 48]
+        assert video.evaluate("v => v.controls") is True
+        src = video.get_attribute("src")
+        assert re.fullmatch(r"v1/videos/[\w-]+/result", src), src
+        fetched = page.evaluate("""async (src) => {
+            const whole = await fetch(src);
+            const bytes = new Uint8Array(await whole.arrayBuffer());
+            const part = await fetch(src, { headers: { Range: 'bytes=0-15' } });
+            return { status: whole.status, type: whole.headers.get('Content-Type'), size: bytes.length,
+                     brand: String.fromCharCode(...bytes.slice(4, 8)), partStatus: part.status };
+        }""", src)
+        assert fetched["status"] == 200 and fetched["type"] == "video/mp4", fetched
+        assert fetched["brand"] == "ftyp" and fetched["size"] > 1000 and fetched["partStatus"] == 206, fetched
+        link = page.locator("#results .video-result a.download")
+        assert link.get_attribute("download") == "clip_tiny-video.mp4"
+        assert link.get_attribute("href") == src
+        card = page.locator("#results .video-result")
+        assert card.get_attribute("data-model") == "tiny-video"
+        assert re.search(r"64×48 · 8 frames · MP4 · no sound · kept on the server for about \d+ min",
+                         card.locator(".result-info").inner_text()), card.locator(".result-info").inner_text()
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        video.evaluate("v => { v.currentTime = 0.5; }")
+        page.wait_for_function("(v => !v.seeking && v.readyState >= 2)(document.querySelector('#results video.result-video'))")
+        page.evaluate("window.scrollTo(0, 0)")
+        shot = page.screenshot(full_page=True, animations="disabled")
+        (ARTIFACTS / "browser-video.png").write_bytes(shot)
+        (tmp_path / "browser-video.png").write_bytes(shot)
+
+        # Clearing the results deletes the job on the server (its files with it).
+        job = src.split("/")[2]
+        with page.expect_request(lambda r: r.method == "DELETE" and r.url.endswith(f"/v1/videos/{job}")) as gone:
+            page.click("#clear-results")
+        assert gone.value.response().status == 204
+        assert page.request.get(f"{video_server}/v1/videos/{job}").status == 404
+        assert page.locator("#results .video-result").count() == 0
+
+        # A photo afterwards runs as before.
+        photo = _write_photo(tmp_path / "photo.png")
+        page.set_input_files("#file-input", str(photo))
+        page.wait_for_function("document.querySelector('#original-preview').naturalWidth > 0")
+        assert page.locator("#video-preview").is_hidden()
+        assert page.inner_text("#run-label") == "Stylize"
+        assert page.locator('input[name="format"][value="jpeg"]').is_enabled()
+        with page.expect_request(_posted("/v1/stylize")):
+            page.click("#run")
+        _wait_for_results(page, 1)
+
+
+def test_a_video_job_can_be_cancelled(browser, video_server, tmp_path):
+    """Cancel while the job runs sends DELETE and says so; the results shown before stay."""
+    clip = _write_video(tmp_path / "clip.mp4")
+    with _open_page(browser, video_server) as page:
+        _choose_video(page, clip)
+        _pretend(page, RUNNING, forever=True)  # it never ends by itself
+        page.click("#run")
+        page.wait_for_function("document.querySelector('#progress-label').textContent.includes('3 / 8 frames')")
+        assert page.is_disabled("#run")
+        with page.expect_request(lambda r: r.method == "DELETE" and "/v1/videos/" in r.url) as deleted:
+            page.click("#cancel")
+        assert deleted.value.response().status == 204
+        page.wait_for_function("document.querySelector('#error').textContent.includes('Cancelled')")
+        assert "files deleted" in _error_text(page)
+        assert page.locator("#progress").is_hidden() and page.is_enabled("#run")
+        assert page.locator("#empty-state").is_visible()
+
+
+def test_videos_refused_before_uploading(browser, video_server, tmp_path):
+    """A video over the server's size limit, or any video on a server that takes none, is refused with the
+    reason at once: nothing is uploaded, and the photo chosen before stays."""
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(VIDEO_MAX_BYTES + 1))
+    clip = _write_video(tmp_path / "clip.mp4")
+    photo = _write_photo(tmp_path / "photo.png")
+    posts: list[str] = []
+    with _open_page(browser, video_server) as page:
+        page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        page.set_input_files("#file-input", str(photo))
+        page.set_input_files("#file-input", str(big))
+        assert "Video too large" in _error_text(page) and "195 KB" in _error_text(page)
+        assert page.inner_text("#run-label") == "Stylize" and "photo.png" in page.inner_text("#file-meta")
+        assert posts == []
+
+    with _open_page(browser, video_server, lambda body: {**body, "video": _no_video(body)}) as page:
+        assert "video/mp4" not in page.get_attribute("#file-input", "accept")
+        assert page.locator("#video-formats").is_hidden()
+        page.set_input_files("#file-input", str(clip))
+        assert "Videos not available" in _error_text(page)
+        assert "PyAV is not installed" in _error_text(page)
+        assert page.is_disabled("#run")  # no file chosen

@@ -5,6 +5,9 @@
  *   GET  v1/models     -> device + model metadata (the model picker)
  *   POST v1/stylize    -> one model: the image bytes, timing in X-Elapsed-Ms
  *   POST v1/compare    -> several models: JSON with data: URLs and timings
+ *   POST v1/videos     -> a video and one model: 202 and a job (v1/models says whether videos work: `video`)
+ *   GET  v1/videos/ID  -> the job's status, polled about once a second; its `result` is the MP4
+ *   DELETE v1/videos/ID -> cancels the job or deletes its files (the page deletes what it stops showing)
  * A multi-style model (several `styles` in v1/models) adds the `style` or `mix` field: style A, style B
  * and a blend slider (the weight of B); moving the slider stylizes the photo again.
  * Errors are JSON bodies {"error": {"code", "message"}} and are shown in #error.
@@ -23,6 +26,10 @@
     form: $('#controls'),
     fileInput: $('#file-input'),
     formatNames: $('#format-names'),
+    photoWord: $('#photo-word'),
+    dropWhat: $('#drop-what'),
+    videoFormats: $('#video-formats'),
+    videoPreview: $('#video-preview'),
     dropzone: $('#dropzone'),
     dzEmpty: $('.dz-empty'),
     dzPreview: $('.dz-preview'),
@@ -44,6 +51,7 @@
     strengthValue: $('#strength-value'),
     preserve: $('#preserve-color'),
     maxSize: $('#max-size'),
+    formatVideo: $('#format-video'),
     paintDefault: $('#paint-default'),
     resetOptions: $('#reset-options'),
     run: $('#run'),
@@ -56,16 +64,22 @@
     clearResults: $('#clear-results'),
     linkSliders: $('#link-sliders'),
     progress: $('#progress'),
+    progressBar: $('#progress-bar'),
+    progressFill: $('#progress-bar span'),
+    progressLive: $('#progress-live'),
     progressLabel: $('#progress-label'),
     progressTime: $('#progress-time'),
     cancel: $('#cancel'),
     modelTemplate: $('#model-template'),
     resultTemplate: $('#result-template'),
+    videoResultTemplate: $('#video-result-template'),
   };
 
   const DEFAULT_META = els.resultsMeta.textContent;
   // The formats the server reads, in words (from GET v1/models: AVIF only where its Pillow has libavif).
   let formatNames = els.formatNames.textContent;
+  // The picker's image types (the server's, once known); video types are added when it stylizes videos.
+  let imageAccept = els.fileInput.accept;
 
   const state = {
     ready: false,
@@ -84,6 +98,14 @@
     styleModel: null,      // the multi-style model whose styles the selectors show
     shownStyle: null,      // the style/mix fields of the last run (JSON), to skip identical re-runs
     rerun: false,          // the blend moved while a request ran: stylize again when it ends
+    video: null,           // `video` of GET v1/models: enabled, reason, max_bytes, max_frames, media_types, suffixes
+    videoKnown: false,     // v1/models has answered (an older server sends no `video`: no videos)
+    isVideo: false,        // the chosen file is a video: the run is a video job with one model
+    selectionTouched: false, // the user chose models: a video then keeps their choice
+    runKind: null,         // 'image' or 'video' while running
+    job: null,             // the video job being waited for: {id, controller, cancelled, ...}
+    shownJobs: new Set(),  // ids of finished video jobs whose cards are on screen (deleted when dropped)
+    savedResults: null,    // results set aside during a run (skeletons shown), restored if it fails
   };
 
   // ------------------------------------------------------------------ formatting
@@ -107,6 +129,56 @@
     if (ms < 10) return `${ms.toFixed(2)} ms`;
     if (ms < 1000) return `${ms.toFixed(1)} ms`;
     return `${Math.round(ms).toLocaleString('en-US')} ms`;
+  }
+
+  // Seconds as a clock: 5 -> "0:05", 754 -> "12:34", 3723 -> "1:02:03".
+  function formatClock(seconds) {
+    if (!Number.isFinite(seconds) || seconds < 0) return '–:––';
+    const t = Math.round(seconds);
+    const h = Math.floor(t / 3600);
+    const m = Math.floor((t % 3600) / 60);
+    const sec = String(t % 60).padStart(2, '0');
+    return h ? `${h}:${String(m).padStart(2, '0')}:${sec}` : `${m}:${sec}`;
+  }
+
+  // A duration in words, roughly: "40 s", "12 min", "2 h".
+  function formatAbout(seconds) {
+    if (!Number.isFinite(seconds)) return '';
+    if (seconds < 90) return `${Math.max(1, Math.round(seconds))} s`;
+    if (seconds < 90 * 60) return `${Math.round(seconds / 60)} min`;
+    return `${Math.round(seconds / 3600)} h`;
+  }
+
+  // ["A", "B", "C"] -> "A, B or C".
+  function orList(words) {
+    return words.length > 1 ? `${words.slice(0, -1).join(', ')} or ${words[words.length - 1]}` : (words[0] || '');
+  }
+
+  function sentence(text) {
+    const t = String(text || '').trim();
+    return !t || /[.!?]$/.test(t) ? t : `${t}.`;
+  }
+
+  // The server names paths from its root ("/v1/videos/ID/result"); the page stays relative so that it
+  // works behind a path prefix.
+  function relativeURL(path) {
+    return String(path || '').replace(/^\/+/, '');
+  }
+
+  function sleep(ms, signal) {
+    return new Promise((resolve, reject) => {
+      if (signal && signal.aborted) {
+        reject(new DOMException('Aborted', 'AbortError'));
+        return;
+      }
+      const timer = setTimeout(resolve, ms);
+      if (signal) {
+        signal.addEventListener('abort', () => {
+          clearTimeout(timer);
+          reject(new DOMException('Aborted', 'AbortError'));
+        }, { once: true });
+      }
+    });
   }
 
   function prettyStyle(name) {
@@ -150,11 +222,10 @@
     }
   }
 
-  async function errorFromResponse(res) {
-    let code = `http_${res.status}`;
-    let message = `${res.status} ${res.statusText || 'error'}`.trim();
-    let text = '';
-    try { text = await res.text(); } catch (_) { /* body unreadable */ }
+  // An error from a response's status and body ({"error": {"code", "message"}} from this server).
+  function apiError(status, statusText, text, retryAfter) {
+    let code = `http_${status}`;
+    let message = `${status} ${statusText || 'error'}`.trim();
     try {
       const body = JSON.parse(text);
       if (body && body.error) {
@@ -168,7 +239,16 @@
     } catch (_) {
       if (text && text.length < 300) message = text;
     }
-    return new ApiError(message, code, res.status);
+    const err = new ApiError(message, code, status);
+    const wait = Number(retryAfter);
+    if (retryAfter && Number.isFinite(wait)) err.retryAfter = wait;
+    return err;
+  }
+
+  async function errorFromResponse(res) {
+    let text = '';
+    try { text = await res.text(); } catch (_) { /* body unreadable */ }
+    return apiError(res.status, res.statusText, text, res.headers.get('Retry-After'));
   }
 
   async function request(url, options = {}) {
@@ -181,6 +261,33 @@
     }
     if (!res.ok) throw await errorFromResponse(res);
     return res;
+  }
+
+  // POST a form with upload progress (fetch reports none; a video can take a while to send).
+  // Resolves with the XMLHttpRequest once the server answers 2xx.
+  function upload(url, form, { signal, onProgress } = {}) {
+    return new Promise((resolve, reject) => {
+      const aborted = () => new DOMException('The upload was cancelled.', 'AbortError');
+      if (signal && signal.aborted) {
+        reject(aborted());
+        return;
+      }
+      const xhr = new XMLHttpRequest();
+      xhr.open('POST', url);
+      xhr.upload.addEventListener('progress', (e) => {
+        if (e.lengthComputable && e.total > 0 && onProgress) onProgress(e.loaded / e.total);
+      });
+      xhr.addEventListener('load', () => {
+        if (xhr.status >= 200 && xhr.status < 300) resolve(xhr);
+        else reject(apiError(xhr.status, xhr.statusText, xhr.responseText, xhr.getResponseHeader('Retry-After')));
+      });
+      xhr.addEventListener('error', () => {
+        reject(new ApiError('Cannot reach the server. Is it still running?', 'network_error', 0));
+      });
+      xhr.addEventListener('abort', () => reject(aborted()));
+      if (signal) signal.addEventListener('abort', () => xhr.abort(), { once: true });
+      xhr.send(form);
+    });
   }
 
   // ------------------------------------------------------------------ errors
@@ -299,6 +406,9 @@
       if (Number.isInteger(data.paint_size)) {
         els.paintDefault.textContent = data.paint_size > 0 ? `${data.paint_size}\u00a0px` : 'full size';
       }
+      state.video = data.video && typeof data.video === 'object' ? data.video : null;
+      state.videoKnown = true;
+      showVideoSupport();
       state.models = Array.isArray(data.models) ? data.models : [];
       if (data.ready || state.models.length) {
         state.modelsLoaded = Boolean(data.ready);
@@ -320,6 +430,7 @@
   function modelTooltip(m) {
     const lines = [`${m.name}`, `style: ${m.style || '?'}`, `norm: ${m.norm}`, `steps: ${m.steps}`];
     if (Number.isFinite(m.parameters)) lines.push(`parameters: ${m.parameters.toLocaleString('en-US')}`);
+    if (m.for_video) lines.push('for video: trained to keep its strokes steady on a moving camera');
     const losses = m.losses && Object.entries(m.losses);
     if (losses && losses.length) {
       lines.push(`losses: ${losses.map(([k, v]) => `${k} ${Number(v).toPrecision(3)}`).join(', ')}`);
@@ -382,6 +493,8 @@
         input.checked = previous.has(m.name);
         input.dataset.norm = m.norm;
         input.dataset.style = m.style || '';
+        if (m.for_video) input.dataset.forVideo = 'true';
+        $('.video-chip', node).hidden = !m.for_video;
         $('.model-name', node).textContent = m.name;
         const chip = $('.norm-chip', node);
         chip.textContent = m.norm;
@@ -406,9 +519,11 @@
       els.models.append(p);
     }
 
-    // First visit: preselect the first model so that one click runs something.
+    // First visit: preselect the first model so that one click runs something (for a video already
+    // chosen, the first model made for video).
     if (!previous.size && models.length) {
-      const first = $('input[name="model"]', els.models);
+      const first = (state.isVideo && $('input[name="model"][data-for-video]', els.models))
+        || $('input[name="model"]', els.models);
       if (first) first.checked = true;
     }
     const any = models.length > 0;
@@ -452,6 +567,7 @@
   }
 
   function selectNormsOf(style) {
+    state.selectionTouched = true;
     const names = new Set(abArms(state.models.filter((x) => (x.style || '') === style)).map((m) => m.name));
     setSelection((input) => names.has(input.value));
   }
@@ -528,6 +644,7 @@
 
   // Stylize again with the current style fields: at once when idle, else right after the running request.
   function stylizeAgain() {
+    if (state.isVideo) return;  // a video job is long: it runs only when asked to
     if (!state.ready || !state.file || !selectedModels().length) return;
     if (JSON.stringify(readStyle()) === state.shownStyle) return;
     if (state.running) {
@@ -552,24 +669,111 @@
 
   // The server names the formats it reads as people know them, and their media types (GET /v1/models).
   function showFormats(names, mediaTypes) {
-    formatNames = names.length > 1 ? `${names.slice(0, -1).join(', ')} or ${names[names.length - 1]}` : names[0];
+    formatNames = orList(names);
     els.formatNames.textContent = formatNames;
-    els.fileInput.accept = mediaTypes.join(',');
+    imageAccept = mediaTypes.join(',');
+    applyAccept();
+  }
+
+  function videoOn() {
+    return Boolean(state.video && state.video.enabled);
+  }
+
+  // The file picker offers the server's image types, and its video types and suffixes when it stylizes
+  // videos (a .mov often has no media type the browser knows).
+  function applyAccept() {
+    const v = state.video;
+    const video = videoOn() ? [...(v.media_types || []), ...(v.suffixes || [])] : [];
+    els.fileInput.accept = [imageAccept, ...video].filter(Boolean).join(',');
+  }
+
+  // "Photo" or "Photo or video", and the video formats and limits under the drop zone.
+  function showVideoSupport() {
+    const on = videoOn();
+    els.photoWord.textContent = on ? 'Photo or video' : 'Photo';
+    els.dropWhat.textContent = on ? 'photo or video' : 'photo';
+    els.videoFormats.hidden = !on;
+    if (on) {
+      const v = state.video;
+      const names = (v.suffixes || []).map((x) => String(x).replace(/^\./, '').toUpperCase());
+      const limits = [];
+      if (v.max_bytes > 0) limits.push(formatBytes(v.max_bytes));
+      if (v.max_frames > 0) limits.push(`${v.max_frames.toLocaleString('en-US')} frames`);
+      els.videoFormats.textContent = [names.length ? `${orList(names)} video` : 'Video',
+        limits.length ? `up to ${limits.join(' and ')}` : ''].filter(Boolean).join(', ');
+    }
+    applyAccept();
+    updateRun();
+  }
+
+  function looksLikeVideo(file) {
+    if ((file.type || '').startsWith('video/')) return true;
+    const name = (file.name || '').toLowerCase();
+    const suffixes = (state.video && state.video.suffixes) || [];
+    return suffixes.some((x) => name.endsWith(String(x).toLowerCase()));
   }
 
   function setFile(file) {
     if (!file) return;
+    if (looksLikeVideo(file)) {
+      setVideo(file);
+      return;
+    }
     if (file.type && !file.type.startsWith('image/')) {
-      showError({ title: 'Not an image', message: `“${file.name}” is not an image. Use a ${formatNames} photo.` });
+      const what = videoOn() ? `a ${formatNames} photo or a video` : `a ${formatNames} photo`;
+      showError({ title: 'Not an image', message: `“${file.name}” is not an image. Use ${what}.` });
       return;
     }
     clearError();
+    dropVideoResults();
+    hideVideoPreview();
     state.file = file;
     state.fileShown = null;
     if (state.previewURL) URL.revokeObjectURL(state.previewURL);
     state.previewURL = URL.createObjectURL(file);
+    els.preview.hidden = false;
     els.preview.src = state.previewURL;
     els.preview.alt = `Original: ${file.name || 'pasted image'}`;
+    showChosen(file);
+  }
+
+  // A video: refused here when the server does not stylize videos or the file is over its size limit
+  // (saves uploading it); else previewed, muted, and the run becomes a video job.
+  function setVideo(file) {
+    const v = state.video;
+    if (!videoOn()) {
+      let why = 'this server does not stylize videos';
+      if (v && v.reason) why = `this server does not stylize videos: ${v.reason}`;
+      else if (!state.videoKnown) why = 'the server has not said yet whether it stylizes videos; try again in a moment';
+      showError({ title: 'Videos not available', code: 'video_unsupported',
+        message: sentence(`“${file.name}” is a video, and ${why}`) });
+      revealError();
+      return;
+    }
+    if (v.max_bytes > 0 && file.size > v.max_bytes) {
+      showError({ title: 'Video too large', code: 'payload_too_large',
+        message: `“${file.name}” is ${formatBytes(file.size)}; this server takes videos up to `
+          + `${formatBytes(v.max_bytes)}. Trim or compress it first.` });
+      revealError();
+      return;
+    }
+    clearError();
+    dropVideoResults();
+    state.file = file;
+    state.fileShown = null;
+    state.isVideo = true;
+    if (state.previewURL) URL.revokeObjectURL(state.previewURL);
+    state.previewURL = URL.createObjectURL(file);
+    els.preview.removeAttribute('src');
+    els.preview.hidden = true;
+    els.videoPreview.hidden = false;
+    els.videoPreview.src = state.previewURL;
+    els.videoPreview.setAttribute('aria-label', `Original video: ${file.name || 'video'}`);
+    preferVideoModel();
+    showChosen(file);
+  }
+
+  function showChosen(file) {
     els.dzEmpty.hidden = true;
     els.dzPreview.hidden = false;
     els.dropzone.classList.add('has-file');
@@ -579,33 +783,77 @@
     updateRun();
   }
 
-  els.preview.addEventListener('load', () => {
-    if (!state.file) return;
-    if (state.fileShown === null) state.fileShown = true;
-    const { naturalWidth: w, naturalHeight: h } = els.preview;
+  function hideVideoPreview() {
+    state.isVideo = false;
+    const video = els.videoPreview;
+    video.pause();
+    if (video.getAttribute('src')) {
+      video.removeAttribute('src');
+      video.load();  // lets go of the file
+    }
+    video.hidden = true;
+  }
+
+  // With a video, and the models still as the page chose them (or none), select a model trained for
+  // video: its strokes follow a moving camera.
+  function preferVideoModel() {
+    const made = $('input[name="model"][data-for-video]', els.models);
+    if (!made || (state.selectionTouched && selectedModels().length)) return;
+    if ($$('input[name="model"]:checked', els.models).some((i) => i.dataset.forVideo)) return;
+    setSelection((input) => input === made);
+  }
+
+  function showMeta(dims) {
     els.fileMeta.replaceChildren();
     const name = document.createElement('span');
     name.className = 'file-name';
     name.textContent = state.file.name || 'pasted image';
-    const dims = document.createElement('span');
-    dims.className = 'mono';
-    dims.textContent = `${w}×${h} · ${formatBytes(state.file.size)}`;
-    els.fileMeta.append(name, dims);
+    const info = document.createElement('span');
+    info.className = 'mono';
+    info.textContent = `${dims} · ${formatBytes(state.file.size)}`;
+    els.fileMeta.append(name, info);
+  }
+
+  els.preview.addEventListener('load', () => {
+    if (!state.file || state.isVideo) return;
+    if (state.fileShown === null) state.fileShown = true;
+    const { naturalWidth: w, naturalHeight: h } = els.preview;
+    showMeta(`${w}×${h}`);
   });
 
   els.preview.addEventListener('error', () => {
-    if (!state.file) return;
+    if (!state.file || state.isVideo) return;
     state.fileShown = false;
     els.fileMeta.textContent = `${state.file.name} · ${formatBytes(state.file.size)} · this browser cannot show it; `
       + 'the server may still read it (shown here after the first run)';
   });
 
+  els.videoPreview.addEventListener('loadedmetadata', () => {
+    if (!state.file || !state.isVideo) return;
+    const v = els.videoPreview;
+    showMeta(`${v.videoWidth}×${v.videoHeight} · ${formatClock(v.duration)}`);
+  });
+
+  els.videoPreview.addEventListener('error', () => {
+    if (!state.file || !state.isVideo || !els.videoPreview.getAttribute('src')) return;
+    els.fileMeta.textContent = `${state.file.name} · ${formatBytes(state.file.size)} · this browser cannot play it; `
+      + 'the server may still read it';
+  });
+
+  // The preview plays (muted) while the pointer rests on it.
+  els.dropzone.addEventListener('mouseenter', () => {
+    if (state.isVideo) els.videoPreview.play().catch(() => { /* not playable here */ });
+  });
+  els.dropzone.addEventListener('mouseleave', () => els.videoPreview.pause());
+
   function clearFile() {
     state.file = null;
     state.fileShown = null;
+    hideVideoPreview();
     if (state.previewURL) URL.revokeObjectURL(state.previewURL);
     state.previewURL = null;
     els.preview.removeAttribute('src');
+    els.preview.hidden = false;
     els.dzEmpty.hidden = false;
     els.dzPreview.hidden = true;
     els.dropzone.classList.remove('has-file');
@@ -649,10 +897,10 @@
     if (file) setFile(file);
   });
 
-  // Paste an image from the clipboard.
+  // Paste an image (or a video file) from the clipboard.
   document.addEventListener('paste', (e) => {
     const items = Array.from((e.clipboardData && e.clipboardData.items) || []);
-    const item = items.find((i) => i.kind === 'file' && i.type.startsWith('image/'));
+    const item = items.find((i) => i.kind === 'file' && /^(image|video)\//.test(i.type));
     if (!item) return;
     const file = item.getAsFile();
     if (file) {
@@ -706,6 +954,14 @@
   function updateRun() {
     updateStylePanel();
     const n = selectedModels().length;
+    // A video comes back as MP4 whatever the format; the choice stays for photos.
+    const video = state.isVideo && Boolean(state.file);
+    for (const radio of $$('input[name="format"]', els.form)) radio.disabled = video;
+    els.formatVideo.hidden = !video;
+    if (video || state.runKind === 'video') {
+      updateVideoRun(n);
+      return;
+    }
     if (state.running) {
       els.runLabel.textContent = n > 1 ? 'Comparing…' : 'Stylizing…';
     } else {
@@ -724,16 +980,45 @@
     els.runHint.textContent = hint;
   }
 
+  // A video runs ONE model, the first selected: the A/B of several models is for photos.
+  function updateVideoRun(n) {
+    const name = selectedModels()[0];
+    els.runLabel.textContent = state.running ? 'Stylizing video…' : 'Stylize video';
+    els.run.disabled = state.running || !state.ready || !state.file || n === 0;
+    els.run.classList.toggle('is-running', state.running);
+    els.run.setAttribute('aria-busy', state.running ? 'true' : 'false');
+    let hint;
+    if (state.running) hint = 'Working on it: the server stylizes the video frame by frame.';
+    else if (!state.ready) hint = 'Waiting for the server to load its models…';
+    else if (!state.file) hint = 'Choose a photo or a video to start.';
+    else if (n === 0) hint = 'Select a model.';
+    else if (n > 1) hint = `A video runs one model: ${name}, the first selected. Compare models on a photo.`;
+    else if ((modelByName(name) || {}).for_video) hint = `${name} keeps its strokes steady when the camera moves.`;
+    else if ($('input[name="model"][data-for-video]', els.models)) {
+      hint = 'Tip: a model marked “for video” keeps its strokes steady when the camera moves.';
+    } else hint = 'The server stylizes the video frame by frame and keeps its sound.';
+    els.runHint.textContent = hint;
+  }
+
   els.models.addEventListener('change', (e) => {
-    if (e.target.matches('input[name="model"]')) updateRun();
+    if (!e.target.matches('input[name="model"]')) return;
+    state.selectionTouched = true;
+    updateRun();
   });
-  els.selectAll.addEventListener('click', () => setSelection(() => true));
-  els.selectNone.addEventListener('click', () => setSelection(() => false));
+  els.selectAll.addEventListener('click', () => {
+    state.selectionTouched = true;
+    setSelection(() => true);
+  });
+  els.selectNone.addEventListener('click', () => {
+    state.selectionTouched = true;
+    setSelection(() => false);
+  });
 
   let progressTimer = null;
 
   function startProgress(names) {
     const t0 = performance.now();
+    setBar(null);
     els.progressLabel.textContent = names.length > 1
       ? `Comparing ${names.length} models…`
       : `Stylizing with ${names[0]}…`;
@@ -756,11 +1041,31 @@
   function stopProgress() {
     clearInterval(progressTimer);
     els.progress.hidden = true;
+    setBar(null);
+    els.progressLive.textContent = '';
+  }
+
+  // The bar: a share done in [0, 1], or null for the sliding bar of an unknown duration.
+  function setBar(fraction) {
+    const known = Number.isFinite(fraction);
+    els.progress.classList.toggle('is-determinate', known);
+    els.progressBar.setAttribute('role', 'progressbar');
+    els.progressBar.setAttribute('aria-valuemin', '0');
+    els.progressBar.setAttribute('aria-valuemax', '100');
+    if (known) {
+      const pct = Math.min(100, Math.max(0, fraction * 100));
+      els.progressFill.style.width = `${pct}%`;
+      els.progressBar.setAttribute('aria-valuenow', String(Math.round(pct)));
+    } else {
+      els.progressFill.style.width = '';
+      els.progressBar.removeAttribute('aria-valuenow');
+    }
   }
 
   function showSkeletons(names) {
     const saved = document.createDocumentFragment();
     saved.append(...Array.from(els.results.childNodes));
+    state.savedResults = saved;
     els.emptyState.hidden = true;
     for (const name of names) {
       const sk = document.createElement('div');
@@ -779,6 +1084,10 @@
 
   async function run({ restyle = false } = {}) {
     if (els.run.disabled) return;
+    if (state.isVideo) {
+      runVideo();
+      return;
+    }
     const names = selectedModels();
     clearError();
     let opts;
@@ -796,6 +1105,7 @@
     for (const [k, v] of Object.entries({ ...opts, ...styleFields })) form.append(k, v);
 
     state.running = true;
+    state.runKind = 'image';
     const controller = new AbortController();
     state.abort = controller;
     updateRun();
@@ -855,6 +1165,7 @@
       state.resultURLs = newURLs;
       state.shownStyle = JSON.stringify(styleFields);
       renderResults(items, { roundTripMs: performance.now() - t0, fileName: file.name, restyle });
+      tidyJobs();  // a video shown before is replaced: its files go
     } catch (err) {
       for (const u of newURLs) URL.revokeObjectURL(u);
       if (saved) els.results.replaceChildren(saved);
@@ -868,7 +1179,9 @@
       }
     } finally {
       state.running = false;
+      state.runKind = null;
       state.abort = null;
+      state.savedResults = null;
       els.results.classList.remove('is-updating');
       stopProgress();
       updateRun();
@@ -884,7 +1197,8 @@
     run();
   });
   els.cancel.addEventListener('click', () => {
-    if (state.abort) state.abort.abort();
+    if (state.job) cancelVideo();
+    else if (state.abort) state.abort.abort();
   });
   document.addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
@@ -892,6 +1206,228 @@
       run();
     }
   });
+
+  // ------------------------------------------------------------------ video jobs
+
+  const POLL_MS = 1000;
+  const TERMINAL = new Set(['done', 'failed', 'cancelled']);
+  // Video refusals read better with their own titles than with the image ones of ERROR_TITLES.
+  const VIDEO_TITLES = {
+    payload_too_large: 'Video too large',
+    video_too_long: 'Video too long',
+    unsupported_media_type: 'Not a video the server reads',
+    video_unsupported: 'Videos not supported',
+    unknown_video: 'Video job gone',
+    busy: 'Server busy',
+  };
+  const VIDEO_STATUS_TITLES = { 413: 'Video too large', 415: 'Not a video the server reads' };
+
+  // `audio` of a job: "none", "copied" or how it was re-encoded (null before the job is done).
+  function soundOf(audio) {
+    if (!audio) return '';
+    if (audio === 'none') return 'no sound';
+    return audio === 'copied' ? 'sound kept' : `sound ${audio}`;
+  }
+
+  function jobURL(id) {
+    return `v1/videos/${encodeURIComponent(id)}`;
+  }
+
+  // Deletes a job's files on the server; a failure only leaves them to expire there.
+  function deleteJob(id, { keepalive = false } = {}) {
+    return fetch(jobURL(id), { method: 'DELETE', keepalive }).then((res) => res.ok || res.status === 404,
+      () => false);
+  }
+
+  async function runVideo() {
+    const names = selectedModels();
+    const model = names[0];
+    clearError();
+    let opts;
+    try {
+      opts = readOptions();
+    } catch (err) {
+      showError(err);
+      revealError();
+      els.maxSize.focus();
+      return;
+    }
+    delete opts.format;  // a video comes back as MP4
+    const styleFields = readStyle();
+    const file = state.file;
+    const form = new FormData();
+    form.append('file', file, file.name || 'video.mp4');
+    form.append('model', model);
+    for (const [k, v] of Object.entries({ ...opts, ...styleFields })) form.append(k, v);
+
+    const job = { id: null, controller: new AbortController(), cancelled: false, cancelling: null, note: '',
+      file, model, phase: 'upload', quarter: -1, elapsed: 0, eta: null, seenAt: performance.now() };
+    state.running = true;
+    state.runKind = 'video';
+    state.job = job;
+    state.abort = job.controller;
+    updateRun();
+    startVideoProgress(job);
+    const saved = showSkeletons([model]);
+    revealProgress();
+    let shown = false;
+    try {
+      const signal = job.controller.signal;
+      const created = await upload('v1/videos', form, { signal, onProgress: (f) => showUpload(job, f) });
+      let status = JSON.parse(created.responseText);
+      job.id = status.id;
+      showJob(job, status);
+      while (!TERMINAL.has(status.status)) {
+        await sleep(POLL_MS, signal);
+        status = await pollJob(job);
+        showJob(job, status);
+      }
+      if (status.status === 'failed') {
+        const e = status.error || {};
+        throw Object.assign(new ApiError(e.message || 'The server could not stylize the video.', e.code || 'failed', null),
+          { title: 'Video failed' });
+      }
+      if (status.status === 'cancelled') {
+        throw Object.assign(new ApiError('The video job was cancelled on the server.', 'cancelled', null),
+          { title: 'Cancelled' });
+      }
+      renderVideoResult(status, { file, model, styleFields });
+      shown = true;
+      tidyJobs();  // what was shown before, video or photos, is replaced
+    } catch (err) {
+      if (!shown) {
+        els.results.replaceChildren(saved);
+        els.emptyState.hidden = Boolean($('.result', els.results));
+        if (job.id && !job.cancelled) deleteJob(job.id);  // a failed job's files
+      }
+      if (job.cancelled || (err && err.name === 'AbortError')) {
+        await job.cancelling;
+        showError({ title: 'Cancelled', message: job.note || 'The video job was cancelled.' });
+      } else {
+        if (err && !err.title) {
+          err.title = VIDEO_TITLES[err.code] || VIDEO_STATUS_TITLES[err.status] || undefined;
+        }
+        if (err && err.code === 'busy' && Number.isFinite(err.retryAfter) && !/again/i.test(err.message)) {
+          err.message = `${sentence(err.message)} Try again in ${formatAbout(err.retryAfter)}.`;
+        }
+        showError(err);
+        revealError();
+        if (err && err.status === 0) pollReady();
+      }
+    } finally {
+      state.running = false;
+      state.runKind = null;
+      state.job = null;
+      state.abort = null;
+      state.savedResults = null;
+      stopProgress();
+      updateRun();
+    }
+  }
+
+  // One status; a dropped connection or a 5xx is retried a few times (the job runs on regardless).
+  async function pollJob(job) {
+    for (let failures = 1; ; failures += 1) {
+      try {
+        const res = await request(jobURL(job.id), { signal: job.controller.signal });
+        return await res.json();
+      } catch (err) {
+        const transient = err && (err.status === 0 || err.status >= 500);
+        if (!transient || failures >= 10) throw err;
+        await sleep(Math.min(5000, POLL_MS * failures), job.controller.signal);
+      }
+    }
+  }
+
+  // Cancel: DELETE the job (queued or running: the server stops it and deletes its files).
+  function cancelVideo() {
+    const job = state.job;
+    if (!job || job.cancelled) return;
+    job.cancelled = true;
+    els.progressLabel.textContent = 'Cancelling…';
+    job.cancelling = (async () => {
+      if (!job.id) {
+        job.note = 'The upload was cancelled.';
+        return;
+      }
+      job.note = await deleteJob(job.id)
+        ? 'The video job was cancelled and its files deleted.'
+        : 'The page stopped waiting, but the server could not be told to cancel the job; it deletes it when it expires.';
+    })();
+    job.controller.abort();
+  }
+
+  function startVideoProgress(job) {
+    clearInterval(progressTimer);
+    setBar(0);
+    els.progressLabel.textContent = `Uploading ${job.file.name || 'the video'}…`;
+    els.progressTime.textContent = '';
+    els.progress.hidden = false;
+    announce(`Uploading the video for ${job.model}.`);
+    // Elapsed time and ETA tick between two polls, from the server's last figures.
+    progressTimer = setInterval(() => showTimes(job), 250);
+  }
+
+  function showUpload(job, fraction) {
+    if (job.phase !== 'upload' || job.cancelled) return;
+    setBar(fraction);
+    els.progressLabel.textContent = `Uploading ${job.file.name || 'the video'} · ${Math.floor(fraction * 100)}%`;
+  }
+
+  function showTimes(job) {
+    if (job.phase === 'upload' || job.cancelled) return;
+    const since = (performance.now() - job.seenAt) / 1000;
+    const running = !TERMINAL.has(job.phase);
+    const parts = [`${formatClock(job.elapsed + (running ? since : 0))} elapsed`];
+    if (job.phase === 'running' && Number.isFinite(job.eta)) {
+      parts.push(`about ${formatClock(Math.max(0, job.eta - since))} left`);
+    }
+    els.progressTime.textContent = parts.join(' · ');
+  }
+
+  function announce(text) {
+    els.progressLive.textContent = text;
+  }
+
+  function showJob(job, s) {
+    if (job.cancelled) return;
+    const phase = s.status;
+    job.elapsed = Number.isFinite(s.elapsed_s) ? s.elapsed_s : job.elapsed;
+    job.eta = Number.isFinite(s.eta_s) ? s.eta_s : null;
+    job.seenAt = performance.now();
+    const done = Number(s.frames_done) || 0;
+    const total = Number.isFinite(s.frames_total) && s.frames_total > 0 ? Math.max(s.frames_total, done) : null;
+    let fraction = Number.isFinite(s.progress) ? s.progress : (total ? done / total : null);
+    let label;
+    if (phase === 'queued') {
+      fraction = null;
+      // queue_position: the jobs ahead of this one (0: it runs next).
+      const ahead = s.queue_position;
+      if (!Number.isFinite(ahead)) label = 'Queued…';
+      else if (ahead <= 0) label = 'Queued: next in line';
+      else label = `Queued: ${ahead} ${ahead === 1 ? 'video' : 'videos'} ahead`;
+    } else if (phase === 'running') {
+      label = `${total ? `${done} / ${total}` : done} frames`;
+      if (Number.isFinite(fraction)) label += ` · ${Math.floor(fraction * 100)}%`;
+    } else if (phase === 'done') {
+      fraction = 1;
+      label = `Done: ${done} frames`;
+    } else {
+      label = phase === 'failed' ? 'Failed' : 'Cancelled';
+    }
+    setBar(fraction);
+    els.progressLabel.textContent = label;
+    showTimes({ ...job, phase });
+    // Screen readers hear the milestones, not every second.
+    const quarter = phase === 'running' && Number.isFinite(fraction) ? Math.floor(fraction * 4) : -1;
+    if (phase !== job.phase) {
+      announce(phase === 'running' ? 'Stylizing the video.' : `${label}.`);
+    } else if (quarter > job.quarter && quarter > 0 && quarter < 4) {
+      announce(`${quarter * 25}% of the video stylized.`);
+    }
+    job.quarter = Math.max(job.quarter, quarter);
+    job.phase = phase;
+  }
 
   // ------------------------------------------------------------------ results
 
@@ -966,10 +1502,89 @@
     els.resultsMeta.textContent = parts.join(' · ');
   }
 
+  // A finished video job: the stylized video (served by the server, which answers Range requests, so
+  // the player can seek) and a download link with the server's file name.
+  function renderVideoResult(s, { file, model, styleFields }) {
+    const info = modelByName(s.model || model) || {};
+    const name = s.model || model;
+    const card = els.videoResultTemplate.content.firstElementChild.cloneNode(true);
+    card.dataset.model = name;
+    card.dataset.job = s.id;
+    card.dataset.testid = `video-${name}`;
+    $('.result-name', card).textContent = name;
+    const norm = $('.norm-chip', card);
+    norm.textContent = info.norm || 'norm ?';
+    norm.dataset.norm = info.norm || '';
+    const ran = s.style || (isMultiStyle(info) ? (styleFields.style || styleFields.mix) : info.style) || '';
+    const style = $('.style-chip', card);
+    style.textContent = styleLabel(ran);
+    style.title = ran;
+    card.dataset.style = ran;
+    const elapsed = $('.elapsed', card);
+    elapsed.textContent = Number.isFinite(s.elapsed_s) ? `${s.elapsed_s.toFixed(1)} s` : '';
+
+    const url = relativeURL(s.result || `${jobURL(s.id)}/result`);
+    const video = $('video.result-video', card);
+    if (s.width && s.height) video.style.aspectRatio = `${s.width} / ${s.height}`;
+    video.setAttribute('aria-label', `${file.name || 'Video'} stylized with ${name}`);
+    video.src = url;
+
+    const dims = s.width && s.height ? `${s.width}×${s.height}` : '';
+    const frames = Number.isFinite(s.frames_done) ? `${s.frames_done} frames` : '';
+    const parts = [dims, frames, 'MP4', soundOf(s.audio)];
+    const keep = Number.isFinite(s.expires_in_s) ? `kept on the server for about ${formatAbout(s.expires_in_s)}` : '';
+    $('.result-info', card).textContent = [...parts, keep].filter(Boolean).join(' · ');
+    const dl = $('a.download', card);
+    dl.href = url;
+    dl.download = s.filename || `${fileStem(file.name)}_${name}.mp4`;
+    dl.title = `Save ${dl.download}`;
+
+    for (const u of state.resultURLs) URL.revokeObjectURL(u);
+    state.resultURLs = [];
+    els.results.classList.remove('is-restyled');
+    els.results.replaceChildren(card, els.emptyState);
+    els.emptyState.hidden = true;
+    state.shownJobs.add(s.id);
+    els.clearResults.hidden = false;
+    const took = Number.isFinite(s.elapsed_s) && `took ${s.elapsed_s < 60 ? `${s.elapsed_s.toFixed(1)} s` : formatClock(s.elapsed_s)}`;
+    els.resultsMeta.textContent = ['1 video', dims && `${dims} px`, frames, took].filter(Boolean).join(' · ');
+  }
+
+  // Deletes on the server the finished jobs whose cards are no longer on screen (nor set aside during a
+  // run, to come back if it fails). Best effort: a job not deleted expires on the server.
+  function tidyJobs() {
+    const kept = (id) => [els.results, state.savedResults].some(
+      (root) => root && $$('[data-job]', root).some((card) => card.dataset.job === id));
+    for (const id of Array.from(state.shownJobs)) {
+      if (kept(id)) continue;
+      state.shownJobs.delete(id);
+      deleteJob(id);
+    }
+  }
+
+  // Another file was chosen: the videos of the last one go (from the screen and the server).
+  function dropVideoResults() {
+    let dropped = false;
+    for (const root of [els.results, state.savedResults]) {
+      if (!root) continue;
+      for (const card of $$('.video-result', root)) {
+        card.remove();
+        dropped = true;
+      }
+    }
+    tidyJobs();
+    if (dropped && !state.running && !$('.result', els.results)) {
+      els.emptyState.hidden = false;
+      els.clearResults.hidden = true;
+      els.resultsMeta.textContent = DEFAULT_META;
+    }
+  }
+
   els.clearResults.addEventListener('click', () => {
     for (const card of $$('.result', els.results)) card.remove();
     for (const u of state.resultURLs) URL.revokeObjectURL(u);
     state.resultURLs = [];
+    tidyJobs();
     els.emptyState.hidden = false;
     els.clearResults.hidden = true;
     els.resultsMeta.textContent = DEFAULT_META;
@@ -1023,6 +1638,14 @@
     compare.addEventListener('pointerup', end);
     compare.addEventListener('pointercancel', end);
     move(e);
+  });
+
+  // Leaving the page: nobody will fetch its videos, nor the one being made.
+  window.addEventListener('pagehide', (e) => {
+    if (e.persisted) return;  // kept in the back/forward cache: it may come back
+    const ids = new Set(state.shownJobs);
+    if (state.job && state.job.id) ids.add(state.job.id);
+    for (const id of ids) deleteJob(id, { keepalive: true });
   });
 
   // ------------------------------------------------------------------ start
