@@ -644,6 +644,21 @@ def _pretend(page, *states: dict, forever: bool = False) -> None:
     page.route("**/v1/videos/*", poll)
 
 
+# Where the page remembers its video jobs: localStorage, under a key naming the page's path ("/" here).
+JOBS_KEY = "style-transfer.video-jobs:/"
+
+
+def _remembered(page) -> list[dict]:
+    """The video jobs the page keeps in localStorage ([{id, model, name}])."""
+    return json.loads(page.evaluate("(key) => localStorage.getItem(key) || '[]'", JOBS_KEY))
+
+
+def _reload(page) -> None:
+    page.reload()
+    page.wait_for_selector('#status[data-state="ready"]')
+    page.wait_for_selector("#models input[name=model]")
+
+
 def _choose_video(page, clip: Path) -> None:
     page.set_input_files("#file-input", str(clip))
     page.wait_for_function("document.querySelector('#video-preview').readyState >= 1")
@@ -723,6 +738,7 @@ def test_a_video_is_stylized_with_progress_and_can_be_downloaded(browser, video_
         assert link.get_attribute("href") == src
         card = page.locator("#results .video-result")
         assert card.get_attribute("data-model") == "tiny-video"
+        assert page.locator("#link-sliders").is_hidden()  # no before/after divider on a video
         assert re.search(r"64×48 · 8 frames · MP4 · no sound · kept on the server for about \d+ min",
                          card.locator(".result-info").inner_text()), card.locator(".result-info").inner_text()
 
@@ -741,6 +757,7 @@ def test_a_video_is_stylized_with_progress_and_can_be_downloaded(browser, video_
         assert gone.value.response().status == 204
         assert page.request.get(f"{video_server}/v1/videos/{job}").status == 404
         assert page.locator("#results .video-result").count() == 0
+        assert _remembered(page) == []
 
         # A photo afterwards runs as before.
         photo = _write_photo(tmp_path / "photo.png")
@@ -770,6 +787,7 @@ def test_a_video_job_can_be_cancelled(browser, video_server, tmp_path):
         assert "files deleted" in _error_text(page)
         assert page.locator("#progress").is_hidden() and page.is_enabled("#run")
         assert page.locator("#empty-state").is_visible()
+        assert _remembered(page) == []
 
 
 def test_videos_refused_before_uploading(browser, video_server, tmp_path):
@@ -795,3 +813,122 @@ def test_videos_refused_before_uploading(browser, video_server, tmp_path):
         assert "Videos not available" in _error_text(page)
         assert "PyAV is not installed" in _error_text(page)
         assert page.is_disabled("#run")  # no file chosen
+
+
+def test_a_video_job_survives_a_reload(browser, video_server, tmp_path):
+    """Reloading the page while a job runs deletes nothing: the page finds the job again (remembered in
+    localStorage), follows it to the end and shows its card, and shows it again on the next reload, all
+    without uploading the video again; Clear then deletes it and forgets it."""
+    clip = _write_video(tmp_path / "clip.mp4")
+    with _open_page(browser, video_server) as page:
+        sent: list[tuple[str, str]] = []
+        page.on("request", lambda r: sent.append((r.method, r.url)) if r.method in ("POST", "DELETE") else None)
+        _choose_video(page, clip)
+        _pretend(page, RUNNING, forever=True)  # still running when the page is reloaded
+        page.click("#run")
+        page.wait_for_function("document.querySelector('#progress-label').textContent.includes('3 / 8 frames')")
+        [entry] = _remembered(page)
+        job = entry["id"]
+        assert entry == {"id": job, "model": "tiny-video", "name": "clip.mp4"}
+
+        # Reloaded while "running": the page takes the job up where it was, then shows the result.
+        page.unroute("**/v1/videos/*")
+        _pretend(page, RUNNING)
+        _reload(page)
+        page.wait_for_function("document.querySelector('#progress-label').textContent.includes('3 / 8 frames')")
+        assert page.is_disabled("#run") and page.is_visible("#cancel")
+        video = page.locator("#results .video-result video.result-video")
+        video.wait_for(timeout=60_000)
+        assert _error_text(page) == "", _error_text(page)
+        assert page.locator("#progress").is_hidden()
+
+        # Closed and opened again (a reload, the job long done): the card straight away.
+        page.unroute("**/v1/videos/*")
+        _reload(page)
+        video.wait_for(timeout=30_000)
+        page.wait_for_function("document.querySelector('#results video.result-video').readyState >= 1",
+                               timeout=30_000)
+        assert video.evaluate("v => [v.videoWidth, v.videoHeight]") == [64, 48]
+        assert video.get_attribute("src") == f"v1/videos/{job}/result"
+        link = page.locator("#results .video-result a.download")
+        assert link.get_attribute("download") == "clip_tiny-video.mp4"
+        assert link.get_attribute("href") == f"v1/videos/{job}/result"
+        assert re.search(r"kept on the server for about \d+ min",
+                         page.inner_text("#results .video-result .result-info"))
+        assert "clip.mp4" in video.get_attribute("aria-label")
+        assert page.locator("#link-sliders").is_hidden()
+        assert page.is_visible("#clear-results")
+        assert _error_text(page) == "", _error_text(page)
+        assert page.locator("#progress").is_hidden()
+        # One upload, and nothing deleted by leaving the page.
+        assert [m for m, url in sent if url.endswith("/v1/videos")] == ["POST"], sent
+        assert not [url for m, url in sent if m == "DELETE"], sent
+        assert [e["id"] for e in _remembered(page)] == [job]
+
+        with page.expect_request(lambda r: r.method == "DELETE" and r.url.endswith(f"/v1/videos/{job}")) as gone:
+            page.click("#clear-results")
+        assert gone.value.response().status == 204
+        assert _remembered(page) == []
+        _reload(page)
+        page.wait_for_timeout(500)
+        assert page.locator("#results .video-result").count() == 0
+        assert page.locator("#empty-state").is_visible() and page.locator("#link-sliders").is_visible()
+
+
+def test_remembered_jobs_the_server_no_longer_knows_or_that_failed(browser, video_server):
+    """A remembered id the server answers 404 for (expired, deleted, a restarted server) is forgotten
+    without a word; a job that failed meanwhile says why once, and is forgotten."""
+    unknown, failed = "0" * 32, "f" * 32
+    with _open_page(browser, video_server) as page:
+        page.evaluate("([key, list]) => localStorage.setItem(key, JSON.stringify(list))",
+                      [JOBS_KEY, [{"id": unknown, "model": "tiny-video", "name": "old.mp4"}]])
+        with page.expect_response(lambda r: r.url.endswith(f"/v1/videos/{unknown}")) as asked:
+            _reload(page)
+        assert asked.value.status == 404
+        page.wait_for_function("(key) => localStorage.getItem(key) === null", arg=JOBS_KEY)
+        assert _error_text(page) == "" and page.locator("#error").is_hidden()
+        assert page.locator("#results .video-result").count() == 0 and page.locator("#progress").is_hidden()
+
+        def failed_job(route):
+            if route.request.method != "GET":
+                route.continue_()  # the page deletes it: the server answers 404, which is fine
+                return
+            route.fulfill(json={"id": failed, "status": "failed", "model": "tiny-video", "style": "test-style",
+                                "filename": "broken_tiny-video.mp4", "frames_done": 2, "frames_total": 8,
+                                "progress": 0.25, "queue_position": None, "elapsed_s": 1.0, "eta_s": None,
+                                "error": {"code": "video_failed", "message": "the video failed: bad frame 3"},
+                                "result": None, "expires_in_s": 3000.0, "width": 64, "height": 48,
+                                "audio": None})
+
+        page.route(f"**/v1/videos/{failed}", failed_job)
+        page.evaluate("([key, list]) => localStorage.setItem(key, JSON.stringify(list))",
+                      [JOBS_KEY, [{"id": failed, "model": "tiny-video", "name": "broken.mp4"}]])
+        _reload(page)
+        page.wait_for_function("document.querySelector('#error').textContent.includes('Video failed')")
+        assert "broken.mp4" in _error_text(page) and "bad frame 3" in _error_text(page)
+        assert "video_failed" in _error_text(page)
+        page.wait_for_function("(key) => localStorage.getItem(key) === null", arg=JOBS_KEY)
+        _reload(page)  # once only
+        page.wait_for_timeout(500)
+        assert page.locator("#error").is_hidden()
+
+
+def test_a_job_followed_after_a_reload_can_be_cancelled(browser, video_server, tmp_path):
+    """Cancel on a job taken up again after a reload sends DELETE, as on the run that started it, and the
+    page forgets the job."""
+    clip = _write_video(tmp_path / "clip.mp4")
+    with _open_page(browser, video_server) as page:
+        _choose_video(page, clip)
+        _pretend(page, RUNNING, forever=True)  # it never ends by itself, before the reload and after
+        page.click("#run")
+        page.wait_for_function("document.querySelector('#progress-label').textContent.includes('3 / 8 frames')")
+        [entry] = _remembered(page)
+        _reload(page)
+        page.wait_for_function("document.querySelector('#progress-label').textContent.includes('3 / 8 frames')")
+        with page.expect_request(lambda r: r.method == "DELETE" and r.url.endswith(f"/v1/videos/{entry['id']}")) as deleted:
+            page.click("#cancel")
+        assert deleted.value.response().status == 204
+        page.wait_for_function("document.querySelector('#error').textContent.includes('Cancelled')")
+        assert "files deleted" in _error_text(page)
+        assert page.locator("#progress").is_hidden() and page.locator("#empty-state").is_visible()
+        assert _remembered(page) == []

@@ -7,7 +7,10 @@
  *   POST v1/compare    -> several models: JSON with data: URLs and timings
  *   POST v1/videos     -> a video and one model: 202 and a job (v1/models says whether videos work: `video`)
  *   GET  v1/videos/ID  -> the job's status, polled about once a second; its `result` is the MP4
- *   DELETE v1/videos/ID -> cancels the job or deletes its files (the page deletes what it stops showing)
+ *   DELETE v1/videos/ID -> cancels the job or deletes its files (the page deletes what the user drops:
+ *                          Clear, Cancel, another file, a new run; never on leaving or reloading the page)
+ * The video jobs shown or waited for are remembered in localStorage (id, model, file name): after a reload
+ * or in a new tab the page asks for each again, follows a running one and shows a finished one.
  * A multi-style model (several `styles` in v1/models) adds the `style` or `mix` field: style A, style B
  * and a blend slider (the weight of B); moving the slider stylizes the photo again.
  * Errors are JSON bodies {"error": {"code", "message"}} and are shown in #error.
@@ -105,6 +108,7 @@
     runKind: null,         // 'image' or 'video' while running
     job: null,             // the video job being waited for: {id, controller, cancelled, ...}
     shownJobs: new Set(),  // ids of finished video jobs whose cards are on screen (deleted when dropped)
+    resumed: false,        // the remembered video jobs were looked up (once, after v1/models answered)
     savedResults: null,    // results set aside during a run (skeletons shown), restored if it fails
   };
 
@@ -413,6 +417,10 @@
       if (data.ready || state.models.length) {
         state.modelsLoaded = Boolean(data.ready);
         renderModels(state.models, data.errors || {});
+      }
+      if (!state.resumed) {
+        state.resumed = true;
+        resumeJobs();
       }
     } catch (err) {
       if (!quiet) showError(err);
@@ -953,6 +961,7 @@
 
   function updateRun() {
     updateStylePanel();
+    updateLinkSliders();
     const n = selectedModels().length;
     // A video comes back as MP4 whatever the format; the choice stays for photos.
     const video = state.isVideo && Boolean(state.file);
@@ -1233,10 +1242,93 @@
     return `v1/videos/${encodeURIComponent(id)}`;
   }
 
-  // Deletes a job's files on the server; a failure only leaves them to expire there.
-  function deleteJob(id, { keepalive = false } = {}) {
-    return fetch(jobURL(id), { method: 'DELETE', keepalive }).then((res) => res.ok || res.status === 404,
-      () => false);
+  // Deletes a job's files on the server; a failure only leaves them to expire there. Either way the
+  // page forgets the job.
+  function deleteJob(id) {
+    forgetJob(id);
+    return fetch(jobURL(id), { method: 'DELETE' }).then((res) => res.ok || res.status === 404, () => false);
+  }
+
+  // The video jobs shown or waited for, remembered in localStorage so that a reload or a closed tab loses
+  // none: [{id, model, name}] (name: the uploaded file's), oldest first, a few at most. localStorage is
+  // the origin's; the key names the page's path too, for servers behind different path prefixes.
+  const JOBS_KEY = `style-transfer.video-jobs:${new URL('.', window.location.href).pathname}`;
+  const JOBS_KEPT = 8;
+
+  function rememberedJobs() {
+    try {
+      const list = JSON.parse(window.localStorage.getItem(JOBS_KEY) || '[]');
+      return Array.isArray(list) ? list.filter((e) => e && typeof e.id === 'string' && e.id) : [];
+    } catch (_) {
+      return [];  // storage off (private mode, a policy) or not JSON: nothing remembered
+    }
+  }
+
+  function storeJobs(list) {
+    try {
+      if (list.length) window.localStorage.setItem(JOBS_KEY, JSON.stringify(list.slice(-JOBS_KEPT)));
+      else window.localStorage.removeItem(JOBS_KEY);
+    } catch (_) { /* storage off or full: the page only forgets across reloads */ }
+  }
+
+  function rememberJob(id, { model, name }) {
+    storeJobs([...rememberedJobs().filter((e) => e.id !== id), { id, model: model || '', name: name || '' }]);
+  }
+
+  function forgetJob(id) {
+    const list = rememberedJobs();
+    if (list.some((e) => e.id === id)) storeJobs(list.filter((e) => e.id !== id));
+  }
+
+  // On load (once GET v1/models answered): each remembered job is asked for. A finished one shows its
+  // card again, a queued or running one (the newest, when other tabs left several) is followed as if its
+  // run had never stopped, a failed one says why once; one the server no longer knows (expired, deleted,
+  // a restarted server) is forgotten without a word. One the server could not answer for stays for the
+  // next load.
+  async function resumeJobs() {
+    const entries = rememberedJobs();
+    if (!entries.length) return;
+    const found = await Promise.all(entries.map(async (entry) => {
+      try {
+        const res = await request(jobURL(entry.id));
+        return { entry, status: await res.json() };
+      } catch (err) {
+        if (err && err.status === 404) forgetJob(entry.id);
+        return null;
+      }
+    }));
+    const done = [];
+    let active = null;
+    let failed = null;
+    for (const item of found) {
+      if (!item) continue;
+      const phase = item.status && item.status.status;
+      if (phase === 'done') done.push(item);
+      else if (phase === 'queued' || phase === 'running') active = item;  // the newest wins
+      else {
+        if (phase === 'failed') failed = item;
+        deleteJob(item.entry.id);  // a failed or cancelled job: its files go, as after a run
+      }
+    }
+    if (failed) {
+      const e = failed.status.error || {};
+      const what = failed.entry.name ? `“${failed.entry.name}”` : 'The video';
+      showError(Object.assign(new ApiError(
+        sentence(`${what} could not be stylized with ${failed.status.model || failed.entry.model || 'its model'}: `
+          + `${e.message || 'the server gave no reason'}`), e.code || 'failed', null), { title: 'Video failed' }));
+    }
+    if (state.running) return;  // the user started something meanwhile: the rest waits for the next load
+    if (done.length && !$('.result', els.results)) {
+      done.forEach(({ entry, status }, i) => renderVideoResult(status, {
+        file: { name: entry.name }, model: entry.model, styleFields: {} }, { append: i > 0 }));
+    }
+    if (active) resumeVideo(active.entry, active.status);
+    updateRun();
+  }
+
+  function newJob({ file, model, styleFields }) {
+    return { id: null, controller: new AbortController(), cancelled: false, cancelling: null, note: '',
+      file, model, styleFields, phase: 'upload', quarter: -1, elapsed: 0, eta: null, seenAt: performance.now() };
   }
 
   async function runVideo() {
@@ -1260,22 +1352,40 @@
     form.append('model', model);
     for (const [k, v] of Object.entries({ ...opts, ...styleFields })) form.append(k, v);
 
-    const job = { id: null, controller: new AbortController(), cancelled: false, cancelling: null, note: '',
-      file, model, phase: 'upload', quarter: -1, elapsed: 0, eta: null, seenAt: performance.now() };
+    const job = newJob({ file, model, styleFields });
+    await followJob(job, async (signal) => {
+      const created = await upload('v1/videos', form, { signal, onProgress: (f) => showUpload(job, f) });
+      const status = JSON.parse(created.responseText);
+      job.id = status.id;
+      rememberJob(job.id, { model, name: file.name });
+      return status;
+    });
+  }
+
+  // A remembered job still queued or running after a reload: followed from its last status.
+  function resumeVideo(entry, status) {
+    const job = newJob({ file: { name: entry.name }, model: status.model || entry.model, styleFields: {} });
+    job.id = entry.id;
+    job.phase = 'resumed';
+    followJob(job, async () => status);
+  }
+
+  // Shows a video job's progress until it ends: `start` sends it (or has its status already) and resolves
+  // with its first status. The results shown before are set aside meanwhile, and replaced (their jobs
+  // deleted) by the stylized video, or put back if the job fails or is cancelled.
+  async function followJob(job, start) {
     state.running = true;
     state.runKind = 'video';
     state.job = job;
     state.abort = job.controller;
     updateRun();
     startVideoProgress(job);
-    const saved = showSkeletons([model]);
+    const saved = showSkeletons([job.model]);
     revealProgress();
     let shown = false;
     try {
       const signal = job.controller.signal;
-      const created = await upload('v1/videos', form, { signal, onProgress: (f) => showUpload(job, f) });
-      let status = JSON.parse(created.responseText);
-      job.id = status.id;
+      let status = await start(signal);
       showJob(job, status);
       while (!TERMINAL.has(status.status)) {
         await sleep(POLL_MS, signal);
@@ -1291,14 +1401,16 @@
         throw Object.assign(new ApiError('The video job was cancelled on the server.', 'cancelled', null),
           { title: 'Cancelled' });
       }
-      renderVideoResult(status, { file, model, styleFields });
+      renderVideoResult(status, job);
       shown = true;
       tidyJobs();  // what was shown before, video or photos, is replaced
     } catch (err) {
+      // Aborted, not by Cancel: the page is being left or reloaded. The job runs on and stays remembered.
+      const leaving = err && err.name === 'AbortError' && !job.cancelled;
       if (!shown) {
         els.results.replaceChildren(saved);
         els.emptyState.hidden = Boolean($('.result', els.results));
-        if (job.id && !job.cancelled) deleteJob(job.id);  // a failed job's files
+        if (job.id && !job.cancelled && !leaving) deleteJob(job.id);  // a failed job's files
       }
       if (job.cancelled || (err && err.name === 'AbortError')) {
         await job.cancelling;
@@ -1359,11 +1471,16 @@
 
   function startVideoProgress(job) {
     clearInterval(progressTimer);
-    setBar(0);
-    els.progressLabel.textContent = `Uploading ${job.file.name || 'the video'}…`;
     els.progressTime.textContent = '';
     els.progress.hidden = false;
-    announce(`Uploading the video for ${job.model}.`);
+    if (job.phase === 'upload') {
+      setBar(0);
+      els.progressLabel.textContent = `Uploading ${job.file.name || 'the video'}…`;
+      announce(`Uploading the video for ${job.model}.`);
+    } else {
+      setBar(null);  // a job followed again after a reload: its status comes next
+      els.progressLabel.textContent = `${job.file.name || 'A video'} with ${job.model}…`;
+    }
     // Elapsed time and ETA tick between two polls, from the server's last figures.
     progressTimer = setInterval(() => showTimes(job), 250);
   }
@@ -1504,7 +1621,8 @@
 
   // A finished video job: the stylized video (served by the server, which answers Range requests, so
   // the player can seek) and a download link with the server's file name.
-  function renderVideoResult(s, { file, model, styleFields }) {
+  // append: beside the video cards already shown (jobs remembered from several tabs), not instead of them.
+  function renderVideoResult(s, { file, model, styleFields = {} }, { append = false } = {}) {
     const info = modelByName(s.model || model) || {};
     const name = s.model || model;
     const card = els.videoResultTemplate.content.firstElementChild.cloneNode(true);
@@ -1539,15 +1657,29 @@
     dl.download = s.filename || `${fileStem(file.name)}_${name}.mp4`;
     dl.title = `Save ${dl.download}`;
 
-    for (const u of state.resultURLs) URL.revokeObjectURL(u);
-    state.resultURLs = [];
-    els.results.classList.remove('is-restyled');
-    els.results.replaceChildren(card, els.emptyState);
+    if (append) {
+      els.results.append(card, els.emptyState);
+    } else {
+      for (const u of state.resultURLs) URL.revokeObjectURL(u);
+      state.resultURLs = [];
+      els.results.classList.remove('is-restyled');
+      els.results.replaceChildren(card, els.emptyState);
+    }
     els.emptyState.hidden = true;
     state.shownJobs.add(s.id);
     els.clearResults.hidden = false;
+    const shown = $$('.video-result', els.results).length;
     const took = Number.isFinite(s.elapsed_s) && `took ${s.elapsed_s < 60 ? `${s.elapsed_s.toFixed(1)} s` : formatClock(s.elapsed_s)}`;
-    els.resultsMeta.textContent = ['1 video', dims && `${dims} px`, frames, took].filter(Boolean).join(' · ');
+    els.resultsMeta.textContent = shown > 1 ? `${shown} videos`
+      : ['1 video', dims && `${dims} px`, frames, took].filter(Boolean).join(' · ');
+    updateLinkSliders();
+  }
+
+  // "Link sliders" moves the before/after dividers of photos: hidden while only videos are shown (or made).
+  function updateLinkSliders() {
+    const photos = $('.result:not(.video-result)', els.results);
+    const videos = $('.video-result', els.results) || state.runKind === 'video';
+    els.linkSliders.closest('label').hidden = Boolean(videos && !photos);
   }
 
   // Deletes on the server the finished jobs whose cards are no longer on screen (nor set aside during a
@@ -1578,6 +1710,7 @@
       els.clearResults.hidden = true;
       els.resultsMeta.textContent = DEFAULT_META;
     }
+    updateLinkSliders();
   }
 
   els.clearResults.addEventListener('click', () => {
@@ -1588,6 +1721,7 @@
     els.emptyState.hidden = false;
     els.clearResults.hidden = true;
     els.resultsMeta.textContent = DEFAULT_META;
+    updateLinkSliders();
   });
 
   // Before/after divider: pointer events on the image (mouse, pen, touch), a range input for the
@@ -1638,14 +1772,6 @@
     compare.addEventListener('pointerup', end);
     compare.addEventListener('pointercancel', end);
     move(e);
-  });
-
-  // Leaving the page: nobody will fetch its videos, nor the one being made.
-  window.addEventListener('pagehide', (e) => {
-    if (e.persisted) return;  // kept in the back/forward cache: it may come back
-    const ids = new Set(state.shownJobs);
-    if (state.job && state.job.id) ids.add(state.job.id);
-    for (const id of ids) deleteJob(id, { keepalive: true });
   });
 
   // ------------------------------------------------------------------ start
