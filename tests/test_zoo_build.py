@@ -374,7 +374,8 @@ def test_quality_study_plan_covers_every_painting_with_the_defaults():
     defaults = [m for m in models if m.name.startswith("default-")]
     assert sorted(m.spec.style[0] for m in defaults) == [s.resolve() for s in styles]
     # 1500 steps, as `train` trains a new painting; the A/B-set batch arms have their own (checked below).
-    assert all(m.steps == 1500 for m in models if not m.name.startswith("starry-night-batch-"))
+    assert all(m.steps == 1500 for m in models
+               if not m.name.startswith(("starry-night-batch-", "starry-night-video-")))
     # Fixed-weight runs share one loss; the auto ones differ from it in the style weight alone.
     auto = [m for m in models if m.spec.loss.style_weight == "auto"]
     assert sorted(m.spec.style[0] for m in auto if m.name.startswith("auto-")) == [s.resolve() for s in styles]
@@ -397,6 +398,11 @@ def test_quality_study_plan_covers_every_painting_with_the_defaults():
     # The frozen-statistics check: the shipped arm's recipe, shorter.
     short = by_name["starry-night-batch-1000"]
     assert short.spec.diff(shipped.spec) == ["steps"] and short.steps == 1000 and short.spec.bn_frozen_steps == 300
+    # The video model's control: the shipped recipe without the stability term, and nothing else changed.
+    video = {m.name: m for m in load_plan(REPO_PLAN)}["starry-night-video"]
+    control = by_name["starry-night-video-control"]
+    assert control.spec.diff(video.spec) == ["stability_weight"] and control.spec.stability_weight is None
+    assert control.steps == video.steps
 
 
 
