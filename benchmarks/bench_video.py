@@ -25,7 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import alternate, machine  # noqa: E402
+from benchmarks.common import alternate, frame_rate, machine  # noqa: E402
 from benchmarks.serving import sample_photo  # noqa: E402
 from style_transfer.stylize import StylizeOptions, Stylizer  # noqa: E402
 from style_transfer.video import require_av, stylize_video  # noqa: E402
@@ -80,12 +80,9 @@ def main() -> None:
                 "codec": lambda: stylize_video(stylizer, StylizeOptions(strength=0.0), clip, out, progress=False),
             }, args.repeats)
 
-            def rate(name: str) -> str:
-                fps = [args.frames / t for t in times[name]]
-                return f"{statistics.median(fps):.2f} ({min(fps):.2f}-{max(fps):.2f})"
-
             share = statistics.median(times["codec"]) / statistics.median(times["stylized"])
-            print(f"| {height * 16 // 9}x{height} | {rate('stylized')} | {rate('codec')} | {share:.0%} |", flush=True)
+            rates = " | ".join(frame_rate(times[name], args.frames) for name in ("stylized", "codec"))
+            print(f"| {height * 16 // 9}x{height} | {rates} | {share:.0%} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_video import panning_clip  # noqa: E402
-from benchmarks.common import alternate, machine  # noqa: E402
+from benchmarks.common import alternate, frame_rate, machine  # noqa: E402
 from benchmarks.serving import sample_photo  # noqa: E402
 from style_transfer.video import stylize_video  # noqa: E402
 
@@ -86,12 +86,9 @@ def main() -> None:
                     "job": lambda: through_server(client, clip, model),
                 }, args.repeats)
 
-                def rate(name: str) -> str:
-                    fps = [args.frames / t for t in times[name]]
-                    return f"{statistics.median(fps):.2f} ({min(fps):.2f}-{max(fps):.2f})"
-
                 ratio = statistics.median(times["job"]) / statistics.median(times["direct"])
-                print(f"| {height * 16 // 9}x{height} | {rate('direct')} | {rate('job')} | {ratio:.2f} |", flush=True)
+                rates = " | ".join(frame_rate(times[name], args.frames) for name in ("direct", "job"))
+                print(f"| {height * 16 // 9}x{height} | {rates} | {ratio:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

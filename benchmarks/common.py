@@ -37,6 +37,12 @@ def summary(samples: list[float]) -> str:
     return f"{fmt.format(statistics.median(ms))} ({fmt.format(min(ms))}-{fmt.format(max(ms))})"
 
 
+def frame_rate(seconds: list[float], frames: int) -> str:
+    """'median (min-max)' frames per second of runs of ``frames`` frames that took ``seconds``."""
+    fps = [frames / t for t in seconds]
+    return f"{statistics.median(fps):.2f} ({min(fps):.2f}-{max(fps):.2f})"
+
+
 def machine() -> str:
     return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
             f"CUDA: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")

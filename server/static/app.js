@@ -1099,15 +1099,8 @@
     }
     const names = selectedModels();
     clearError();
-    let opts;
-    try {
-      opts = readOptions();
-    } catch (err) {
-      showError(err);
-      revealError();
-      els.maxSize.focus();
-      return;
-    }
+    const opts = optionsOrSay();
+    if (!opts) return;
     const styleFields = readStyle();
     const form = new FormData();
     form.append('file', state.file, state.file.name || 'photo.png');
@@ -1331,19 +1324,24 @@
       file, model, styleFields, phase: 'upload', quarter: -1, elapsed: 0, eta: null, seenAt: performance.now() };
   }
 
-  async function runVideo() {
-    const names = selectedModels();
-    const model = names[0];
-    clearError();
-    let opts;
+  // The options as readOptions gives them, or null after showing why they are not valid (the max size).
+  function optionsOrSay() {
     try {
-      opts = readOptions();
+      return readOptions();
     } catch (err) {
       showError(err);
       revealError();
       els.maxSize.focus();
-      return;
+      return null;
     }
+  }
+
+  async function runVideo() {
+    const names = selectedModels();
+    const model = names[0];
+    clearError();
+    const opts = optionsOrSay();
+    if (!opts) return;
     delete opts.format;  // a video comes back as MP4
     const styleFields = readStyle();
     const file = state.file;
