@@ -21,6 +21,7 @@ they are. This packs, under ``.gpu-pack/`` (git-ignored):
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -105,15 +106,58 @@ def pack() -> int:
                PACK / "vgg.pt")
 
     size = sum(p.stat().st_size for p in PACK.rglob("*") if p.is_file())
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    tracked_size = sum((ROOT / p).stat().st_size for p in tracked.decode().split("\0") if p and (ROOT / p).is_file())
+    tracked_size = checkout_size()
     print(f"{PACK}: {len(exact)} files byte for byte, {photos} content photos at JPEG q{QUALITY}, VGG convs "
           f"up to {LAYER_NAMES[last]}: {size / 1e6:.1f} MB; with the tracked files {(size + tracked_size) / 1e6:.1f} MB "
           f"of the {LIMIT / 1e6:.1f} MB a call sends")
-    if size + tracked_size > LIMIT:
-        print("too large to travel: pack fewer plans' data", file=sys.stderr)
+    groups = carry_groups(_units(), LIMIT - tracked_size)
+    if groups is None:
+        print("too large to travel: a part of the pack does not fit one call beside the tracked files; pack fewer "
+              "plans' data", file=sys.stderr)
         return 1
+    if len(groups) > 1:
+        # The checkout has grown past what fits beside the whole pack (3.4 MB per shipped model). The device
+        # keeps ignored files between calls while it stays warm, so the pack goes over several calls, back to
+        # back (a warm machine is given back after ~30 s idle): all but the last with the command `true`.
+        print(f"the pack travels in {len(groups)} calls, back to back; carry in each:")
+        for i, group in enumerate(groups, 1):
+            what = "with the training command" if i == len(groups) else "command `true`"
+            print(f"  {i}: {json.dumps(group)}  ({what})")
     return 0
+
+
+def checkout_size() -> int:
+    """Bytes of the tracked files: what every device call sends."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    return sum((ROOT / p).stat().st_size for p in tracked.decode().split("\0") if p and (ROOT / p).is_file())
+
+
+def _units() -> dict[str, int]:
+    """The pack's parts that travel whole, by path from the repository's root: each folder of files (its
+    files, not its subfolders' — those are parts of their own) and each file at the pack's top (vgg.pt)."""
+    units: dict[str, int] = {}
+    for path in PACK.rglob("*"):
+        if path.is_file():
+            part = path if path.parent == PACK else path.parent
+            key = f"{PACK.name}/{part.relative_to(PACK).as_posix()}"
+            units[key] = units.get(key, 0) + path.stat().st_size
+    return units
+
+
+def carry_groups(units: dict[str, int], room: int) -> list[list[str]] | None:
+    """``units`` (path -> bytes) grouped into as few calls' ``carry`` lists as first-fit by size gives, each
+    at most ``room`` bytes; None when a unit alone is larger. A call carries at most 8 paths."""
+    groups: list[tuple[int, list[str]]] = []
+    for name, size in sorted(units.items(), key=lambda item: (-item[1], item[0])):
+        if size > room:
+            return None
+        for i, (used, names) in enumerate(groups):
+            if used + size <= room and len(names) < 8:
+                groups[i] = (used + size, [*names, name])
+                break
+        else:
+            groups.append((size, [name]))
+    return [names for _, names in groups]
 
 
 def install(site: Path) -> int:

@@ -2,7 +2,8 @@
 # Train plan entries on the device machine (issues 16 and 17: four-styles, the flagships' longer runs), in
 # one bounded call. An H200 trains 3000 steps in about 3 minutes; the 2-core CPU takes 2 hours.
 #
-#   here:    python benchmarks/gpu_pack.py     # .gpu-pack/: data and VGG weights that fit the call (~28 MB)
+#   here:    python benchmarks/gpu_pack.py     # .gpu-pack/: data and VGG weights (23.5 MB); it prints the
+#            carry lists when the pack and the checkout exceed one call (then: the first calls `true`, back to back)
 #   device:  run: command "bash benchmarks/gpu_train.sh four-styles", carry [".gpu-pack"], timeout_s 560
 #            (PLAN=benchmarks/quality-plan.toml bash benchmarks/gpu_train.sh NAME ... for that plan)
 #   back:    bash benchmarks/gpu_train.sh --adopt FILES_AT    # into runs/zoo (or the plan's runs), then

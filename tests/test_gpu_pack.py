@@ -75,3 +75,24 @@ def test_a_pack_too_large_to_travel_is_refused(gpu_pack, capsys, monkeypatch):
     monkeypatch.setattr(gpu_pack, "LIMIT", 1)
     assert gpu_pack.pack() == 1
     assert "too large to travel" in capsys.readouterr().err
+
+
+def test_a_pack_larger_than_one_call_goes_in_several(gpu_pack, capsys, monkeypatch):
+    units = {".gpu-pack/vgg.pt": 8, ".gpu-pack/data/a": 6, ".gpu-pack/data/b": 3, ".gpu-pack/data/c": 2}
+    assert gpu_pack.carry_groups(units, 20) == [list(sorted(units, key=lambda k: -units[k]))]
+    groups = gpu_pack.carry_groups(units, 10)
+    assert groups == [[".gpu-pack/vgg.pt", ".gpu-pack/data/c"], [".gpu-pack/data/a", ".gpu-pack/data/b"]]
+    assert gpu_pack.carry_groups(units, 7) is None  # vgg.pt alone does not fit
+
+    # The real pack: each folder of files is a part, the photos' folder apart from its parent's.
+    assert gpu_pack.pack() == 0
+    parts = gpu_pack._units()
+    top = gpu_pack.PACK.name  # .gpu-pack at the repository's root; the fixture's own folder here
+    assert set(parts) == {f"{top}/vgg.pt", f"{top}/data/styles", f"{top}/data/content/photos"}
+    monkeypatch.setattr(gpu_pack, "checkout_size", lambda: 0)
+    monkeypatch.setattr(gpu_pack, "LIMIT", max(parts.values()))  # room for the largest part alone
+    capsys.readouterr()
+    assert gpu_pack.pack() == 0
+    out = capsys.readouterr().out
+    assert "the pack travels in 2 calls" in out and out.count("(command `true`)") == 1  # vgg.pt, then the rest
+    assert out.count(f'"{top}/') == 3  # carry paths relative to the repository's root
