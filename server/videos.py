@@ -15,7 +15,8 @@ job's id, ``GET /v1/videos/{id}`` says how far it got, ``GET /v1/videos/{id}/res
   matrix, a phone's rotation, sound kept, every frame's timestamp, nothing half-written.
 * **Files live in ``video_dir``** (default: a temporary folder removed at shutdown). The upload is removed
   when its job ends; a result ``video_ttl_s`` after it was finished, or when it is deleted, so a server
-  left running does not fill its disk.
+  left running does not fill its disk; in a ``video_dir`` of the operator's, folders an earlier run left
+  are removed at start once that old.
 * **Limits are checked before the job is queued**: the upload's size (the body limit), that it is a video
   (by content: FFmpeg reads a PNG as a one-frame video too), and its frame count from the header
   (``max_video_frames``); a header that understates it is stopped at the limit while painting.
@@ -224,7 +225,19 @@ class VideoJobs:
         else:
             self._folder = Path(self.settings.video_dir)
             self._folder.mkdir(parents=True, exist_ok=True)
+            self._remove_stale()
         self._thread.start()
+
+    def _remove_stale(self) -> None:
+        """Job folders an earlier run of the server left in ``video_dir`` (it stopped, or was killed, before
+        their results expired): no job of this process knows them, so they are removed once older than
+        ``video_ttl_s``, as they would have been. Younger ones may be another live server's (two sharing the
+        folder), and are left alone."""
+        cutoff = time.time() - self.settings.video_ttl_s
+        for folder in self._folder.iterdir():
+            if folder.is_dir() and _JOB_ID.fullmatch(folder.name) and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                log.info("removed %s, a video job folder left by an earlier run", folder)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Cancel every job, wait for the running one to stop, and remove a temporary folder."""

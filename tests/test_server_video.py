@@ -285,6 +285,25 @@ def test_jobs_stop_with_the_server_and_a_temporary_folder_goes(weights, clip, ga
     assert not folder.exists()  # the running job was cancelled and the folder removed at shutdown
 
 
+def test_a_video_dir_of_the_operators_keeps_results_and_loses_only_stale_folders(make_client, clip, tmp_path):
+    import os
+
+    folder = tmp_path / "videos"
+    stale, recent, other = folder / ("a" * 32), folder / ("b" * 32), folder / "notes"
+    for path in (stale, recent, other):
+        path.mkdir(parents=True)
+        (path / "x").write_bytes(b"x")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    client = make_client(video_dir=folder, video_ttl_s=3600)
+    assert not stale.exists() and recent.is_dir() and other.is_dir()  # only an old job folder goes
+    job = wait_for(client, post(client, clip).json()["id"])
+    assert (folder / job["id"] / job["filename"]).is_file()
+    client.__exit__(None, None, None)
+    assert folder.is_dir()  # the operator's folder is not removed at shutdown
+
+
 def test_output_names_are_the_uploads_and_safe():
     assert output_name("holiday.MOV", "starry-night") == "holiday_starry-night.mp4"
     assert output_name("../../a b?.mp4", "m") == "a-b_m.mp4"
