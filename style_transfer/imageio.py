@@ -546,13 +546,22 @@ def to_uint8(rgb: torch.Tensor) -> torch.Tensor:
     return (rgb.detach().float().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
 
 
+# nvJPEG's quality below the one asked for, so that its 4:4:4 files are about as large as libjpeg's 4:2:0
+# ones at the quality asked for (encode_jpegs). Measured at 92, the server's quality.
+NVJPEG_QUALITY_OFFSET = 8
+
+
 def encode_jpegs(images: Sequence[LoadedImage], quality: int = 92) -> list[bytes]:
     """JPEG files of (1, 3, H, W) images, written by torchvision on the images' device; alpha composited
     over white, as encode_image does.
 
     On the CPU the bytes equal encode_image's (torchvision and Pillow use libjpeg-turbo with the same
-    settings; tested). On a GPU this is nvJPEG, in one call for the list: it writes 4:4:4 chroma where
-    libjpeg writes 4:2:0 at this quality, so its files are larger and not byte-identical to Pillow's.
+    settings; tested). On a GPU this is nvJPEG, in one call for the list. nvJPEG writes 4:4:4 chroma
+    where libjpeg writes 4:2:0, so at the same quality its files were 1.46x Pillow's (527 against
+    360 KiB for a stylized 1024 px photo on an H200, 2026-12-04). It therefore encodes at ``quality -
+    NVJPEG_QUALITY_OFFSET``: at 92 that is 84, which in a 4:4:4 re-encode on the CPU (the same IJG
+    tables; its q92 files came within 1% of nvJPEG's) gave files of Pillow's size (357 against 362 KiB)
+    1.5 dB closer to the painted pixels (docs/benchmarks.md, "JPEG size on a GPU").
     """
     from torchvision.io import encode_jpeg
 
@@ -560,6 +569,7 @@ def encode_jpegs(images: Sequence[LoadedImage], quality: int = 92) -> list[bytes
     device = planes[0].device
     if device.type != "cuda":
         return [e.numpy().tobytes() for e in encode_jpeg(planes, quality=quality)]
+    quality = max(1, quality - NVJPEG_QUALITY_OFFSET)
     # torchvision's nvJPEG encoder reads the pixels on a stream of its own, which waits for no other: they
     # must be complete before it starts. It then copies each file out on the legacy default stream into
     # memory allocated on the current stream: with the default stream current, those are one stream, and

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -328,6 +329,20 @@ def corpus() -> list[tuple[str, bytes, dict[str, str]]]:
     return cases
 
 
+def stylized_alike(got: torch.Tensor, want: torch.Tensor) -> float:
+    """PSNR (dB) of two stylized answers compared as 4x4-pixel averages.
+
+    The tiny test models paint high-frequency texture, which amplifies the ~1-level differences between
+    nvJPEG's and libjpeg's decodes (40 dB in) to 28-30 dB out, and the two encoders subsample chroma
+    differently (4:4:4 against Pillow's 4:2:0), ~21 dB apart on such texture: measured on the H200 on
+    2026-12-04 (20.1 and 29.8 dB pixel for pixel) and reproduced on the CPU with a 1-level input noise
+    and a 4:4:4 re-encode. Averaged over 4x4 pixels the same answers agree to 32-35 dB, while a wrong
+    colour order, a rotation or a mirror gives 12-19 dB, so 25 dB still tells a wrong answer from a
+    right one.
+    """
+    return psnr(F.avg_pool2d(got, 4), F.avg_pool2d(want, 4))
+
+
 def _answer(response) -> tuple:
     return (response.status_code, response.headers["content-type"], response.headers.get("x-image-size"),
             response.content)
@@ -367,7 +382,7 @@ def test_every_upload_is_answered_alike_by_both_codecs(clients, monkeypatch):
         else:  # nvJPEG's pixels are close to libjpeg's, not equal (and a damaged file's grey blocks differ)
             assert _answer(a)[:3] == _answer(b)[:3], name
             got, want = (decode_image(r.content).rgb for r in (b, a))
-            assert "changed" in name or psnr(got, want) >= 30, (name, psnr(got, want))
+            assert "changed" in name or stylized_alike(got, want) >= 25, (name, stylized_alike(got, want))
     assert statuses == {200, 400, 413, 415, 422}
     assert True in handed_back and False in handed_back  # both the device decode and the fallback ran
 
@@ -431,8 +446,11 @@ def test_nvjpeg_encode_is_close_to_its_input_and_pillows():
     (data,) = encode_jpegs([image], 92)
     pillow = encode_image(image.rgb.cpu(), "JPEG")
     back = decode_image(data).rgb
-    print(f"nvJPEG file {len(data)} bytes vs Pillow's {len(pillow)}; {psnr(back, image.rgb.cpu()):.1f} dB to its input")
-    assert psnr(back, image.rgb.cpu()) >= 30
+    ours, theirs = psnr(back, image.rgb.cpu()), psnr(decode_image(pillow).rgb, image.rgb.cpu())
+    print(f"nvJPEG file {len(data)} bytes vs Pillow's {len(pillow)}; {ours:.1f} dB to its input vs Pillow's {theirs:.1f}")
+    # As faithful as Pillow's file at about its size (NVJPEG_QUALITY_OFFSET; a 4:4:4 re-encode on the CPU
+    # predicts 1.11x the size and +0.2 dB for this photo). At nvJPEG's old quality, 92, the file was 2.05x.
+    assert len(data) <= 1.3 * len(pillow) and ours >= theirs - 0.5
 
 
 @cuda
@@ -507,7 +525,7 @@ def test_a_painted_batch_on_the_gpu_matches_the_cpu(weights):
     for i in range(len(files)):
         cpu, gpu = answers["cpu", i], answers["cuda", i]
         assert cpu.status_code == gpu.status_code == 200 and gpu.headers["x-image-size"] == "150x100"
-        assert psnr(decode_image(gpu.content).rgb, decode_image(cpu.content).rgb) >= 30
+        assert stylized_alike(decode_image(gpu.content).rgb, decode_image(cpu.content).rgb) >= 25
 
 
 @cuda
