@@ -14,9 +14,13 @@ from .metrics import Metrics
 class BodySizeLimit:
     """Refuse bodies over ``limit`` bytes with 413 — by Content-Length when given, else while reading.
 
-    The body is read (at most ``limit`` bytes) before the app runs, so a client that sends no
-    Content-Length (chunked) cannot make the server spool an unbounded upload. ``limits`` gives paths a
-    limit of their own (a video's upload is larger than a photo's).
+    The body streams through as the app reads it, counted: the app never gets more than ``limit``
+    bytes, so a client that sends no Content-Length (chunked) cannot make the server spool an
+    unbounded upload, and nothing here holds the body. (It used to be read whole before the app ran,
+    which held a 200 MB video upload in memory beside the copy the form parser spools to disk.) Once
+    the count passes the limit, the app is told the client went away (its form parsing stops), its own
+    answer to that is dropped, and the client gets the 413. ``limits`` gives paths a limit of their own
+    (a video's upload is larger than a photo's).
     """
 
     def __init__(self, app: ASGIApp, limit: int, limits: dict[str, int] | None = None) -> None:
@@ -27,41 +31,45 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.limits.get(scope["path"].rstrip("/"), self.limit)
-        message_too_large = f"upload larger than the limit of {limit} bytes"
+        too_large = UploadTooLarge(f"upload larger than the limit of {limit} bytes")
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
                 if int(declared) > limit:
-                    await response_for(UploadTooLarge(message_too_large))(scope, receive, send)
+                    await response_for(too_large)(scope, receive, send)
                     return
             except ValueError:
                 await response_for(MalformedRequest("invalid Content-Length"))(scope, receive, send)
                 return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
+        size, tripped, started = 0, False, False
+
+        async def counted() -> Message:
+            nonlocal size, tripped
+            if tripped:
+                return {"type": "http.disconnect"}
             message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await response_for(UploadTooLarge(message_too_large))(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        chunks.reverse()
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > limit and not started:
+                    tripped = True
+                    return {"type": "http.disconnect"}
+            return message
 
-        async def replay() -> Message:
-            # The chunks as they came, each handed over once (never joined: a video's upload would be
-            # held twice).
-            if chunks:
-                return {"type": "http.request", "body": chunks.pop(), "more_body": bool(chunks)}
-            return await receive()
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if tripped:
+                return  # the app's answer to the "disconnect"; the 413 below replaces it
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
-        await self.app(scope, replay, send)
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not tripped:
+                raise
+        if tripped:
+            await response_for(too_large)(scope, receive, send)
 
 
 class RequestMetrics:

@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     # holds a phone's minute of 1080p (~100-130 MB at 30 fps); 1800 frames is that minute, which the
     # 2-core CPU paints in ~15 minutes at 720p. One clip runs at a time; max_video_jobs counts the queued
     # ones too. A result is kept video_ttl_s after it is done, in video_dir (None: a temporary folder,
-    # removed at shutdown). An upload is held in memory while it arrives, as an image's is (BodySizeLimit).
+    # removed at shutdown). An upload streams to the form parser's temporary file as it arrives, counted
+    # against max_video_bytes on the way (BodySizeLimit), so it is never held whole in memory.
     video: bool = True
     max_video_bytes: int = Field(200 * 1024 * 1024, ge=1024)
     max_video_frames: int = Field(1800, ge=1)

@@ -380,6 +380,51 @@ def test_upload_size_cap_with_and_without_content_length(make_client):
     assert r.status_code == 413
 
 
+def _run_body_limit(limit: int, chunks: list[bytes], app_answer: int = 200) -> tuple[list[int], list[dict]]:
+    """BodySizeLimit around an app that reads the whole body and answers ``app_answer``: how many chunks the
+    client had sent each time the app got one, and what the client received."""
+    from server.middleware import BodySizeLimit
+
+    sent, seen_at, out = 0, [], []
+
+    async def client_receive():
+        nonlocal sent
+        sent += 1
+        return {"type": "http.request", "body": chunks[sent - 1], "more_body": sent < len(chunks)}
+
+    async def client_send(message):
+        out.append(message)
+
+    async def app(scope, receive, send):
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                await send({"type": "http.response.start", "status": 400, "headers": []})
+                await send({"type": "http.response.body", "body": b"client gone"})
+                return
+            seen_at.append(sent)
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": app_answer, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/stylize", "headers": []}
+    asyncio.run(BodySizeLimit(app, limit)(scope, client_receive, client_send))
+    return seen_at, out
+
+
+def test_the_upload_limit_streams_the_body_and_answers_413_in_place_of_the_app():
+    # Under the limit: each chunk reaches the app as it arrives (nothing is held back to be counted first).
+    seen_at, out = _run_body_limit(10_000, [b"x" * 1000] * 5)
+    assert seen_at == [1, 2, 3, 4, 5] and out[0]["status"] == 200
+    # Over it (no Content-Length): the app gets no byte past the limit, and its answer to the cut-off
+    # body is replaced by the 413.
+    seen_at, out = _run_body_limit(2500, [b"x" * 1000] * 5)
+    assert seen_at == [1, 2]
+    assert [m["status"] for m in out if m["type"] == "http.response.start"] == [413]
+    assert b"payload_too_large" in b"".join(m.get("body", b"") for m in out)
+
+
 @pytest.mark.parametrize("data, files, status", [
     ({"model": "tiny-instance"}, None, 422),  # no file
     ({}, {"file": ("a.png", png_bytes())}, 422),  # no model
