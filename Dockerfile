@@ -14,10 +14,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# Optional features, pyproject.toml's extras, comma-separated. "video" (PyAV, ~35 MB) paints video clips
+# (POST /v1/videos, the web page's video upload; without it they answer 501 video_unsupported). Build
+# with --build-arg EXTRAS= to leave it out; "heif" adds HEIC photos.
+ARG EXTRAS=video
+
 # Dependencies first, from pyproject.toml alone, so a code change does not reinstall torch (several GB):
-# this layer is rebuilt only when pyproject.toml changes.
+# this layer is rebuilt only when pyproject.toml or EXTRAS changes.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN EXTRAS="$EXTRAS" python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + [r for e in os.environ['EXTRAS'].split(',') if e.strip() \
+    for r in p['optional-dependencies'][e.strip()]]))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt

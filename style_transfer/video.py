@@ -61,9 +61,11 @@ _HDR_TRANSFERS = {16: "PQ (HDR10)", 18: "HLG"}
 BATCH = {"cuda": 4, "cpu": 1}
 
 
-# Sound codecs an MP4 is played back with in browsers and players (the muxer takes more, e.g. PCM, that
-# many players do not); a .mov or .mkv takes whatever its muxer does.
-_MP4_SOUND = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
+# Sound codecs an MP4 is played back with in browsers (Chrome, Firefox, Safari): the muxer takes more --
+# PCM, and AC-3, E-AC-3 and ALAC, which Chrome and Firefox do not play, so the server's result and the
+# web page's player would be silent -- and those are re-encoded to AAC. A .mov or .mkv takes whatever its
+# muxer does.
+_MP4_SOUND = {"aac", "mp3", "opus", "flac"}
 
 
 def _copies(codec: str, suffix: str, supported: set[str]) -> bool:

@@ -50,7 +50,8 @@ def make_clip(path: Path, *, space: int | None = BT709, rotation: int | None = N
             v.codec_context.color_trc = transfer
         if rotation is not None:
             v.set_display_rotation(rotation)
-        a = out.add_stream(sound, rate=16000) if sound else None
+        rate = 32000 if sound in ("ac3", "eac3") else 16000  # the lowest rate AC-3 has
+        a = out.add_stream(sound, rate=rate) if sound else None
         if a is not None:
             a.layout = "mono"
         for i in range(frames):
@@ -61,12 +62,11 @@ def make_clip(path: Path, *, space: int | None = BT709, rotation: int | None = N
             out.mux(v.encode(frame))
         out.mux(v.encode(None))
         if a is not None:
-            tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(16000 * frames // FPS) / 16000)
-            pcm = a.codec_context.name.startswith("pcm")
-            samples = av.AudioFrame.from_ndarray((tone * 32000).astype(np.int16)[None] if pcm else
-                                                 tone.astype(np.float32)[None], format="s16" if pcm else "fltp",
-                                                 layout="mono")
-            samples.sample_rate, samples.pts = 16000, 0
+            tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(rate * frames // FPS) / rate)
+            fmt = a.codec_context.codec.audio_formats[0].name  # the encoder's own sample format
+            values = (tone * 32000).astype(np.int16) if fmt.startswith("s16") else tone.astype(np.float32)
+            samples = av.AudioFrame.from_ndarray(values[None], format=fmt, layout="mono")
+            samples.sample_rate, samples.pts = rate, 0
             out.mux(a.encode(samples))
             out.mux(a.encode(None))
     return path
@@ -176,8 +176,12 @@ def test_a_portrait_clip_stored_sideways_is_stylized_upright(weights, tmp_path):
     assert frame[:8, -8:].min() > 200
 
 
-def test_sound_the_mp4_would_not_play_is_re_encoded_and_odd_sizes_are_evened(weights, tmp_path):
-    src = make_clip(tmp_path / "camera.mkv", sound="pcm_s16le")
+# A camera's raw PCM, and a film's AC-3, which the MP4 muxer takes but Chrome and Firefox do not play.
+@pytest.mark.parametrize("sound", ["pcm_s16le", "ac3"])
+def test_sound_the_mp4_would_not_play_is_re_encoded_and_odd_sizes_are_evened(weights, tmp_path, sound):
+    src = make_clip(tmp_path / "camera.mkv", sound=sound)
+    with av.open(str(src)) as clip:
+        assert clip.streams.audio[0].codec_context.name == sound
     assert run("stylize", src, "--model", "tiny", "--weights", weights, "--max-size", "45",
                "--out", tmp_path / "out") == 0
     got = read_clip(tmp_path / "out" / "camera_tiny.mp4")
