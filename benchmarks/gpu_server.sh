@@ -16,14 +16,16 @@
 #   load     benchmarks/load_test.py at each size x clients, JPEG uploads and JPEG output, against that
 #            one server (1024 px first: the goals are at 1024 px)
 #   compiled the network compiled (torch.compile), timed alone: last, as the least needed
-#   summary  benchmarks/gpu_summary.py: tables and issue 18's goals
+#   summary  benchmarks/gpu_summary.py: tables, issue 18's goals, and where the server's core went
+#            (py-spy samples the server during the PROFILE_LEVEL level, default 1024x16)
 # A trap stops the server and writes the summary however the script ends (short of SIGKILL; the results
 # files are written as each phase ends, so a killed run still returns what it measured). Each phase's
 # limit is cut to what is left of BUDGET_S seconds, and a phase is skipped when too little is left.
 #
 # $OUT receives at most 8 files (the device tool's limit): run.log (this log: versions, nvidia-smi, every
 # phase's output and exit status), raw.json, load.jsonl (one JSON line per load level), server.log,
-# gpu_dmon.txt (nvidia-smi dmon during the load levels; GPU only), summary.txt and summary.json.
+# gpu_dmon.txt (nvidia-smi dmon during the load levels; GPU only), server_profile.txt (py-spy's samples
+# of the server, when py-spy is there), summary.txt and summary.json.
 #
 # Knobs (environment): QUICK=1, ONLY (a subset of "raw server compiled", e.g. ONLY=server for a rerun of
 # the HTTP part alone), BUDGET_S, MODEL, SIZES, CLIENTS, LEVEL_S, ONE_CLIENT_S, WARMUP_S, COMPILE=0/1
@@ -53,6 +55,7 @@ else
     BUDGET_S=${BUDGET_S:-360}
 fi
 MODEL=${MODEL:-starry-night}
+PROFILE_LEVEL=${PROFILE_LEVEL:-$([ "$QUICK" = 1 ] && echo 512x4 || echo 1024x16)}
 ONLY=${ONLY:-"raw server compiled"}
 wanted() { [[ " $ONLY " == *" $1 "* ]]; }
 SITE=${SITE:-/tmp/site}
@@ -66,7 +69,8 @@ WORK=$(mktemp -d)
 PHASES="$WORK/phases"
 : >"$LOG"
 : >"$PHASES"
-rm -f "$OUT/raw.json" "$OUT/load.jsonl" "$OUT/summary.txt" "$OUT/summary.json" "$OUT/gpu_dmon.txt"
+rm -f "$OUT/raw.json" "$OUT/load.jsonl" "$OUT/summary.txt" "$OUT/summary.json" "$OUT/gpu_dmon.txt" \
+    "$OUT/server_profile.txt"
 SERVER_PID=""
 DMON_PID=""
 PHASE_PID=""
@@ -164,6 +168,7 @@ elif compgen -G ".whl/*.whl" >/dev/null; then
     phase wheels 120 10 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$SITE" .whl/*.whl
     export PYTHONPATH="$ROOT:$SITE"
+    PATH="$PATH:$SITE/bin"  # py-spy's executable
 else
     say "=== wheels: the web stack does not import and there is no .whl/ (benchmarks/fetch_gpu_wheels.sh," \
         "then carry .whl): the server phases will fail"
@@ -209,6 +214,9 @@ phase env 60 5 bash -c 'uname -srm; echo "CPUs: $(nproc)"; free -g | head -2
     "$0" "$1"' "$PYTHON" "$WORK/env.py"
 
 SIZES_CSV=$(echo $SIZES | tr ' ' ',')
+PYSPY=$(command -v py-spy || true)
+[ -z "$PYSPY" ] && [ -x "$(dirname "$PYTHON")/py-spy" ] && PYSPY=$(dirname "$PYTHON")/py-spy
+say "py-spy: ${PYSPY:-not found (no server profile)}; profiled level: $PROFILE_LEVEL"
 
 # --- raw: the pipeline without HTTP, and the network alone -------------------------------------------------
 wanted raw && phase raw 180 30 "$PYTHON" benchmarks/raw_pipeline.py --model "$MODEL" --sizes "$SIZES_CSV" \
@@ -239,10 +247,19 @@ if wanted server; then
                 fi
                 secs=$LEVEL_S
                 [ "$clients" = 1 ] && secs=$ONE_CLIENT_S
+                # The server is bound by its one core on a GPU (docs/benchmarks.md): sample what fills it
+                # during one level, after its warm-up, with py-spy (carried as a wheel; root may ptrace).
+                SPY_PID=""
+                if [ "${size}x${clients}" = "$PROFILE_LEVEL" ] && [ -n "$PYSPY" ]; then
+                    (sleep "$((WARMUP_S + 1))" && "$PYSPY" record --pid "$SERVER_PID" --duration "$((secs - 2))" \
+                        --rate 200 --format raw --output "$OUT/server_profile.txt" --nonblocking) >>"$LOG" 2>&1 &
+                    SPY_PID=$!
+                fi
                 phase "load-${size}px-${clients}c" $((secs + WARMUP_S + 45)) $((secs + WARMUP_S + 10)) \
                     "$PYTHON" benchmarks/load_test.py --url "$BASE" --pid "$SERVER_PID" --model "$MODEL" \
                     --size "$size" --clients "$clients" --seconds "$secs" --warmup-s "$WARMUP_S" --format jpeg \
                     --jsonl "$OUT/load.jsonl"
+                [ -n "$SPY_PID" ] && wait "$SPY_PID"
             done
         done
         stop_dmon

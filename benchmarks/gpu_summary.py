@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 # Issue 18's goals for the server on one GPU.
@@ -104,7 +105,31 @@ def _codes(record: dict) -> str:
     return f"{text} ({missing} 503 without Retry-After)" if missing else text
 
 
-def render(raw: dict, loads: list[dict], goals: list[dict], phases: list[str]) -> str:
+def profile_table(path: Path, top: int = 25) -> list[str]:
+    """Where the server's process spent its samples (py-spy's raw format: one folded stack and its count a
+    line), by the frame each sample was in and by the project's own functions on the stack: the
+    server's one core is what limits it on a GPU (docs/benchmarks.md), this says what fills it."""
+    own, inside, total = Counter(), Counter(), 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n, frames = int(count), stack.split(";")
+        total += n
+        own[frames[-1]] += n
+        for frame in {f for f in frames if "style_transfer/" in f or "server/" in f}:
+            inside[frame] += n
+    if not total:
+        return []
+    lines = ["", f"server process, sampled by py-spy during the profiled level ({total} samples of its busy threads):",
+             "| % of samples | frame they were in |", "|---|---|"]
+    lines += [f"| {100 * n / total:.1f} | {frame[:140]} |" for frame, n in own.most_common(top)]
+    lines += ["", "| % of samples with it on the stack | the project's frame |", "|---|---|"]
+    lines += [f"| {100 * n / total:.1f} | {frame[:140]} |" for frame, n in inside.most_common(top)]
+    return lines
+
+
+def render(raw: dict, loads: list[dict], goals: list[dict], phases: list[str], profile: list[str] = ()) -> str:
     """summary.txt: where the run went, the tables, the goals."""
     lines = ["GPU server benchmark (issue 18, part 1): benchmarks/gpu_server.sh", ""]
     if raw.get("machine"):
@@ -148,6 +173,7 @@ def render(raw: dict, loads: list[dict], goals: list[dict], phases: list[str]) -
                          f"{_fmt(r['throughput'] / best if best else None, '.2f')} | {_fmt(lat['p50'])} | "
                          f"{_fmt(lat['p99'])} | {_codes(r)} | {_fmt(server_cpu, '.2f')} | "
                          f"{r['client_cpu_s'] / r['elapsed_s']:.2f} |")
+    lines += list(profile)
     lines += ["", "goals:"]
     for g in goals:
         detail = {k: v for k, v in g.items() if k not in ("goal", "verdict")}
@@ -168,7 +194,8 @@ def main() -> int:
     loads = read_loads(args.out / "load.jsonl")
     phases = args.phases.read_text().splitlines() if args.phases and args.phases.exists() else []
     goals = evaluate_goals(raw, loads)
-    text = render(raw, loads, goals, phases)
+    profile_path = args.out / "server_profile.txt"
+    text = render(raw, loads, goals, phases, profile_table(profile_path) if profile_path.exists() else [])
     (args.out / "summary.txt").write_text(text)
     (args.out / "summary.json").write_text(json.dumps({"goals": goals, "phases": phases}, indent=1) + "\n")
     print(text)

@@ -48,3 +48,24 @@ def test_missing_measurements_are_not_measured_never_met(tmp_path):
     path = tmp_path / "load.jsonl"
     path.write_text('{"size": 512, "clients": 1}\n{"size": 512, "cli')  # a line cut by a killed run
     assert read_loads(path) == [{"size": 512, "clients": 1}]
+
+
+def test_the_server_profile_is_summarized_by_frame_and_by_the_projects_frames(tmp_path):
+    from benchmarks.gpu_summary import profile_table
+
+    path = tmp_path / "server_profile.txt"
+    path.write_text("\n".join([
+        "<module> (server/__main__.py:25);run (server/inference.py:400);decode (PIL/Image.py:10) 30",
+        "<module> (server/__main__.py:25);run (server/inference.py:400);launch (torch/nn.py:5) 50",
+        "select (selectors.py:468) 20",
+        "garbage line",
+    ]))
+    lines = profile_table(path)
+    text = "\n".join(lines)
+    assert "100 samples" in text
+    assert "| 50.0 | launch (torch/nn.py:5) |" in text and "| 20.0 | select (selectors.py:468) |" in text
+    # The project's frames count each sample once however deep: 80 of 100 ran inside the worker's run().
+    assert "| 80.0 | run (server/inference.py:400) |" in text
+    assert lines.index("| 50.0 | launch (torch/nn.py:5) |") < lines.index("| 30.0 | decode (PIL/Image.py:10) |")
+    (tmp_path / "empty.txt").write_text("")
+    assert profile_table(tmp_path / "empty.txt") == []
