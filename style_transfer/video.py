@@ -29,6 +29,7 @@ them far less: docs/quality.md, "Video".
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ PRESET = "medium"
 # FFmpeg's AVColorSpace, AVColorRange, AVColorPrimaries and AVColorTransferCharacteristic codes.
 _BT709, _BT601, _UNSPECIFIED = 1, 5, 2
 _MPEG_RANGE = 1
-_HDR_TRANSFERS = {16: "PQ (HDR10)", 18: "HLG"}
+_PQ, _HLG, _BT2020 = 16, 18, 9
+_HDR_TRANSFERS = {_PQ: "PQ (HDR10)", _HLG: "HLG"}
 # Frames per pass through the network: a GPU gains from a batch, a CPU does not (and holds less memory).
 BATCH = {"cuda": 4, "cpu": 1}
 
@@ -110,10 +112,83 @@ def _even(n: int) -> int:
     return max(2, n - n % 2)
 
 
+# HDR to SDR (ITU-R BT.2100 and the BT.2408 conventions). A phone films HDR by default (an iPhone's HLG,
+# many Androids' HDR10 PQ); read as they are, their frames look washed out and dim. They are converted to
+# the SDR frames a player would show: to display light in nits (PQ's EOTF; HLG's inverse OETF and its
+# OOTF for a 1000-nit display), HDR reference white (203 nits, BT.2408) to SDR white, BT.2020 primaries
+# to BT.709 (BT.2087's matrix in linear light), then highlights above 75% of SDR white rolled off
+# (extended Reinhard on luminance, which keeps hues; 1000 nits, a typical grading peak, reaches white),
+# and BT.1886's display gamma inverted (what an SDR frame's values are).
+_HDR_WHITE_NITS, _HDR_PEAK_NITS, _KNEE = 203.0, 1000.0, 0.75
+_BT2020_TO_BT709 = np.array([[1.6605, -0.5876, -0.0728],
+                             [-0.1246, 1.1329, -0.0083],
+                             [-0.0182, -0.1006, 1.1187]], dtype=np.float32)
+_LUMA_2020 = np.array([0.2627, 0.6780, 0.0593], dtype=np.float32)
+_LUMA_709 = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+_HLG_A = 0.17883277
+_HLG_B, _HLG_C = 1 - 4 * _HLG_A, 0.5 - _HLG_A * np.log(4 * _HLG_A)
+_PQ_M1, _PQ_M2 = 2610 / 16384, 2523 / 4096 * 128
+_PQ_C1, _PQ_C2, _PQ_C3 = 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
+
+
+def _hdr_curve(signal: np.ndarray, transfer: int) -> np.ndarray:
+    """Per channel: PQ-coded signal in [0, 1] -> display light relative to HDR reference white; HLG-coded
+    -> scene light in [0, 1] (HLG's OOTF, which depends on luminance, comes after)."""
+    if transfer == _PQ:
+        e = np.power(signal, 1 / _PQ_M2)
+        nits = 10000 * np.power(np.maximum(e - _PQ_C1, 0) / (_PQ_C2 - _PQ_C3 * e), 1 / _PQ_M1)
+        return nits / _HDR_WHITE_NITS
+    return np.where(signal <= 0.5, signal * signal / 3, (np.exp((signal - _HLG_C) / _HLG_A) + _HLG_B) / 12)
+
+
+def _roll_off(luma: np.ndarray) -> np.ndarray:
+    """SDR-relative luminance mapped into [0, 1]: unchanged up to the knee, then extended Reinhard with
+    slope 1 at the knee and the peak landing on 1."""
+    u = np.maximum(luma - _KNEE, 0) / (1 - _KNEE)
+    p = (_HDR_PEAK_NITS / _HDR_WHITE_NITS - _KNEE) / (1 - _KNEE)
+    return np.where(luma <= _KNEE, luma, _KNEE + (1 - _KNEE) * np.minimum(u * (1 + u / p**2) / (1 + u), 1))
+
+
+# The per-channel curves as tables (computed once): a 16-bit frame's codes in, and linear light to
+# BT.1886 code values out, indexed at 20 bits (its first step is under one output level). A 1080p frame
+# then converts in ~85 ms on the 2-core CPU, against 141 (PQ) and 329 ms (HLG) computing the curves per
+# pixel; the network takes ~450 ms there.
+_OUT_STEPS = (1 << 20) - 1
+
+
+@functools.lru_cache(maxsize=None)
+def _tables(transfer: int) -> tuple[np.ndarray, np.ndarray]:
+    codes = np.arange(65536, dtype=np.float64) / 65535
+    gamma = np.rint(np.power(np.arange(_OUT_STEPS + 1) / _OUT_STEPS, 1 / 2.4) * 255)
+    return _hdr_curve(codes, transfer).astype(np.float32), gamma.astype(np.uint8)
+
+
+def hdr_to_sdr(signal: np.ndarray, transfer: int, bt2020: bool = True) -> np.ndarray:
+    """(H, W, 3) uint16 PQ or HLG R'G'B' -> (H, W, 3) uint8 SDR R'G'B' (BT.709 primaries, BT.1886)."""
+    curve, gamma = _tables(transfer)
+    linear = curve[signal]
+    if transfer == _HLG:  # the OOTF for a 1000-nit display (system gamma 1.2), then relative to white
+        luma = np.maximum(linear @ _LUMA_2020, 1e-12)[..., None]
+        linear *= (_HDR_PEAK_NITS / _HDR_WHITE_NITS) * np.power(luma, np.float32(0.2))
+    if bt2020:
+        linear = linear @ _BT2020_TO_BT709.T
+    np.maximum(linear, 0, out=linear)
+    luma = (linear @ _LUMA_709)[..., None]
+    linear *= _roll_off(luma) / np.maximum(luma, 1e-6)
+    np.clip(linear, 0, 1, out=linear)
+    return gamma[np.rint(linear * _OUT_STEPS).astype(np.int32)]
+
+
 def _rgb(frame) -> np.ndarray:
     """A decoded frame as an upright (H, W, 3) uint8 RGB array, by its file's matrix (_source_colorspace)
-    and range (the frame's own: swscale reads it, full-range 10-bit included)."""
-    rgb = frame.to_ndarray(format="rgb24", src_colorspace=_source_colorspace(frame))
+    and range (the frame's own: swscale reads it, full-range 10-bit included); HDR frames (PQ, HLG) are
+    converted to SDR (hdr_to_sdr) from 16 bits a channel."""
+    transfer = int(frame.color_trc)
+    if transfer in _HDR_TRANSFERS:
+        signal = frame.to_ndarray(format="rgb48le", src_colorspace=_source_colorspace(frame))
+        rgb = hdr_to_sdr(signal, transfer, int(frame.color_primaries) == _BT2020)
+    else:
+        rgb = frame.to_ndarray(format="rgb24", src_colorspace=_source_colorspace(frame))
     quarter_turns = round((frame.rotation or 0) / 90) % 4  # counterclockwise, as np.rot90 turns
     return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
 
@@ -251,8 +326,8 @@ def stylize_video(stylizer, options, src: Path | str, target: Path | str, progre
                     continue
                 for frame in packet.decode():
                     if not warned and int(frame.color_trc) in _HDR_TRANSFERS:
-                        log.warning("%s is HDR video (%s): its frames are read as they are, so colours look "
-                                    "washed out; export it as SDR first", src, _HDR_TRANSFERS[int(frame.color_trc)])
+                        log.info("%s is HDR video (%s): its frames are converted to SDR (BT.2100 to BT.709, "
+                                 "reference white 203 nits)", src, _HDR_TRANSFERS[int(frame.color_trc)])
                         warned = True
                     rgb = _rgb(frame)
                     if shape is None:  # the first frame fixes the output's size: after max_size, even for 4:2:0

@@ -134,10 +134,69 @@ def test_an_untagged_hd_clip_is_read_as_bt709_as_players_do(weights, tmp_path):
     assert np.abs(blocks(frame, 16) - blocks(picture(0, 720, 1280), 16)).mean() < 5  # read as BT.601: 9-10
 
 
-def test_hdr_video_is_read_as_it_is_with_a_warning(weights, tmp_path, caplog):
-    src = make_clip(tmp_path / "hdr.mov", transfer=16, sound=None, frames=3)  # PQ, as an HDR10 clip is tagged
-    assert run("stylize", src, "--model", "tiny", "--weights", weights, "--out", tmp_path / "out") == 0
-    assert caplog.text.count("is HDR video (PQ (HDR10))") == 1  # once, not per frame
+def sdr_scene(h: int = H, w: int = W) -> np.ndarray:
+    """Mid-tone gradients in colour (all under the HDR roll-off's knee), a reference-white patch top left
+    and a grey patch top right."""
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([40 + 150 * x / w, 40 + 150 * y / h, np.full((h, w), 110.0)], -1)
+    img[:16, :16], img[:16, -16:] = 255, 128
+    return np.rint(img).astype(np.uint8)
+
+
+def hdr_clip(path: Path, transfer: int, highlight_nits: float = 600.0, frames: int = 2) -> Path:
+    """The clip an HDR camera would have recorded of sdr_scene() (its white at BT.2408's 203 nits, a
+    highlight patch bottom left at ``highlight_nits``), coded as BT.2100 says, written independently of the
+    code under test: BT.1886 light, BT.2087's BT.709-to-BT.2020 matrix, then PQ's inverse EOTF or HLG's
+    inverse OOTF (1000-nit display) and OETF; 10-bit 4:4:4, BT.2020, limited range, lossless (FFV1)."""
+    light = (sdr_scene() / 255.0) ** 2.4
+    nits = 203.0 * light @ np.array([[0.6274, 0.3293, 0.0433], [0.0691, 0.9195, 0.0114],
+                                     [0.0164, 0.0880, 0.8956]]).T
+    nits[-16:, :16] = highlight_nits
+    if transfer == 16:
+        y = (nits / 10000) ** 0.1593017578125
+        signal = ((0.8359375 + 18.8515625 * y) / (1 + 18.6875 * y)) ** 78.84375
+    else:
+        display_luma = nits @ np.array([0.2627, 0.6780, 0.0593])
+        scene_luma = (display_luma / 1000) ** (1 / 1.2)
+        scene = nits / (1000 * np.maximum(scene_luma, 1e-9) ** 0.2)[..., None]
+        a, b, c = 0.17883277, 0.28466892, 0.55991073
+        signal = np.where(scene <= 1 / 12, np.sqrt(3 * scene), a * np.log(np.maximum(12 * scene - b, 1e-9)) + c)
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("ffv1", rate=FPS)
+        (v.width, v.height), v.pix_fmt = (W, H), "yuv444p10le"
+        ctx = v.codec_context
+        ctx.colorspace, ctx.color_primaries, ctx.color_trc, ctx.color_range = 9, 9, transfer, LIMITED
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.rint(np.clip(signal, 0, 1) * 65535).astype(np.uint16),
+                                               format="rgb48le")
+            frame = frame.reformat(format="yuv444p10le", dst_colorspace=9, dst_color_range=LIMITED)
+            frame.pts = i
+            out.mux(v.encode(frame))
+        out.mux(v.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("transfer, name", [(16, "PQ (HDR10)"), (18, "HLG")])
+def test_hdr_video_is_converted_to_the_sdr_picture_a_player_shows(weights, tmp_path, caplog, transfer, name):
+    """A phone's HDR clip (an iPhone's HLG, an Android's HDR10) comes out as its SDR picture, not washed
+    out: the mid-tones as the SDR scene has them, highlights above reference white rolled off, not cut."""
+    caplog.set_level("INFO")
+    src = hdr_clip(tmp_path / "hdr.mkv", transfer)
+    with av.open(str(src)) as clip:
+        read = video._rgb(next(clip.decode(video=0))).astype(float)
+    want = sdr_scene().astype(float)
+    mid = np.ones((H, W), bool)
+    mid[:16, :16] = mid[:16, -16:] = mid[-16:, :16] = False
+    assert np.abs(read - want)[mid].mean() < 1.5 and np.abs(read - want)[mid].max() <= 6
+    assert np.abs(read[:16, -16:] - 128).max() <= 3  # grey stays grey
+    white, highlight = read[:16, :16].mean(), read[-16:, :16].mean()
+    assert 230 < white < highlight < 255  # 203 nits under the knee's roll-off; 600 nits brighter, not clipped
+    # The whole command, through the encoder (strength 0: the frames as read): the SDR picture.
+    assert run("stylize", src, "--model", "tiny", "--weights", weights, "--strength", "0",
+               "--out", tmp_path / "out.mp4") == 0
+    frame = read_clip(tmp_path / "out.mp4")["frames"][0]
+    assert np.abs(blocks(frame, 8) - blocks(want, 8))[2:-2, 2:-2].mean() < 4
+    assert caplog.text.count(f"is HDR video ({name})") == 1  # said once, not per frame
     sdr = make_clip(tmp_path / "sdr.mov", sound=None, frames=3)
     caplog.clear()
     assert run("stylize", sdr, "--model", "tiny", "--weights", weights, "--out", tmp_path / "out") == 0
