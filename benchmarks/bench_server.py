@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine  # noqa: E402
-from benchmarks.serving import bench_weights, drive, percentile, photo_jpeg, running_server  # noqa: E402
+from benchmarks.common import percentile  # noqa: E402
+from benchmarks.serving import bench_weights, drive, photo_jpeg, running_server  # noqa: E402
 from style_transfer.imageio import decode_image  # noqa: E402
 from style_transfer.stylize import Stylizer  # noqa: E402
 

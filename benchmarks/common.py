@@ -17,6 +17,45 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def stats_ms(samples: list[float]) -> dict[str, float | int]:
+    """Median, p90, min and max of times in seconds, as ms."""
+    ms = [t * 1e3 for t in samples]
+    return {"median": statistics.median(ms), "p90": percentile(ms, 90), "min": min(ms), "max": max(ms), "n": len(ms)}
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> dict[str, dict]:
+    """``fn`` timed call by call after ``warmup`` calls: wall clock to a synchronize, and on a GPU also
+    CUDA events around the call (the device's time, without the host's wait for it)."""
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    wall, events = [], []
+    for _ in range(repeats):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            end.record()
+            torch.cuda.synchronize(device)
+            events.append((start, end))
+        wall.append(time.perf_counter() - t0)
+    out = {"wall_ms": stats_ms(wall)}
+    if cuda:
+        out["gpu_ms"] = stats_ms([s.elapsed_time(e) / 1e3 for s, e in events])
+    return out
+
+
 def alternate(contenders: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
     """Run every contender ``warmup`` times, then ``repeats`` rounds of all of them in turn, so slow
     drifts of the machine (other load, clocks) hit each contender alike."""

@@ -25,8 +25,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.serving import (LoadResult, bench_weights, drive, percentile, photo_jpeg,  # noqa: E402
-                                running_server, sample_photo)
+from benchmarks.common import percentile  # noqa: E402
+from benchmarks.serving import (LoadResult, bench_weights, drive, photo_jpeg, running_server,  # noqa: E402
+                                sample_photo)
 
 
 def run_record(args: argparse.Namespace, model: str, photo: str, payload: bytes, result: LoadResult,

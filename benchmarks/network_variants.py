@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import time_calls  # noqa: E402
 from style_transfer.checkpoint import load_model  # noqa: E402
 from style_transfer.device import conv_autotune, dtype_of, resolve_device  # noqa: E402
 from style_transfer.fast import optimize  # noqa: E402
@@ -71,24 +71,10 @@ class PaddedInput(nn.Module):
 
 
 def time_ms(fn, x: torch.Tensor, repeats: int, warmup: int) -> float:
-    """Median ms per call: CUDA events on a GPU, the wall clock on the CPU."""
+    """Median ms per call (common.time_calls): CUDA events on a GPU, the wall clock on the CPU."""
     with torch.inference_mode():
-        for _ in range(warmup):
-            fn(x)
-        times = []
-        for _ in range(repeats):
-            if x.is_cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn(x)
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn(x)
-                times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        times = time_calls(lambda: fn(x), x.device, repeats, warmup)
+    return times["gpu_ms" if x.is_cuda else "wall_ms"]["median"]
 
 
 def profile(fn, x: torch.Tensor, calls: int) -> list[dict]:

@@ -27,15 +27,14 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine  # noqa: E402
-from benchmarks.serving import percentile, photo_jpeg, sample_photo  # noqa: E402
+from benchmarks.common import machine, percentile, stats_ms, time_calls  # noqa: E402
+from benchmarks.serving import photo_jpeg, sample_photo  # noqa: E402
 from server.inference import InferenceWorker  # noqa: E402
 from server.metrics import Metrics  # noqa: E402
 from server.routes.stylize import ACCEPTED_FORMATS  # noqa: E402
@@ -43,12 +42,6 @@ from server.settings import Settings  # noqa: E402
 from style_transfer.imageio import decode_image, encode_image  # noqa: E402
 from style_transfer.stylize import Stylizer, StylizeOptions, fit_image  # noqa: E402
 from style_transfer.zoo import list_models  # noqa: E402
-
-
-def stats_ms(samples: list[float]) -> dict[str, float | int]:
-    """Median, p90, min and max of times in seconds, as ms."""
-    ms = [t * 1e3 for t in samples]
-    return {"median": statistics.median(ms), "p90": percentile(ms, 90), "min": min(ms), "max": max(ms), "n": len(ms)}
 
 
 def load(settings: Settings, model: str, compile: bool) -> tuple[Stylizer, StylizeOptions]:
@@ -60,32 +53,6 @@ def load(settings: Settings, model: str, compile: bool) -> tuple[Stylizer, Styli
     stylizer = Stylizer.from_checkpoint(models[model], str(worker.device), settings.precision, settings.fast,
                                         compile)
     return stylizer, worker.options()
-
-
-def time_calls(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> dict[str, dict]:
-    """``fn`` timed call by call after ``warmup`` calls: wall clock to a synchronize, and on a GPU also
-    CUDA events around the call (the device's time, without the host's wait for it)."""
-    cuda = device.type == "cuda"
-    for _ in range(warmup):
-        fn()
-    if cuda:
-        torch.cuda.synchronize(device)
-    wall, events = [], []
-    for _ in range(repeats):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            end.record()
-            torch.cuda.synchronize(device)
-            events.append((start, end))
-        wall.append(time.perf_counter() - t0)
-    out = {"wall_ms": stats_ms(wall)}
-    if cuda:
-        out["gpu_ms"] = stats_ms([s.elapsed_time(e) / 1e3 for s, e in events])
-    return out
 
 
 def time_network(stylizer: Stylizer, size: int, repeats: int, warmup: int) -> dict[str, dict]:

@@ -139,13 +139,6 @@ class LoadResult:
         return self.codes.get(200, 0) / self.elapsed if self.elapsed else 0.0
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
-
-
 def drive(base: str, model: str, payload: bytes, clients: int, seconds: float, pid: int | None = None,
           probe_health: bool = True, fields: dict[str, str] | None = None) -> LoadResult:
     """``clients`` threads posting ``payload`` to /v1/stylize for ``seconds``; optionally probe /healthz.
