@@ -115,10 +115,11 @@ def _even(n: int) -> int:
 # HDR to SDR (ITU-R BT.2100 and the BT.2408 conventions). A phone films HDR by default (an iPhone's HLG,
 # many Androids' HDR10 PQ); read as they are, their frames look washed out and dim. They are converted to
 # the SDR frames a player would show: to display light in nits (PQ's EOTF; HLG's inverse OETF and its
-# OOTF for a 1000-nit display), HDR reference white (203 nits, BT.2408) to SDR white, BT.2020 primaries
+# OOTF for a 1000-nit display), HDR reference white (203 nits, BT.2408) as SDR white, BT.2020 primaries
 # to BT.709 (BT.2087's matrix in linear light), then highlights above 75% of SDR white rolled off
-# (extended Reinhard on luminance, which keeps hues; 1000 nits, a typical grading peak, reaches white),
-# and BT.1886's display gamma inverted (what an SDR frame's values are).
+# (extended Reinhard on luminance, which keeps hues; 1000 nits, a typical grading peak, reaches white, and
+# reference white itself ends at 241 of 255), and BT.1886's display gamma inverted (what an SDR frame's
+# values are).
 _HDR_WHITE_NITS, _HDR_PEAK_NITS, _KNEE = 203.0, 1000.0, 0.75
 _BT2020_TO_BT709 = np.array([[1.6605, -0.5876, -0.0728],
                              [-0.1246, 1.1329, -0.0083],
@@ -151,8 +152,8 @@ def _roll_off(luma: np.ndarray) -> np.ndarray:
 
 # The per-channel curves as tables (computed once): a 16-bit frame's codes in, and linear light to
 # BT.1886 code values out, indexed at 20 bits (its first step is under one output level). A 1080p frame
-# then converts in ~85 ms on the 2-core CPU, against 141 (PQ) and 329 ms (HLG) computing the curves per
-# pixel; the network takes ~450 ms there.
+# then converts in 70-85 ms on the 2-core CPU, a tenth of the time painting it takes there
+# (benchmarks/hdr_frames.py), where the curves' powers computed for every pixel cost several times that.
 _OUT_STEPS = (1 << 20) - 1
 
 
@@ -183,12 +184,12 @@ def _rgb(frame) -> np.ndarray:
     """A decoded frame as an upright (H, W, 3) uint8 RGB array, by its file's matrix (_source_colorspace)
     and range (the frame's own: swscale reads it, full-range 10-bit included); HDR frames (PQ, HLG) are
     converted to SDR (hdr_to_sdr) from 16 bits a channel."""
-    transfer = int(frame.color_trc)
+    transfer, space = int(frame.color_trc), _source_colorspace(frame)
     if transfer in _HDR_TRANSFERS:
-        signal = frame.to_ndarray(format="rgb48le", src_colorspace=_source_colorspace(frame))
+        signal = frame.to_ndarray(format="rgb48le", src_colorspace=space)
         rgb = hdr_to_sdr(signal, transfer, int(frame.color_primaries) == _BT2020)
     else:
-        rgb = frame.to_ndarray(format="rgb24", src_colorspace=_source_colorspace(frame))
+        rgb = frame.to_ndarray(format="rgb24", src_colorspace=space)
     quarter_turns = round((frame.rotation or 0) / 90) % 4  # counterclockwise, as np.rot90 turns
     return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
 
