@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Optional features, pyproject.toml's extras, comma-separated. "video" (PyAV, ~35 MB) paints video clips
+# Optional features, pyproject.toml's extras, comma-separated. "video" (PyAV) paints video clips
 # (POST /v1/videos, the web page's video upload; without it they answer 501 video_unsupported). Build
 # with --build-arg EXTRAS= to leave it out; "heif" adds HEIC photos.
 ARG EXTRAS=video
